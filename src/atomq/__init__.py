@@ -1,0 +1,31 @@
+"""atomq: background tasks for Python web backends, on Redis and RQ's data layout.
+
+::
+
+    from atomq import task, task_queue, get_job_status, cancel_job
+
+    @task("send_welcome_email", queue="default", retry=3)
+    def send_welcome_email(user_id: str) -> None: ...
+
+    job = task_queue.enqueue("send_welcome_email", user_id="user_456")
+    get_job_status(job.id)["status"]
+"""
+
+from __future__ import annotations
+
+from atomq.errors import AtomqError, PermanentError, RetryableError
+from atomq.task_queue import Call, TaskQueue, cancel_job, get_job_status, task_queue
+from atomq.tasks import Retry, task
+
+__all__ = [
+    "AtomqError",
+    "Call",
+    "PermanentError",
+    "Retry",
+    "RetryableError",
+    "TaskQueue",
+    "cancel_job",
+    "get_job_status",
+    "task",
+    "task_queue",
+]

@@ -1,0 +1,98 @@
+"""The ``atomq`` command: a thin layer over atomq's functions, one module per command group.
+
+Every option can also be set through an environment variable: ``--url`` reads ``REDIS_URL``
+(as the guide's commands do), the rest ``ATOMQ_<COMMAND>_<OPTION>`` (for example
+``ATOMQ_WORKER_COUNT``). Errors print one line on stderr and exit with a code from
+:mod:`atomq.cli.exits`; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+import redis
+
+from atomq.cli import exits
+from atomq.errors import (
+    AtomqError,
+    ConfigurationError,
+    DuplicateJobError,
+    InvalidJobOptionError,
+    JobNotFoundError,
+    JobStateError,
+    RedisUnavailableError,
+    TaskError,
+    UnknownTaskError,
+)
+
+_EXIT_CODES: list[tuple[type[AtomqError], int]] = [
+    (RedisUnavailableError, exits.UNAVAILABLE),
+    (ConfigurationError, exits.CONFIG),
+    (JobNotFoundError, exits.NOT_FOUND),
+    (UnknownTaskError, exits.NOT_FOUND),
+    (JobStateError, exits.CONFLICT),
+    (DuplicateJobError, exits.CONFLICT),
+    (TaskError, exits.USAGE),
+    (InvalidJobOptionError, exits.USAGE),
+]
+
+
+def exit_code_for(error: AtomqError) -> int:
+    """The exit code for an atomq error."""
+    for kind, code in _EXIT_CODES:
+        if isinstance(error, kind):
+            return code
+    return exits.FAILURE
+
+
+class AtomqGroup(click.Group):
+    """A click group that turns atomq's errors into one line and a named exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AtomqError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exit_code_for(exc))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            click.echo(f"error: lost the connection to Redis: {exc}", err=True)
+            ctx.exit(exits.UNAVAILABLE)
+        except redis.ResponseError as exc:
+            click.echo(f"error: Redis refused the command: {exc}", err=True)
+            ctx.exit(exits.FAILURE)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(exits.INTERRUPTED)
+
+
+@click.group(
+    cls=AtomqGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
+@click.version_option(package_name="atomq", prog_name="atomq")
+def cli() -> None:
+    """atomq: background tasks on Redis, with the operations surface built in.
+
+    Start everything locally with `atomq up`; run workers with `atomq worker`;
+    see what is happening with `atomq info`, `atomq workers`, `atomq failed`, `atomq doctor`.
+    """
+
+
+def _register_commands() -> None:
+    from atomq.cli import doctor, jobs, monitor, up, worker
+
+    for module in (worker, monitor, jobs, doctor, up):
+        module.register(cli)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    cli.main(args=argv, prog_name="atomq", auto_envvar_prefix="ATOMQ")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

@@ -1,0 +1,228 @@
+"""``atomq up``: the whole system on one machine, started and stopped with one command.
+
+When ``REDIS_URL`` is unset it runs a private ``redis-server`` (AOF on, data under
+``./var/redis``, a free loopback port), then the worker supervisor (workers plus the
+scheduler), and prints where everything is. Ctrl-C or SIGTERM stops the workers first
+(running jobs finish), then Redis, so nothing is left running and, thanks to the AOF, the
+next ``atomq up`` finds every job again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import redis
+
+from atomq.errors import ConfigurationError, RedisUnavailableError
+from atomq.settings import Settings
+
+logger = logging.getLogger("atomq.up")
+
+#: Seconds to wait for redis-server to answer after starting it.
+REDIS_START_TIMEOUT = 15.0
+
+#: Seconds children get to stop after SIGTERM before they are killed.
+STOP_TIMEOUT = 60.0
+
+
+def _die_with_parent() -> None:
+    from atomq.engine.process import die_with_parent
+
+    die_with_parent(signal.SIGTERM)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class PrivateRedis:
+    """A redis-server owned by this process, persisted with AOF under ``data_dir``."""
+
+    data_dir: Path
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> PrivateRedis:
+        binary = os.environ.get("ATOMQ_REDIS_SERVER") or shutil.which("redis-server")
+        if not binary:
+            raise ConfigurationError(
+                "redis-server is not installed: install it (Debian/Ubuntu: apt-get install redis-server; "
+                "macOS: brew install redis) or point REDIS_URL at a running Redis"
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        command = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir.resolve()),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "redis.log",
+        ]
+        # A session of its own: Ctrl-C in the terminal must not stop Redis before the workers.
+        try:
+            self.process = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)  # noqa: PLW1509 - no threads yet
+        except OSError as exc:
+            raise ConfigurationError(f"cannot run redis-server ({binary}): {exc.strerror}") from None
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        deadline = time.monotonic() + REDIS_START_TIMEOUT
+        while True:
+            try:
+                # Loading a large AOF answers LOADING errors until done.
+                client.ping()
+                break
+            except (redis.ConnectionError, redis.BusyLoadingError, redis.ResponseError):
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    log = self.data_dir / "redis.log"
+                    raise RedisUnavailableError(
+                        f"redis-server did not start on 127.0.0.1:{self.port}; see {log}"
+                    ) from None
+                time.sleep(0.05)
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        # SIGTERM makes Redis fsync the AOF and exit cleanly.
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class Service:
+    """A child process ``atomq up`` runs and stops."""
+
+    name: str
+    command: list[str]
+    process: subprocess.Popen[bytes] | None = None
+
+
+@dataclass
+class DevServer:
+    """Runs Redis (unless REDIS_URL is set), workers and the scheduler until told to stop."""
+
+    settings: Settings
+    workers: int = 2
+    redis: PrivateRedis | None = None
+    services: list[Service] = field(default_factory=list)
+    _stopping: bool = False
+
+    def run(self) -> int:
+        env = dict(os.environ)
+        data_dir = self.settings.data_dir
+        if not (env.get("REDIS_URL") or env.get("ATOMQ_REDIS_URL")):
+            self.redis = PrivateRedis(data_dir / "redis").start()
+            env["REDIS_URL"] = self.redis.url
+        redis_url = env["REDIS_URL"] if "REDIS_URL" in env else env.get("ATOMQ_REDIS_URL", "")
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / "atomq.env").write_text(f"REDIS_URL={redis_url}\n")
+        atomq = [sys.executable, "-m", "atomq"]
+        self.services = [Service("workers", [*atomq, "worker", "--count", str(self.workers)])]
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        try:
+            for service in self.services:
+                # Own session: the terminal's Ctrl-C reaches only `atomq up`, which then asks
+                # each service exactly once to stop (a second Ctrl-C asks again, harder).
+                service.process = subprocess.Popen(
+                    service.command,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads yet
+                )
+            self._banner(redis_url)
+            self._watch()
+        finally:
+            self._stop_services()
+            if self.redis is not None:
+                self.redis.stop()
+            print("atomq up: stopped; nothing left running.", flush=True)
+        return 0
+
+    def _banner(self, redis_url: str) -> None:
+        where = "private redis-server, data in " + str(self.redis.data_dir) if self.redis else "REDIS_URL"
+        lines = [
+            "",
+            "atomq is up",
+            f"  Redis     {redis_url}  ({where})",
+            f"  Workers   {self.workers} process(es) + scheduler, queues: {', '.join(self.settings.queues)}",
+            f"  Env       source {self.settings.data_dir / 'atomq.env'}  (then: atomq info, atomq doctor)",
+            "  Stop      Ctrl-C (running jobs finish first)",
+            "",
+        ]
+        print("\n".join(lines), flush=True)
+
+    def _watch(self) -> None:
+        while not self._stopping:
+            for service in self.services:
+                assert service.process is not None
+                code = service.process.poll()
+                if code is not None and not self._stopping:
+                    print(
+                        f"atomq up: {service.name} exited with code {code}; stopping everything", flush=True
+                    )
+                    self._stopping = True
+            time.sleep(0.2)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._stopping:
+            print("\natomq up: stopping now (running jobs are killed)...", flush=True)
+            self._signal_services()
+            return
+        print("\natomq up: stopping (running jobs finish first; Ctrl-C again to kill them)...", flush=True)
+        self._stopping = True
+
+    def _signal_services(self) -> None:
+        for service in reversed(self.services):
+            process = service.process
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+
+    def _stop_services(self) -> None:
+        self._signal_services()
+        for service in reversed(self.services):
+            process = service.process
+            if process is None:
+                continue
+            try:
+                process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -1,0 +1,1 @@
+"""The engine: worker, supervisor, scheduler, recovery and the Redis scripts they share."""

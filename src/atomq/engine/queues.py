@@ -1,0 +1,116 @@
+"""atomq's queue: RQ's ``Queue`` with JSON jobs, precise due times and wake-ups.
+
+Differences from RQ, all through RQ's extension points:
+
+* jobs are :class:`~atomq.jobs.AtomqJob` (registered tasks, JSON only);
+* scheduled jobs are scored with their exact due time (RQ truncates to whole seconds, so a
+  job due at 10:00:00.9 could start 0.9 s early);
+* every push onto a queue also drops a wake-up token so idle workers listening on several
+  queues notice it at once, and scheduling a job wakes the scheduler.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from rq.exceptions import DuplicateJobError
+from rq.job import JobStatus
+from rq.queue import Queue
+from rq.scripts import _build_hset_args, get_unique_schedule_script
+from rq.serializers import JSONSerializer
+
+from atomq.engine import keys
+from atomq.errors import InvalidJobOptionError
+from atomq.jobs import AtomqJob
+
+if TYPE_CHECKING:
+    from redis import Redis
+    from redis.client import Pipeline
+    from rq.job import Job
+
+#: Queue names: they become Redis keys, metric labels and URL segments.
+QUEUE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+#: Wake-up tokens kept per queue; more would only cause idle workers to wake for nothing.
+WAKE_TOKENS_KEPT = 16
+
+
+def validate_queue_name(name: str) -> str:
+    """Return ``name`` or raise :class:`InvalidJobOptionError` explaining the allowed form."""
+    if not isinstance(name, str) or not QUEUE_NAME_PATTERN.fullmatch(name):
+        raise InvalidJobOptionError(
+            f"invalid queue name {name!r}: use 1-64 letters, digits, '_', '-' or '.'", field="queue"
+        )
+    return name
+
+
+def wake_workers(pipe: Any, queue_name: str) -> None:
+    """Queue a wake-up token for idle workers on ``pipe`` (a pipeline or a client)."""
+    key = keys.wake_key(queue_name)
+    pipe.lpush(key, 1)
+    pipe.ltrim(key, 0, WAKE_TOKENS_KEPT - 1)
+
+
+class AtomqQueue(Queue):
+    """An RQ queue for :class:`AtomqJob` with exact due times and wake-ups."""
+
+    job_class = AtomqJob
+
+    def __init__(self, name: str = "default", connection: Redis | None = None, **kwargs: Any) -> None:
+        kwargs["serializer"] = JSONSerializer
+        kwargs.setdefault("job_class", AtomqJob)
+        super().__init__(name, connection=connection, **kwargs)
+
+    def push_job_id(self, job_id: str, pipeline: Pipeline | None = None, at_front: bool = False) -> None:
+        """Push the id as RQ does, then wake an idle worker."""
+        connection: Any = pipeline if pipeline is not None else self.connection.pipeline()
+        if at_front:
+            connection.lpush(self.key, job_id)
+        else:
+            connection.rpush(self.key, job_id)
+        wake_workers(connection, self.name)
+        if pipeline is None:
+            connection.execute()
+
+    def schedule_job(
+        self, job: Job, datetime: datetime, pipeline: Pipeline | None = None, unique: bool = False
+    ) -> Job:
+        """Put ``job`` in the scheduled registry, scored by its exact UTC due time."""
+        if unique:
+            self._schedule_unique(job, datetime)
+            return job
+        pipe: Any = pipeline if pipeline is not None else self.connection.pipeline()
+        pipe.sadd(self.redis_queues_keys, self.key)
+        self._persist_job(job, pipe, status=JobStatus.SCHEDULED)
+        pipe.zadd(keys.scheduled_key(self.name), {job.id: due_timestamp(datetime)})
+        pipe.lpush(keys.SCHEDULER_WAKE, 1)
+        pipe.ltrim(keys.SCHEDULER_WAKE, 0, WAKE_TOKENS_KEPT - 1)
+        if pipeline is None:
+            pipe.execute()
+        return job
+
+    def _schedule_unique(self, job: Job, when: datetime) -> None:
+        # RQ's atomic "schedule unless the id exists" script, fed the exact due time (RQ's own
+        # caller passes whole seconds).
+        if not job._id:
+            raise ValueError("unique=True requires an explicit job_id")
+        job._status = JobStatus.SCHEDULED
+        job.origin = self.name
+        script = get_unique_schedule_script(self.connection)
+        ttl = job.ttl if job.ttl is not None else -1
+        stored = script(
+            keys=[job.key, keys.scheduled_key(self.name), self.redis_queues_keys],
+            args=[job.id, ttl, repr(due_timestamp(when)), self.key, *_build_hset_args(job)],
+        )
+        if stored == 0:
+            raise DuplicateJobError(f"Job with ID '{job.id}' already exists")
+        self.connection.lpush(keys.SCHEDULER_WAKE, 1)
+
+
+def due_timestamp(value: datetime) -> float:
+    """Seconds since the epoch for an aware datetime (naive values are read as UTC)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()

@@ -1,0 +1,168 @@
+"""atomq's job class: RQ's ``Job`` that only ever runs registered tasks and only speaks JSON.
+
+RQ imports whatever ``module.function`` a job names and unpickles its payload, so anyone who
+can write to Redis can run code. ``AtomqJob`` closes both doors:
+
+* the serializer is JSON, whatever the caller passes, so a pickle payload is never unpickled;
+* ``func`` resolves the stored name through the task registry, so ``os.system`` is refused;
+* callbacks and webhooks named in a hand-written job hash are ignored.
+
+It keeps RQ's hash layout, so ``Job.fetch``, ``rq info`` and rq-dashboard read atomq's jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, tzinfo
+from typing import Any
+
+from rq.job import Job, JobStatus
+from rq.results import Result
+from rq.serializers import JSONSerializer
+
+from atomq.tasks import TaskSpec, registry
+
+logger = logging.getLogger("atomq.jobs")
+
+#: Statuses from which a job can still be canceled without stopping anything.
+CANCELABLE_STATUSES = frozenset(
+    {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.CREATED, JobStatus.READY_TO_ENQUEUE}
+)
+
+#: Statuses after which nothing more will happen to a job.
+TERMINAL_STATUSES = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
+
+
+class AtomqJob(Job):
+    """An RQ job restricted to registered tasks and JSON payloads."""
+
+    def __init__(self, id: str | None = None, connection: Any = None, serializer: Any = None) -> None:
+        # The serializer argument is ignored on purpose: accepting pickle here would reopen the
+        # door this class exists to close.
+        super().__init__(id, connection=connection, serializer=JSONSerializer)
+
+    @property
+    def task_name(self) -> str | None:
+        """The registered task name this job runs (RQ calls it ``func_name``)."""
+        return self.func_name
+
+    @property
+    def spec(self) -> TaskSpec:
+        """The registered task, or :class:`~atomq.errors.UnknownTaskError`."""
+        return registry.get(self.func_name or "")
+
+    @property
+    def func(self) -> Any:
+        # RQ's version imports any dotted path. Only the registry may resolve a job's function.
+        return self.spec.func
+
+    @property
+    def success_callback(self) -> None:
+        self._refuse_callback(self._success_callback_name)
+
+    @property
+    def failure_callback(self) -> None:
+        self._refuse_callback(self._failure_callback_name)
+
+    @property
+    def stopped_callback(self) -> None:
+        self._refuse_callback(self._stopped_callback_name)
+
+    def _refuse_callback(self, name: str | None) -> None:
+        if name:
+            logger.warning(
+                "job %s names callback %r; atomq never imports callbacks from Redis", self.id, name
+            )
+
+    def restore(self, raw_data: Any) -> Any:
+        result = super().restore(raw_data)
+        # Webhook URLs stored in Redis would let a writer make workers call arbitrary hosts.
+        self.webhooks = []
+        return result
+
+
+def load_job(job_id: str, connection: Any) -> AtomqJob:
+    """Fetch one job as an :class:`AtomqJob` (raises RQ's ``NoSuchJobError``)."""
+    job = AtomqJob(job_id, connection=connection)
+    job.refresh()
+    return job
+
+
+def load_jobs(job_ids: list[str], connection: Any) -> list[AtomqJob | None]:
+    """Fetch many jobs in one round trip; ``None`` where a job no longer exists."""
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hgetall(AtomqJob.key_for(job_id))
+        replies = pipe.execute()
+    jobs: list[AtomqJob | None] = []
+    for job_id, raw in zip(job_ids, replies, strict=True):
+        if not raw:
+            jobs.append(None)
+            continue
+        job = AtomqJob(job_id, connection=connection)
+        job.restore(raw)
+        jobs.append(job)
+    return jobs
+
+
+def iso(value: datetime | None, zone: tzinfo | None = None) -> str | None:
+    """ISO-8601 with an explicit offset (UTC unless ``zone`` is given), or ``None``."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        from datetime import UTC
+
+        value = value.replace(tzinfo=UTC)
+    if zone is not None:
+        value = value.astimezone(zone)
+    return value.isoformat()
+
+
+def error_summary(exc_string: str | None) -> str | None:
+    """The last meaningful line of a traceback: ``ValueError: bad post``."""
+    if not exc_string:
+        return None
+    lines = [line.strip() for line in exc_string.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
+def latest_result(job: Job) -> Result | None:
+    """The job's newest Result, tolerating values that do not decode as JSON."""
+    try:
+        return job.latest_result()
+    except (ValueError, TypeError, UnicodeDecodeError):
+        logger.warning("job %s has a result atomq cannot decode", job.id)
+        return None
+
+
+def status_dict(job: Job, *, refresh: bool = False) -> dict[str, Any]:
+    """The guide's job status dictionary, exactly its keys, times in ISO-8601 with offset.
+
+    ``result`` is the return value of a finished job; ``error`` the last line of the latest
+    failed attempt, shown also while a retry is pending (the traceback stays available through
+    ``atomq failed --job-id``).
+    """
+    status = job.get_status(refresh=refresh)
+    result: Any = None
+    error: str | None = None
+    latest = latest_result(job) if status != JobStatus.CREATED else None
+    if latest is not None:
+        if latest.type == Result.Type.SUCCESSFUL:
+            if status == JobStatus.FINISHED:
+                result = latest.return_value
+        elif latest.type == Result.Type.MAX_RETRIES_EXCEEDED:
+            error = "maximum number of retries exceeded"
+        elif latest.exc_string:
+            error = error_summary(latest.exc_string)
+    if status == JobStatus.STOPPED and not error:
+        error = "stopped on request"
+    return {
+        "job_id": job.id,
+        "status": str(status.value if isinstance(status, JobStatus) else status),
+        "created_at": iso(job.created_at),
+        "enqueued_at": iso(job.enqueued_at),
+        "started_at": iso(job.started_at),
+        "ended_at": iso(job.ended_at),
+        "result": result,
+        "error": error,
+    }

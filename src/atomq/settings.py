@@ -1,0 +1,167 @@
+"""atomq's configuration, read from the environment.
+
+The guide's Redis variables keep their names (``REDIS_URL``, ``REDIS_HOST``, ``REDIS_PORT``,
+``REDIS_DB``, ``REDIS_PASSWORD``); everything atomq adds is prefixed ``ATOMQ_``.
+Settings are built by :func:`load_settings` when a command or an application asks for them,
+never at import time, so tests and embedding applications can build their own.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from atomq.errors import ConfigurationError
+
+#: Queues a worker listens on when none are given, highest priority first.
+DEFAULT_QUEUES: tuple[str, ...] = ("high_priority", "social_media", "workflows", "default")
+
+#: Seconds a job may run before it is killed, unless its task or the call says otherwise.
+#: The guide's start_workers.sh uses 300.
+DEFAULT_JOB_TIMEOUT = 300
+
+#: Seconds a finished job and its result stay in Redis (RQ's default of 500 s is too short
+#: for the status endpoints; a day lets people look at yesterday's work).
+DEFAULT_RESULT_TTL = 86_400
+
+#: Seconds a failed job stays in the failed registry (RQ's default: a year).
+DEFAULT_FAILURE_TTL = 365 * 86_400
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every setting atomq reads. Field descriptions double as the reference documentation."""
+
+    model_config = SettingsConfigDict(env_prefix="ATOMQ_", extra="ignore", populate_by_name=True)
+
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REDIS_URL", "ATOMQ_REDIS_URL"),
+        description="Full Redis URL: redis://[:password@]host:port/db, rediss:// for TLS. "
+        "When unset, REDIS_HOST/REDIS_PORT/REDIS_DB/REDIS_PASSWORD are used.",
+    )
+    redis_host: str = Field(
+        default="localhost", validation_alias=AliasChoices("REDIS_HOST", "ATOMQ_REDIS_HOST")
+    )
+    redis_port: int = Field(default=6379, validation_alias=AliasChoices("REDIS_PORT", "ATOMQ_REDIS_PORT"))
+    redis_db: int = Field(default=0, validation_alias=AliasChoices("REDIS_DB", "ATOMQ_REDIS_DB"))
+    redis_password: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_PASSWORD", "ATOMQ_REDIS_PASSWORD")
+    )
+    redis_username: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REDIS_USERNAME", "ATOMQ_REDIS_USERNAME"),
+        description="ACL user name (Redis 6+); the password comes from REDIS_PASSWORD or the URL.",
+    )
+    redis_ssl_ca_certs: str | None = Field(
+        default=None, description="CA bundle that verifies a rediss:// server (system CAs when unset)."
+    )
+    redis_ssl_certfile: str | None = Field(default=None, description="Client certificate for mutual TLS.")
+    redis_ssl_keyfile: str | None = Field(default=None, description="Client key for mutual TLS.")
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Sentinel addresses as host:port,host:port. When set, the master is found through them.",
+    )
+    redis_sentinel_master: str = Field(default="mymaster", description="Master name known to the sentinels.")
+    redis_socket_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds a Redis command may take before the connection is dropped."
+    )
+
+    queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_QUEUES),
+        description="Queues in priority order, highest first.",
+    )
+    default_timeout: int = Field(
+        default=DEFAULT_JOB_TIMEOUT, gt=0, description="Default job timeout, seconds."
+    )
+    result_ttl: int = Field(
+        default=DEFAULT_RESULT_TTL, description="Seconds results are kept; -1 keeps forever."
+    )
+    failure_ttl: int = Field(default=DEFAULT_FAILURE_TTL, description="Seconds failed jobs are kept.")
+    timezone: str = Field(default="UTC", description="IANA zone used to read naive datetimes.")
+    task_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Modules imported at start-up so their @task functions are registered.",
+    )
+    data_dir: Path = Field(
+        default=Path("var"), description="Where `atomq up` keeps Redis data, logs and files."
+    )
+    log_level: str = Field(default="INFO")
+    log_format: str = Field(default="text", description="text or json")
+    log_file: Path | None = Field(default=None)
+
+    @field_validator("queues", "task_modules", "redis_sentinels", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("queues")
+    @classmethod
+    def _queues_not_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one queue is required")
+        from atomq.engine.queues import validate_queue_name
+        from atomq.errors import InvalidJobOptionError
+
+        for name in value:
+            try:
+                validate_queue_name(name)
+            except InvalidJobOptionError as exc:
+                raise ValueError(exc.message) from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"unknown IANA timezone {value!r} (for example 'UTC' or 'Europe/Paris')"
+            ) from exc
+        return value
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        if value not in ("text", "json"):
+            raise ValueError("must be 'text' or 'json'")
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        """The configured timezone as a ``ZoneInfo``."""
+        return ZoneInfo(self.timezone)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment, with ``overrides`` taking precedence.
+
+    Raises :class:`ConfigurationError` with one line per bad variable instead of pydantic's
+    multi-line report, so the CLI can print it as is.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"]) or "settings"
+            env_name = _env_name(name)
+            problems.append(f"{env_name}: {error['msg']}")
+        raise ConfigurationError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def _env_name(field_name: str) -> str:
+    if field_name.startswith("redis_") and field_name.upper() in os.environ:
+        return field_name.upper()
+    return f"ATOMQ_{field_name.upper()}" if not field_name.isupper() else field_name

@@ -1,0 +1,122 @@
+"""`atomq up`: everything starts, jobs flow, Ctrl-C leaves nothing running, data survives."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from atomq.settings import load_settings
+from atomq.task_queue import TaskQueue
+from tests.support import ROOT, cli_env, group_pids, wait_for
+
+
+def _start_up(env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "atomq", "up", "--workers", "1"],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _redis_url(var: Path) -> str:
+    text = wait_for(
+        lambda: (var / "atomq.env").exists() and (var / "atomq.env").read_text(), 20, what="atomq.env"
+    )
+    return text.strip().split("=", 1)[1]
+
+
+@pytest.mark.slow
+def test_up_runs_everything_stops_cleanly_and_keeps_jobs(tmp_path):
+    var = tmp_path / "var"
+    env = cli_env("", var)
+    env.pop("REDIS_URL")
+    log = tmp_path / "up.log"
+    up = _start_up(env, tmp_path, log)
+    try:
+        url = _redis_url(var)
+        wait_for(lambda: "atomq is up" in log.read_text(), 20, what="the banner")
+        tq = TaskQueue(settings=load_settings(redis_url=url, task_modules=["tests.jobs"]))
+        job = tq.enqueue("add", a=20, b=22)
+        wait_for(lambda: tq.get_job_status(job.id)["status"] == "finished", 20, what="the job to run")
+        later = tq.enqueue_in(timedelta(days=1), "add", a=1, b=1)
+        tq.connection.close()
+        pids_before = group_pids(up.pid)
+        assert len(pids_before) >= 1
+        up.send_signal(signal.SIGINT)
+        assert up.wait(30) == 0
+        output = log.read_text()
+        assert "nothing left running" in output
+        assert "Traceback" not in output
+        # Nothing started by `atomq up` survives it: not Redis, not the workers.
+        time.sleep(0.2)
+        leftovers = [pid for pid in _all_pids() if _environ_has(pid, str(var))]
+        assert leftovers == [], leftovers
+
+        up = _start_up(env, tmp_path, log)
+        url = _redis_url_changed(var, url)
+        tq = TaskQueue(settings=load_settings(redis_url=url, task_modules=["tests.jobs"]))
+        assert tq.get_job_status(later.id)["status"] == "scheduled"
+        assert tq.get_job_status(job.id)["result"] == 42
+        tq.connection.close()
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGTERM)
+            try:
+                up.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(up.pid, signal.SIGKILL)
+                up.wait()
+    for pid in _all_pids():
+        if _environ_has(pid, str(var)):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _redis_url_changed(var: Path, old: str) -> str:
+    def fresh() -> str | None:
+        url = (var / "atomq.env").read_text().strip().split("=", 1)[1]
+        return url if url != old else None
+
+    return wait_for(fresh, 20, what="a new atomq.env")
+
+
+def _all_pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and int(p.name) != os.getpid()]
+
+
+def _environ_has(pid: int, needle: str) -> bool:
+    """Whether a live process mentions ``needle`` in its command line or environment."""
+    try:
+        if "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]:
+            return False
+        blob = Path(f"/proc/{pid}/cmdline").read_bytes() + Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return needle.encode() in blob
+
+
+def test_up_explains_a_missing_redis_server(tmp_path):
+    env = cli_env("", tmp_path / "var", ATOMQ_REDIS_SERVER=str(tmp_path / "no-such-redis-server"))
+    env.pop("REDIS_URL")
+    result = subprocess.run(
+        [sys.executable, "-m", "atomq", "up"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "cannot run redis-server" in result.stderr
+    assert "Traceback" not in result.stderr
