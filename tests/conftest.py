@@ -10,9 +10,23 @@ from subprocess import CompletedProcess
 import pytest
 import redis
 
+from atomq.db.base import Base
+from atomq.db.engine import Database
+from atomq.db.migrate import upgrade
+from atomq.db.models import import_all_models
 from atomq.settings import Settings, load_settings
 from atomq.task_queue import TaskQueue
-from tests.support import Processes, RedisServer, cli_env, run_cli
+from tests.support import (
+    PostgresDatabase,
+    Processes,
+    RedisServer,
+    cli_env,
+    postgres_available,
+    run_cli,
+)
+
+#: Tokens the API tests use, one per scope.
+TOKENS = {"read": "atq_test_read_token", "write": "atq_test_write_token", "admin": "atq_test_admin_token"}
 
 
 @pytest.fixture(scope="session")
@@ -77,3 +91,89 @@ def burst(cli: Callable[..., CompletedProcess[str]]) -> Callable[..., CompletedP
         return result
 
     return run
+
+
+# -- databases ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str | None]:
+    """A fresh PostgreSQL database for the session, migrated; None when PostgreSQL is absent."""
+    if not postgres_available():
+        yield None
+        return
+    db = PostgresDatabase().create()
+    database = Database.from_settings(load_settings(database_url=db.url))
+    upgrade(database)
+    database.dispose()
+    yield db.url
+    db.drop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test using it runs once on SQLite and once on PostgreSQL (skipped if unreachable)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'atomq.db'}"
+    url = request.getfixturevalue("postgres_url")
+    if url is None:
+        pytest.skip("PostgreSQL is not reachable (set ATOMQ_TEST_POSTGRES)")
+    return url
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    """A migrated, empty database."""
+    import sqlalchemy
+
+    db = Database.from_settings(load_settings(database_url=database_url))
+    if db.dialect == "sqlite":
+        upgrade(db)
+    else:
+        import_all_models()
+        with db.engine.begin() as connection:
+            for table in reversed(Base.metadata.sorted_tables):
+                connection.execute(sqlalchemy.text(f'DELETE FROM "{table.name}"'))
+    yield db
+    db.dispose()
+
+
+# -- the HTTP API -------------------------------------------------------------------------
+
+
+class ApiClient:
+    """A TestClient bound to a real Redis and database, with helpers for auth headers."""
+
+    def __init__(self, client: object) -> None:
+        self.client = client
+
+    @staticmethod
+    def auth(scope: str = "admin") -> dict[str, str]:
+        return {"Authorization": f"Bearer {TOKENS[scope]}"}
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.client, name)
+
+
+@pytest.fixture
+def api_settings(settings: Settings, database: Database) -> Settings:
+    from atomq.api.auth import entry_for
+
+    entries = [entry_for(f"test-{scope}", scope, token) for scope, token in TOKENS.items()]
+    return settings.model_copy(
+        update={
+            "api_tokens": entries,
+            "database_url": str(database.engine.url.render_as_string(hide_password=False)),
+        }
+    )
+
+
+@pytest.fixture
+def api(api_settings: Settings, connection: redis.Redis, database: Database) -> Iterator[ApiClient]:
+    from fastapi.testclient import TestClient
+
+    from atomq.api.app import create_app
+
+    app = create_app(api_settings, redis_client=connection, database=database)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield ApiClient(client)

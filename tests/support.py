@@ -220,3 +220,48 @@ def children_of(pid: int) -> list[int]:
         if int(fields[1]) == pid and fields[0] != "Z":
             out.append(int(entry.name))
     return out
+
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "ATOMQ_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def postgres_available() -> bool:
+    """Whether the PostgreSQL the tests may use answers (it does on this machine and in CI)."""
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(POSTGRES_ADMIN_URL, connect_args={"connect_timeout": 2})
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT 1"))
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+class PostgresDatabase:
+    """A throw-away PostgreSQL database created for a test session and dropped after it."""
+
+    def __init__(self) -> None:
+        import uuid
+
+        self.name = f"atomq_test_{uuid.uuid4().hex[:12]}"
+        base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+        self.url = f"{base}/{self.name}"
+
+    def _admin(self, statement: str) -> None:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text(statement))
+        engine.dispose()
+
+    def create(self) -> PostgresDatabase:
+        self._admin(f'CREATE DATABASE "{self.name}"')
+        return self
+
+    def drop(self) -> None:
+        self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')

@@ -29,11 +29,13 @@ def _start_up(env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[byt
         )
 
 
+def _env_file(var: Path) -> dict[str, str]:
+    text = (var / "atomq.env").read_text() if (var / "atomq.env").exists() else ""
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
 def _redis_url(var: Path) -> str:
-    text = wait_for(
-        lambda: (var / "atomq.env").exists() and (var / "atomq.env").read_text(), 20, what="atomq.env"
-    )
-    return text.strip().split("=", 1)[1]
+    return wait_for(lambda: _env_file(var).get("REDIS_URL"), 20, what="atomq.env")
 
 
 @pytest.mark.slow
@@ -45,7 +47,23 @@ def test_up_runs_everything_stops_cleanly_and_keeps_jobs(tmp_path):
     up = _start_up(env, tmp_path, log)
     try:
         url = _redis_url(var)
-        wait_for(lambda: "atomq is up" in log.read_text(), 20, what="the banner")
+        wait_for(lambda: "atomq is up" in log.read_text(), 30, what="the banner")
+        import httpx
+
+        token = (var / "api-token").read_text().strip()
+        assert f"Token     {token}" in log.read_text()
+        api = next(
+            line.split()[1] for line in log.read_text().splitlines() if line.strip().startswith("API ")
+        )
+        assert httpx.get(f"{api}/api/v1/tasks/queues").status_code == 401
+        queues = httpx.get(f"{api}/api/v1/tasks/queues", headers={"Authorization": f"Bearer {token}"})
+        assert queues.status_code == 200
+        assert [q["name"] for q in queues.json()["queues"]][:4] == [
+            "high_priority",
+            "social_media",
+            "workflows",
+            "default",
+        ]
         tq = TaskQueue(settings=load_settings(redis_url=url, task_modules=["tests.jobs"]))
         job = tq.enqueue("add", a=20, b=22)
         wait_for(lambda: tq.get_job_status(job.id)["status"] == "finished", 20, what="the job to run")
@@ -84,8 +102,8 @@ def test_up_runs_everything_stops_cleanly_and_keeps_jobs(tmp_path):
 
 def _redis_url_changed(var: Path, old: str) -> str:
     def fresh() -> str | None:
-        url = (var / "atomq.env").read_text().strip().split("=", 1)[1]
-        return url if url != old else None
+        url = _env_file(var).get("REDIS_URL")
+        return url if url and url != old else None
 
     return wait_for(fresh, 20, what="a new atomq.env")
 

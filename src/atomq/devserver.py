@@ -1,10 +1,11 @@
 """``atomq up``: the whole system on one machine, started and stopped with one command.
 
 When ``REDIS_URL`` is unset it runs a private ``redis-server`` (AOF on, data under
-``./var/redis``, a free loopback port), then the worker supervisor (workers plus the
-scheduler), and prints where everything is. Ctrl-C or SIGTERM stops the workers first
-(running jobs finish), then Redis, so nothing is left running and, thanks to the AOF, the
-next ``atomq up`` finds every job again.
+``./var/redis``, a free loopback port); it brings the database schema up to date, then starts
+the HTTP API and the worker supervisor (workers plus the scheduler), and prints where
+everything is, with a local admin token. Ctrl-C or SIGTERM stops the API and the workers
+first (running jobs finish), then Redis, so nothing is left running and, thanks to the AOF,
+the next ``atomq up`` finds every job again.
 """
 
 from __future__ import annotations
@@ -39,6 +40,15 @@ def _die_with_parent() -> None:
     from atomq.engine.process import die_with_parent
 
     die_with_parent(signal.SIGTERM)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def free_port() -> int:
@@ -142,6 +152,8 @@ class DevServer:
     workers: int = 2
     redis: PrivateRedis | None = None
     services: list[Service] = field(default_factory=list)
+    api_url: str = ""
+    token: str = ""
     _stopping: bool = False
 
     def run(self) -> int:
@@ -152,9 +164,17 @@ class DevServer:
             env["REDIS_URL"] = self.redis.url
         redis_url = env["REDIS_URL"] if "REDIS_URL" in env else env.get("ATOMQ_REDIS_URL", "")
         data_dir.mkdir(parents=True, exist_ok=True)
-        (data_dir / "atomq.env").write_text(f"REDIS_URL={redis_url}\n")
+        self._migrate()
+        token = self._local_token(env)
+        api_port = self.settings.api_port if _port_free(self.settings.api_port) else free_port()
+        (data_dir / "atomq.env").write_text(f"REDIS_URL={redis_url}\nATOMQ_API_TOKEN={token}\n")
         atomq = [sys.executable, "-m", "atomq"]
-        self.services = [Service("workers", [*atomq, "worker", "--count", str(self.workers)])]
+        self.services = [
+            Service("api", [*atomq, "serve", "--host", "127.0.0.1", "--port", str(api_port)]),
+            Service("workers", [*atomq, "worker", "--count", str(self.workers)]),
+        ]
+        self.api_url = f"http://127.0.0.1:{api_port}"
+        self.token = token
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
         try:
@@ -167,6 +187,7 @@ class DevServer:
                     start_new_session=True,
                     preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads yet
                 )
+            self._wait_for_api()
             self._banner(redis_url)
             self._watch()
         finally:
@@ -182,12 +203,55 @@ class DevServer:
             "",
             "atomq is up",
             f"  Redis     {redis_url}  ({where})",
+            f"  API       {self.api_url}  (OpenAPI: {self.api_url}/docs)",
+            f"  Token     {self.token}  (admin; also in {self.settings.data_dir / 'api-token'})",
             f"  Workers   {self.workers} process(es) + scheduler, queues: {', '.join(self.settings.queues)}",
             f"  Env       source {self.settings.data_dir / 'atomq.env'}  (then: atomq info, atomq doctor)",
+            f'  Try       curl -H "Authorization: Bearer {self.token}" {self.api_url}/api/v1/tasks/queues',
             "  Stop      Ctrl-C (running jobs finish first)",
             "",
         ]
         print("\n".join(lines), flush=True)
+
+    def _migrate(self) -> None:
+        from atomq.db.engine import Database
+        from atomq.db.migrate import upgrade
+
+        database = Database.from_settings(self.settings)
+        try:
+            upgrade(database)
+        finally:
+            database.dispose()
+
+    def _local_token(self, env: dict[str, str]) -> str:
+        """The local admin token (made once, kept in var/api-token), added to the API's tokens."""
+        from atomq.api.auth import entry_for, generate_token
+
+        path = self.settings.data_dir / "api-token"
+        if path.exists():
+            token = path.read_text().strip()
+        else:
+            token = generate_token()
+            path.write_text(token + "\n")
+            path.chmod(0o600)
+        entries = [e for e in env.get("ATOMQ_API_TOKENS", "").split(",") if e.strip()]
+        entries.append(entry_for("local-admin", "admin", token))
+        env["ATOMQ_API_TOKENS"] = ",".join(entries)
+        return token
+
+    def _wait_for_api(self) -> None:
+        import httpx
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not self._stopping:
+            try:
+                if httpx.get(f"{self.api_url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if any(s.process is not None and s.process.poll() is not None for s in self.services):
+                return  # _watch reports which one died
+            time.sleep(0.1)
 
     def _watch(self) -> None:
         while not self._stopping:

@@ -1,24 +1,30 @@
 """Every error atomq raises on purpose.
 
-The tree::
+The tree (HTTP status in brackets, as the API reports it)::
 
     AtomqError
-    ├── ConfigurationError          a setting is missing or malformed
-    ├── RedisUnavailableError       Redis cannot be reached (names host, port and db, never the password)
-    ├── TaskError
-    │   ├── UnknownTaskError        no task is registered under that name
-    │   └── TaskArgumentsError      arguments do not fit the task or are not JSON
-    ├── InvalidJobOptionError       an enqueue option is malformed (job id, time, retry, queue)
-    ├── JobNotFoundError            no job with that id
-    ├── JobStateError               the job's state forbids the operation (cancel a finished job)
-    ├── DuplicateJobError           `unique=True` and a job with that id exists
-    └── JobFailure                  raised *by task code* to steer retries
-        ├── RetryableError          a retry may succeed (timeouts, 5xx, rate limits)
-        └── PermanentError          retrying cannot help; the job fails without using its retries
+    ├── ConfigurationError              a setting is missing or malformed                  [500]
+    ├── UnavailableError                a backing service cannot be reached                [503]
+    │   ├── RedisUnavailableError       names host, port and db, never the password
+    │   └── DatabaseUnavailableError    never shows the password
+    ├── InvalidInputError               the caller sent something unusable                 [422]
+    │   ├── TaskError
+    │   │   ├── UnknownTaskError        no task is registered under that name
+    │   │   └── TaskArgumentsError      arguments do not fit the task or are not JSON
+    │   └── InvalidJobOptionError       an enqueue option is malformed (job id, time, queue)
+    ├── NotFoundError                   no such object                                     [404]
+    │   └── JobNotFoundError
+    └── ConflictError                   the object's state forbids the operation           [409]
+        ├── JobStateError               e.g. cancel a finished job
+        └── DuplicateJobError           ``unique=True`` and a job with that id exists
+
+    JobFailure                          raised *by task code* to steer retries
+    ├── RetryableError                  a retry may succeed (timeouts, 5xx, rate limits)
+    └── PermanentError                  retrying cannot help; fail without using retries
 
 Messages say what was wrong, with the offending value, and what to do about it.
 Each error carries a machine-readable ``code`` and, where one input is to blame, a ``field``,
-so the HTTP API and the CLI can report them without parsing messages.
+so the HTTP API and the CLI report them without parsing messages.
 """
 
 from __future__ import annotations
@@ -44,13 +50,31 @@ class ConfigurationError(AtomqError):
     code = "configuration_error"
 
 
-class RedisUnavailableError(AtomqError):
+class UnavailableError(AtomqError):
+    """A service atomq needs (Redis, the database) cannot be reached."""
+
+    code = "unavailable"
+
+
+class RedisUnavailableError(UnavailableError):
     """Redis cannot be reached. The message names host, port and db, never the password."""
 
     code = "redis_unavailable"
 
 
-class TaskError(AtomqError):
+class DatabaseUnavailableError(UnavailableError):
+    """The database cannot be reached. The message never shows the password."""
+
+    code = "database_unavailable"
+
+
+class InvalidInputError(AtomqError):
+    """The caller sent something atomq cannot use; the message says what and why."""
+
+    code = "invalid_input"
+
+
+class TaskError(InvalidInputError):
     """Something is wrong with the task named in a call."""
 
     code = "task_error"
@@ -68,25 +92,37 @@ class TaskArgumentsError(TaskError):
     code = "invalid_arguments"
 
 
-class InvalidJobOptionError(AtomqError):
+class InvalidJobOptionError(InvalidInputError):
     """An enqueue option (job id, due time, queue, retry...) is malformed."""
 
     code = "invalid_option"
 
 
-class JobNotFoundError(AtomqError):
+class NotFoundError(AtomqError):
+    """No object with the given id exists."""
+
+    code = "not_found"
+
+
+class JobNotFoundError(NotFoundError):
     """No job exists with the given id (it never existed, or its result expired)."""
 
     code = "job_not_found"
 
 
-class JobStateError(AtomqError):
+class ConflictError(AtomqError):
+    """The object exists but its current state does not allow the operation."""
+
+    code = "conflict"
+
+
+class JobStateError(ConflictError):
     """The job's current state does not allow the operation."""
 
     code = "invalid_job_state"
 
 
-class DuplicateJobError(AtomqError):
+class DuplicateJobError(ConflictError):
     """``unique=True`` was asked and a job with that id already exists."""
 
     code = "duplicate_job"

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="Seconds a Redis command may take before the connection is dropped."
     )
 
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "ATOMQ_DATABASE_URL"),
+        description="SQLAlchemy URL of the records database (postgresql://... ); "
+        "a SQLite file under ATOMQ_DATA_DIR when unset.",
+    )
     queues: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_QUEUES),
         description="Queues in priority order, highest first.",
@@ -96,11 +102,21 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         default=Path("var"), description="Where `atomq up` keeps Redis data, logs and files."
     )
+    api_host: str = Field(default="127.0.0.1", description="Address `atomq serve` listens on.")
+    api_port: int = Field(default=8000, ge=1, le=65535, description="Port `atomq serve` listens on.")
+    api_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="API tokens as name:scope:sha256hex entries (scope read, write or admin); "
+        "`atomq token create` prints one.",
+    )
+    api_max_body_bytes: int = Field(
+        default=1_000_000, gt=0, description="Largest request body the API accepts."
+    )
     log_level: str = Field(default="INFO")
     log_format: str = Field(default="text", description="text or json")
     log_file: Path | None = Field(default=None)
 
-    @field_validator("queues", "task_modules", "redis_sentinels", mode="before")
+    @field_validator("queues", "task_modules", "redis_sentinels", "api_tokens", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)

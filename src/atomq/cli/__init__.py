@@ -18,24 +18,20 @@ from atomq.cli import exits
 from atomq.errors import (
     AtomqError,
     ConfigurationError,
-    DuplicateJobError,
-    InvalidJobOptionError,
-    JobNotFoundError,
-    JobStateError,
-    RedisUnavailableError,
-    TaskError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    UnavailableError,
     UnknownTaskError,
 )
 
 _EXIT_CODES: list[tuple[type[AtomqError], int]] = [
-    (RedisUnavailableError, exits.UNAVAILABLE),
+    (UnavailableError, exits.UNAVAILABLE),
     (ConfigurationError, exits.CONFIG),
-    (JobNotFoundError, exits.NOT_FOUND),
     (UnknownTaskError, exits.NOT_FOUND),
-    (JobStateError, exits.CONFLICT),
-    (DuplicateJobError, exits.CONFLICT),
-    (TaskError, exits.USAGE),
-    (InvalidJobOptionError, exits.USAGE),
+    (NotFoundError, exits.NOT_FOUND),
+    (ConflictError, exits.CONFLICT),
+    (InvalidInputError, exits.USAGE),
 ]
 
 
@@ -80,9 +76,9 @@ def cli() -> None:
 
 
 def _register_commands() -> None:
-    from atomq.cli import doctor, jobs, monitor, up, worker
+    from atomq.cli import doctor, jobs, monitor, serve, up, worker
 
-    for module in (worker, monitor, jobs, doctor, up):
+    for module in (worker, monitor, jobs, doctor, serve, up):
         module.register(cli)
 
 

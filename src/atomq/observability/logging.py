@@ -23,7 +23,7 @@ _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar
 )
 
 #: Attributes of a LogRecord that are not user context.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s%(context)s"
 
@@ -106,3 +106,5 @@ def setup_logging(level: str = "INFO", fmt: str = "text", log_file: Path | str |
     # RQ attaches its own handlers when it finds none; ours are on the root, so it won't.
     for name in ("rq.worker", "rq.job", "rq.queue", "rq.scheduler"):
         logging.getLogger(name).setLevel(level.upper())
+    # Alembic narrates every plugin it loads at INFO; only its warnings matter here.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,135 @@
+"""One JSON error shape for every failure: ``{"error": {"code", "message", "field"}}``.
+
+Errors become HTTP statuses here and only here; routes and services raise atomq's errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from atomq.errors import (
+    AtomqError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    UnavailableError,
+)
+
+logger = logging.getLogger("atomq.api")
+
+_STATUS: list[tuple[type[AtomqError], int]] = [
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (InvalidInputError, 422),
+    (UnavailableError, 503),
+]
+
+
+class ApiError(Exception):
+    """An error raised by the HTTP layer itself (authentication, body size, routing)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.headers = headers
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    """The error document every non-2xx response carries."""
+    return {"error": {"code": code, "message": message, "field": field}}
+
+
+def status_for(exc: AtomqError) -> int:
+    for kind, status in _STATUS:
+        if isinstance(exc, kind):
+            return status
+    return 500
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on ``app``."""
+
+    @app.exception_handler(AtomqError)
+    async def _atomq(request: Request, exc: AtomqError) -> JSONResponse:
+        status = status_for(exc)
+        if status >= 500:
+            logger.error("%s %s failed: %s", request.method, request.url.path, exc)
+        return JSONResponse(error_body(exc.code, exc.message, exc.field), status_code=status)
+
+    @app.exception_handler(ApiError)
+    async def _api(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(
+            error_body(exc.code, exc.message, exc.field), status_code=exc.status, headers=exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        field = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header"))
+        message = "; ".join(_describe(e) for e in errors[:5])
+        return JSONResponse(error_body("invalid_request", message, field or None), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        return JSONResponse(
+            error_body(code, message), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
+    async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("%s %s: Redis unreachable: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            error_body("redis_unavailable", "Redis is unreachable; try again shortly"),
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(redis.ResponseError)
+    async def _redis_refused(request: Request, exc: redis.ResponseError) -> JSONResponse:
+        text = str(exc)
+        if text.startswith("OOM"):
+            return JSONResponse(
+                error_body("redis_full", "Redis is out of memory; nothing was written"),
+                status_code=503,
+                headers={"Retry-After": "30"},
+            )
+        logger.error("%s %s: Redis refused a command: %s", request.method, request.url.path, exc)
+        return JSONResponse(error_body("redis_error", "Redis refused the operation"), status_code=503)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("%s %s: unexpected error", request.method, request.url.path)
+        return JSONResponse(
+            error_body("internal_error", "unexpected server error; see the API log"), status_code=500
+        )
+
+
+def _describe(error: dict[str, Any]) -> str:
+    location = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "header"))
+    message = str(error.get("msg", "invalid"))
+    return f"{location}: {message}" if location else message

@@ -1,0 +1,46 @@
+"""What the API holds for its lifetime: settings, Redis, the database, the task queue, tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import redis
+
+from atomq.api.auth import TokenEntry, parse_entries
+from atomq.connection import connect
+from atomq.db.engine import Database
+from atomq.settings import Settings
+from atomq.task_queue import TaskQueue
+
+
+@dataclass
+class AppState:
+    """Shared resources of one API process (one per ``create_app``)."""
+
+    settings: Settings
+    redis_client: redis.Redis | None = None
+    database_: Database | None = None
+    tokens: list[TokenEntry] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.tokens = parse_entries(self.settings.api_tokens)
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        # No PING at start-up: the API must come up (and answer 503) while Redis is away.
+        return self.redis_client or connect(self.settings, check=False)
+
+    @cached_property
+    def database(self) -> Database:
+        return self.database_ or Database.from_settings(self.settings)
+
+    @cached_property
+    def task_queue(self) -> TaskQueue:
+        return TaskQueue(settings=self.settings, connection=self.redis)
+
+    def close(self) -> None:
+        if "redis" in self.__dict__ and self.redis_client is None:
+            self.redis.close()
+        if "database" in self.__dict__ and self.database_ is None:
+            self.database.dispose()
