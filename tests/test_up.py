@@ -14,7 +14,7 @@ import pytest
 
 from atomq.settings import load_settings
 from atomq.task_queue import TaskQueue
-from tests.support import ROOT, cli_env, group_pids, wait_for
+from tests.support import ROOT, cli_env, free_port, group_pids, wait_for
 
 
 def _start_up(env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -41,7 +41,7 @@ def _redis_url(var: Path) -> str:
 @pytest.mark.slow
 def test_up_runs_everything_stops_cleanly_and_keeps_jobs(tmp_path):
     var = tmp_path / "var"
-    env = cli_env("", var)
+    env = cli_env("", var, ATOMQ_API_PORT=str(free_port()))
     env.pop("REDIS_URL")
     log = tmp_path / "up.log"
     up = _start_up(env, tmp_path, log)

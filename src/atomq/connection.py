@@ -118,6 +118,19 @@ def ping(client: redis.Redis, target: RedisTarget | None = None) -> None:
         ) from None
 
 
+def blocking_timeout(client: redis.Redis, wanted: float) -> float:
+    """``wanted`` seconds for a blocking command, cut to fit inside the client's socket timeout.
+
+    A BLPOP that outlasts the socket timeout is reported as a dead connection; redis-py 8
+    clients built without options time out after 5 s.
+    """
+    kwargs = client.connection_pool.connection_kwargs
+    limit = kwargs.get("socket_timeout") or kwargs.get("orig_socket_timeout")
+    if limit:
+        return max(0.001, min(wanted, float(limit) - 0.5))
+    return wanted
+
+
 def describe_client(client: redis.Redis) -> str:
     """Where ``client`` points, safe to show (no password)."""
     return _where(client, None)

@@ -162,7 +162,7 @@ def scheduler_run(
     runtime = Runtime(url)
     setup_logging(log_level, log_format, log_file)
     load_task_modules(runtime.settings.task_modules)
-    worker = Scheduler(runtime.connection, queues=list(runtime.settings.queues))
+    worker = Scheduler(runtime.connection, queues=list(runtime.settings.queues), settings=runtime.settings)
 
     def stop(signum: int, frame: object) -> None:
         worker.stop()

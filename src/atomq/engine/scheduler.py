@@ -8,7 +8,8 @@ Where RQ's scheduler polls once a second, reads due jobs and removes them in sep
 * sleeps until the next due time, and is woken early when a sooner job is scheduled;
 * elects a leader with an expiring lease so normally one scheduler does the work and the
   others stand by (the script keeps things exact even when two believe they lead);
-* as leader, reaps workers whose heartbeat expired and recovers their jobs.
+* as leader, reaps workers whose heartbeat expired and recovers their jobs, and runs the
+  registered periodic functions (reconcilers; see :mod:`atomq.engine.periodic`) in a thread.
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
 from rq.utils import utcformat
 
+from atomq.connection import blocking_timeout
 from atomq.engine import keys
+from atomq.engine.periodic import PeriodicContext, PeriodicRunner
 from atomq.engine.queues import WAKE_TOKENS_KEPT
 from atomq.engine.recovery import find_dead_workers, recover_worker
 from atomq.engine.scripts import Scripts, decode
+from atomq.settings import Settings
 from atomq.timeutil import utcnow
 
 logger = logging.getLogger("atomq.scheduler")
@@ -68,14 +71,18 @@ class Scheduler:
         *,
         name: str | None = None,
         queues: list[str] | None = None,
-        hooks: list[Callable[[Scheduler], None]] | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.connection = connection
         self.name = name or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
         self.extra_queues = list(queues or [])
         self.scripts = Scripts(connection)
         self.is_leader = False
-        self.hooks = list(hooks or [])
+        self.runner = (
+            PeriodicRunner(PeriodicContext(settings, connection), lambda: self.is_leader)
+            if settings
+            else None
+        )
         self._stop = threading.Event()
         self._last_reap = 0.0
 
@@ -122,7 +129,12 @@ class Scheduler:
     def run(self, *, burst: bool = False) -> None:
         """Run until :meth:`stop` (or one pass with ``burst``)."""
         self._register()
+        if burst:
+            self._burst()
+            return
         logger.info("scheduler %s started", self.name)
+        if self.runner is not None:
+            self.runner.start()
         try:
             while not self._stop.is_set():
                 try:
@@ -132,12 +144,29 @@ class Scheduler:
                     self.is_leader = False
                     self._stop.wait(2)
                     continue
-                if burst:
-                    break
                 self._sleep(sleep_for)
         finally:
+            if self.runner is not None:
+                self.runner.stop()
             self._deregister()
             logger.info("scheduler %s stopped", self.name)
+
+    def _burst(self) -> None:
+        """One pass: move what is due (whoever leads: the move is atomic) and, as leader,
+        run the periodic functions once."""
+        try:
+            self.is_leader = bool(
+                self.scripts.lease(keys=[keys.SCHEDULER_LEADER], args=[self.name, LEASE_MS])
+            )
+            self.tick()
+            if self.is_leader:
+                self.reap()
+                if self.runner is not None:
+                    self.runner.run_due()
+        finally:
+            if self.runner is not None:
+                self.runner.context.close()
+            self._deregister()
 
     def stop(self) -> None:
         """Ask :meth:`run` to return (safe from a signal handler or another thread)."""
@@ -160,11 +189,6 @@ class Scheduler:
         if now - self._last_reap >= REAP_INTERVAL_SECONDS:
             self._last_reap = now
             self.reap()
-        for hook in self.hooks:
-            try:
-                hook(self)
-            except Exception:
-                logger.exception("scheduler hook %r failed", hook)
         if result.next_due is None:
             return MAX_SLEEP_SECONDS
         return max(0.0, min(MAX_SLEEP_SECONDS, result.next_due - time.time()))
@@ -177,7 +201,9 @@ class Scheduler:
         coarse = seconds - FINE_SLEEP_SECONDS
         if coarse > 0.001 and self.is_leader:
             # Redis accepts fractional timeouts; 0 would block forever, hence the guard above.
-            token = self.connection.blpop([keys.SCHEDULER_WAKE], timeout=coarse)
+            token = self.connection.blpop(
+                [keys.SCHEDULER_WAKE], timeout=blocking_timeout(self.connection, coarse)
+            )
             if token is not None:
                 return
         elif coarse > 0.001:

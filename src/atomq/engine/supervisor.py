@@ -105,7 +105,7 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
         if self.options.burst and self.with_scheduler:
             # Jobs already due run in this burst; later ones wait for a scheduler.
-            Scheduler(self.connection, queues=self.options.queues).tick()
+            Scheduler(self.connection, queues=self.options.queues, settings=self.settings).run(burst=True)
         for slot in self.slots:
             if slot.role == "worker" or not self.options.burst:
                 self._start(slot)
@@ -255,7 +255,7 @@ def _worker_main(settings: Settings, options: WorkerOptions, name: str) -> None:
 def _scheduler_main(settings: Settings, options: WorkerOptions, name: str) -> None:
     _child_setup()
     connection = connect(settings, check=False)
-    scheduler = Scheduler(connection, name=name, queues=list(settings.queues))
+    scheduler = Scheduler(connection, name=name, queues=list(settings.queues), settings=settings)
 
     def stop(signum: int, frame: Any) -> None:
         scheduler.stop()

@@ -37,7 +37,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import Worker as RQWorker
 from rq.worker import WorkerStatus
 
-from atomq.connection import describe_client
+from atomq.connection import blocking_timeout, describe_client
 from atomq.engine import keys
 from atomq.engine.process import die_with_parent
 from atomq.engine.queues import AtomqQueue
@@ -200,7 +200,9 @@ class Worker(RQWorker):
             )
             if not reply:
                 if wait:
-                    self.connection.blpop(self.wake_keys, timeout=self.idle_poll)
+                    self.connection.blpop(
+                        self.wake_keys, timeout=blocking_timeout(self.connection, self.idle_poll)
+                    )
                 return None
             queue_key, job_id = decode(reply[0]), decode(reply[1])
             try:
