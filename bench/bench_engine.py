@@ -11,7 +11,7 @@ For each system, with 2 worker processes on this machine:
   this script's own polling;
 * worker CPU milliseconds per job (every process of the worker tree, forked children too)
   and the peak RSS of any single worker process;
-* scheduling lateness of 200 jobs due 3–5 s ahead: p50, p99, max, and how many started early.
+* scheduling lateness of 200 jobs due 3-5 s ahead: p50, p99, max, and how many started early.
 
 Every run repeats ``--repeat`` times; the table shows medians and each system's drain
 throughput as a ratio to atomq's in the same run. JSON goes to bench/results/.
@@ -24,6 +24,7 @@ throughput as a ratio to atomq's in the same run. JSON goes to bench/results/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -67,8 +68,21 @@ class Server:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         binary = shutil.which("redis-server") or "redis-server"
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir), "--logfile", "redis.log"],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+                "--logfile",
+                "redis.log",
+            ],
             start_new_session=True,
         )
         self.client = redis.Redis.from_url(self.url, socket_timeout=30)
@@ -125,13 +139,18 @@ class System:
 
 class Atomq(System):
     def __init__(self, url: str) -> None:
-        super().__init__("atomq", url, "rq:queue:bench", env={
-            "REDIS_URL": url, "ATOMQ_TASK_MODULES": "bench.peers.atomq_tasks", "ATOMQ_QUEUES": "bench"})
+        super().__init__(
+            "atomq",
+            url,
+            "rq:queue:bench",
+            env={"REDIS_URL": url, "ATOMQ_TASK_MODULES": "bench.peers.atomq_tasks", "ATOMQ_QUEUES": "bench"},
+        )
         from atomq.settings import load_settings
         from atomq.task_queue import TaskQueue
 
-        self.tq = TaskQueue(settings=load_settings(redis_url=url, task_modules=["bench.peers.atomq_tasks"],
-                                                   queues=["bench"]))
+        self.tq = TaskQueue(
+            settings=load_settings(redis_url=url, task_modules=["bench.peers.atomq_tasks"], queues=["bench"])
+        )
 
     def enqueue_single(self, n: int) -> None:
         for _ in range(n):
@@ -153,7 +172,9 @@ class Atomq(System):
 
 class RQ(System):
     def __init__(self, url: str, simple: bool) -> None:
-        super().__init__("rq-simple" if simple else "rq", url, "rq:queue:bench", jobs_scale=1.0 if simple else 0.1)
+        super().__init__(
+            "rq-simple" if simple else "rq", url, "rq:queue:bench", jobs_scale=1.0 if simple else 0.1
+        )
         from rq import Queue
 
         self.simple = simple
@@ -242,8 +263,25 @@ class Celery(System):
             self.tasks.record.apply_async(args=(index, due), eta=datetime.fromtimestamp(due, UTC))
 
     def worker_commands(self, scheduling: bool) -> list[list[str]]:
-        return [[str(BIN / "celery"), "-A", "bench.peers.celery_tasks", "worker", "-c", "2", "-P", "prefork",
-                 "-Q", "bench", "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING"]]
+        return [
+            [
+                str(BIN / "celery"),
+                "-A",
+                "bench.peers.celery_tasks",
+                "worker",
+                "-c",
+                "2",
+                "-P",
+                "prefork",
+                "-Q",
+                "bench",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-l",
+                "WARNING",
+            ]
+        ]
 
 
 SYSTEMS: dict[str, Callable[[str], System]] = {
@@ -269,9 +307,13 @@ class Workers:
         env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
         self.processes = []
         for index, command in enumerate(system.worker_commands(scheduling)):
-            with open(log_dir / f"{system.name}-{'sched' if scheduling else 'drain'}-{index}.log", "ab") as log:
+            with open(
+                log_dir / f"{system.name}-{'sched' if scheduling else 'drain'}-{index}.log", "ab"
+            ) as log:
                 self.processes.append(
-                    subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                    subprocess.Popen(
+                        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                    )
                 )
 
     def tree(self) -> list[psutil.Process]:
@@ -315,10 +357,8 @@ class Workers:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 # -- measurements --------------------------------------------------------------------------
@@ -455,12 +495,18 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated, from: " + ", ".join(SYSTEMS))
+    parser.add_argument(
+        "--systems", default=",".join(SYSTEMS), help="comma-separated, from: " + ", ".join(SYSTEMS)
+    )
     parser.add_argument("--jobs", type=int, default=20_000, help="no-op jobs drained per system and run")
-    parser.add_argument("--enqueue-jobs", type=int, default=5_000, help="jobs for the enqueue-rate measurement")
+    parser.add_argument(
+        "--enqueue-jobs", type=int, default=5_000, help="jobs for the enqueue-rate measurement"
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-lateness", action="store_true", help="skip the scheduling measurement")
-    parser.add_argument("--json", type=Path, default=None, help="where to write results (default bench/results/)")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="where to write results (default bench/results/)"
+    )
     args = parser.parse_args()
     names = [n.strip() for n in args.systems.split(",") if n.strip()]
     unknown = set(names) - set(SYSTEMS)
@@ -472,7 +518,7 @@ def main() -> int:
     try:
         systems = {name: SYSTEMS[name](server.url) for name in names}
         for repeat in range(args.repeat):
-            order = names[repeat % len(names):] + names[: repeat % len(names)]
+            order = names[repeat % len(names) :] + names[: repeat % len(names)]
             for name in order:
                 system = systems[name]
                 jobs = max(1000, int(args.jobs * system.jobs_scale))
@@ -490,8 +536,18 @@ def main() -> int:
         print_table(results)
         target = args.json or ROOT / "bench" / "results" / f"engine-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "cpus": os.cpu_count(),
-                                      "medians": results, "runs": per_run}, indent=2, default=str))
+        target.write_text(
+            json.dumps(
+                {
+                    "args": vars(args) | {"json": str(args.json)},
+                    "cpus": os.cpu_count(),
+                    "medians": results,
+                    "runs": per_run,
+                },
+                indent=2,
+                default=str,
+            )
+        )
         print(f"\nmedians of {args.repeat} run(s); JSON: {target}; worker logs: {log_dir}")
     finally:
         server.stop()

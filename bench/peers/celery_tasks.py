@@ -9,8 +9,12 @@ from celery import Celery
 from bench.peers.common import record_start
 
 app = Celery("bench", broker=os.environ["BENCH_REDIS_URL"])
-app.conf.update(task_ignore_result=True, task_default_queue="bench", worker_hijack_root_logger=False,
-                broker_connection_retry_on_startup=True)
+app.conf.update(
+    task_ignore_result=True,
+    task_default_queue="bench",
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+)
 
 
 @app.task(name="bench.noop")

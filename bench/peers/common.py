@@ -15,7 +15,7 @@ _client: redis.Redis | None = None
 
 
 def client() -> redis.Redis:
-    global _client  # noqa: PLW0603 - one connection per worker process
+    global _client
     if _client is None:
         _client = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
     return _client
