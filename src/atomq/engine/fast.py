@@ -179,6 +179,7 @@ class FastWorker:
         self._stop_job: str | None = None
         self._stop_buffered: set[str] = set()
         self._timer_armed = False
+        self._suspended = False  # `rq suspend`, checked by the background thread, not per batch
         self._background_stop = threading.Event()
         self._lock = threading.Lock()
         self._pubsub: Any = None
@@ -304,7 +305,7 @@ class FastWorker:
         Without a new batch, wait for a wake-up (unless ``wait`` is False). Returns whether
         jobs were claimed.
         """
-        if is_suspended(self.connection):
+        if self._suspended:
             self._flush()
             logger.info("Worker %s: suspended (rq suspend); waiting", self.name)
             time.sleep(1)
@@ -593,12 +594,16 @@ class FastWorker:
         )
 
     def _background_loop(self) -> None:
-        last_beat = time.monotonic()
+        last_beat = last_check = time.monotonic()
         while not self._background_stop.wait(0.1):
             try:
                 self._release_if_slow()
-                if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
-                    last_beat = time.monotonic()
+                now = time.monotonic()
+                if now - last_check >= 1.0:
+                    last_check = now
+                    self._suspended = bool(is_suspended(self.connection))
+                if now - last_beat >= HEARTBEAT_SECONDS:
+                    last_beat = now
                     self.heartbeat()
             except redis.RedisError as exc:
                 logger.debug("background work failed: %s", exc)
