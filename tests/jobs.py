@@ -76,3 +76,16 @@ def slow_first_attempt(path: str, seconds: float = 60) -> int:
     if attempts == 1:
         time.sleep(seconds)
     return attempts
+
+
+@task("publish_post", queue="social_media")
+def publish_post(post_id: str, user_id: str, fail: bool = False) -> dict[str, str]:
+    """Logs like the guide's process_scheduled_post, so log tests can grep for the post id."""
+    import logging
+
+    log = logging.getLogger("tests.publish")
+    log.info("publishing post")
+    if fail:
+        log.error("Failed to publish post: platform said no")
+        raise RuntimeError("platform said no")
+    return {"post_id": post_id, "user_id": user_id}

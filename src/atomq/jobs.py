@@ -20,6 +20,7 @@ from rq.job import Job, JobStatus
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
+from atomq.observability.stats import due_time
 from atomq.tasks import TaskSpec, registry
 
 logger = logging.getLogger("atomq.jobs")
@@ -35,6 +36,10 @@ TERMINAL_STATUSES = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.S
 
 class AtomqJob(Job):
     """An RQ job restricted to registered tasks and JSON payloads."""
+
+    #: When a scheduled job was due (epoch seconds), until it starts; its lateness is measured
+    #: against this (see :mod:`atomq.observability.stats`).
+    due_at: float | None = None
 
     def __init__(self, id: str | None = None, connection: Any = None, serializer: Any = None) -> None:
         # The serializer argument is ignored on purpose: accepting pickle here would reopen the
@@ -78,6 +83,7 @@ class AtomqJob(Job):
         result = super().restore(raw_data)
         # Webhook URLs stored in Redis would let a writer make workers call arbitrary hosts.
         self.webhooks = []
+        self.due_at = due_time(raw_data)
         return result
 
 

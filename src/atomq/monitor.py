@@ -22,7 +22,7 @@ from atomq.engine.queues import AtomqQueue, validate_queue_name
 from atomq.engine.scheduler import leader
 from atomq.engine.scripts import decode
 from atomq.errors import JobNotFoundError, JobStateError
-from atomq.jobs import AtomqJob, error_summary, iso, latest_result, load_job, load_jobs
+from atomq.jobs import AtomqJob, error_summary, iso, latest_result, load_job, load_jobs, status_dict
 
 _RQ = keys.JOB_KEY_PREFIX.rsplit(":job:", 1)[0]
 
@@ -145,8 +145,14 @@ def _iso_rq(value: str | None) -> str | None:
     return iso(utcparse(value)) if value else None
 
 
-def list_scheduled(connection: redis.Redis, names: list[str], limit: int = 100) -> list[dict[str, Any]]:
-    """The soonest scheduled jobs across ``names``: id, queue, task, due time, description."""
+def list_scheduled(
+    connection: redis.Redis, names: list[str], limit: int = 100, *, private: bool = True
+) -> list[dict[str, Any]]:
+    """The soonest scheduled jobs across ``names``: id, queue, task, due time, description.
+
+    With ``private=False`` a description that RQ generated from the call (it shows the
+    arguments) is left out; one given at enqueue time is kept.
+    """
     with connection.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.zrange(keys.scheduled_key(name), 0, limit - 1, withscores=True)
@@ -168,7 +174,7 @@ def list_scheduled(connection: redis.Redis, names: list[str], limit: int = 100) 
                 "task": _safe_task(job),
                 "due_at": iso(datetime.fromtimestamp(score, UTC)),
                 "due_in": round(score - time.time(), 3),
-                "description": job.description if job else None,
+                "description": describe(job, private=private),
             }
         )
     return out
@@ -181,6 +187,63 @@ def _safe_task(job: AtomqJob | None) -> str | None:
         return job.func_name
     except Exception:  # an undecodable payload must not break a listing
         return "<unreadable>"
+
+
+def describe(job: AtomqJob | None, *, private: bool = True) -> str | None:
+    """The job's description; without ``private``, ``None`` when it spells out the arguments.
+
+    RQ makes a description from the call (``send_email(user_id='u1', to='a@b.c')``) when the
+    caller gives none; only callers allowed to see arguments get that one.
+    """
+    if job is None:
+        return None
+    if private:
+        return job.description
+    try:
+        generated = job.get_call_string()
+    except Exception:  # undecodable payload: show nothing rather than fail the listing
+        return None
+    return None if job.description == generated else job.description
+
+
+def count_failed(connection: redis.Redis, names: list[str]) -> int:
+    """How many failed jobs ``names`` hold right now (one round trip)."""
+    now = time.time()
+    with connection.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.zcount(f"{_RQ}:failed:{name}", now, "+inf")
+        return sum(int(n) for n in pipe.execute())
+
+
+def job_details(connection: redis.Redis, job: AtomqJob, *, private: bool) -> dict[str, Any]:
+    """The guide's status dictionary for ``job``, then where it runs and, with ``private``,
+    its arguments, meta and traceback (the API shows those to admins only)."""
+    out = status_dict(job)
+    latest = latest_result(job)
+    out.update(
+        {
+            "queue": job.origin,
+            "task": _safe_task(job),
+            "description": describe(job, private=private),
+            "worker": job.worker_name or None,
+            "retries_left": job.retries_left,
+        }
+    )
+    if private:
+        try:
+            args: Any = job.args
+            kwargs: Any = job.kwargs
+        except Exception:
+            args, kwargs = None, None
+        out.update(
+            {
+                "args": args,
+                "kwargs": kwargs,
+                "meta": job.meta or {},
+                "traceback": latest.exc_string if latest and latest.exc_string else None,
+            }
+        )
+    return out
 
 
 def list_failed(

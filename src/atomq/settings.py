@@ -112,6 +112,11 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(
         default=1_000_000, gt=0, description="Largest request body the API accepts."
     )
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve /metrics without a token (for a Prometheus on a private network); "
+        "otherwise it needs a token with the read scope.",
+    )
     log_level: str = Field(default="INFO")
     log_format: str = Field(default="text", description="text or json")
     log_file: Path | None = Field(default=None)

@@ -16,6 +16,9 @@ from atomq.task_queue import TaskQueue
 
 _bearer = HTTPBearer(auto_error=False, description="An atomq API token (`atomq token create`).")
 
+#: The bearer-token extractor, for routes whose access rule depends on settings (``/metrics``).
+bearer = _bearer
+
 
 def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.atomq

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import redis
+from prometheus_client import CollectorRegistry
 
 from atomq.api.auth import TokenEntry, parse_entries
 from atomq.connection import connect
@@ -34,6 +35,14 @@ class AppState:
     @cached_property
     def database(self) -> Database:
         return self.database_ or Database.from_settings(self.settings)
+
+    @cached_property
+    def metrics(self) -> CollectorRegistry:
+        """The Prometheus registry ``/metrics`` renders (atomq's collector plus registered ones)."""
+        from atomq.observability.metrics import MetricsContext, build_registry, load_metric_modules
+
+        load_metric_modules()
+        return build_registry(MetricsContext(self.settings, self.redis, lambda: self.database))
 
     @cached_property
     def task_queue(self) -> TaskQueue:
