@@ -30,8 +30,9 @@ _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar
 #: Attributes of a LogRecord that are not user context.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 
-#: Extras RQ attaches to its exception log line that atomq leaves out: job arguments may hold
-#: personal data (the API shows them to admins only), and ``task`` already names the function.
+#: Extras RQ attaches to its exception log line that atomq leaves out: ``task`` already names
+#: the function, and whole argument lists would turn every error line into a wall of data
+#: (the id-like arguments are there already, see :func:`job_log_fields`).
 _DROPPED = {"arguments", "kwargs", "func"}
 
 #: Longest id value copied from a job's keyword arguments into its log fields.
