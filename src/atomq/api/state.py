@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import redis
-from prometheus_client import CollectorRegistry
 
 from atomq.api.auth import TokenEntry, parse_entries
 from atomq.connection import connect
 from atomq.db.engine import Database
+from atomq.observability.metrics import CachedExposition
 from atomq.settings import Settings
 from atomq.task_queue import TaskQueue
 
@@ -37,12 +37,13 @@ class AppState:
         return self.database_ or Database.from_settings(self.settings)
 
     @cached_property
-    def metrics(self) -> CollectorRegistry:
-        """The Prometheus registry ``/metrics`` renders (atomq's collector plus registered ones)."""
+    def metrics(self) -> CachedExposition:
+        """What ``/metrics`` renders: atomq's collector plus the registered ones, briefly cached."""
         from atomq.observability.metrics import MetricsContext, build_registry, load_metric_modules
 
         load_metric_modules()
-        return build_registry(MetricsContext(self.settings, self.redis, lambda: self.database))
+        registry = build_registry(MetricsContext(self.settings, self.redis, lambda: self.database))
+        return CachedExposition(registry, self.settings.metrics_cache_seconds)
 
     @cached_property
     def task_queue(self) -> TaskQueue:

@@ -15,7 +15,7 @@ Exposed (all prefixed ``atomq_``)::
     workers{state}                               gauge    live workers by state (idle, busy, ...)
     jobs_{finished,failed,retried,stopped}_total{queue,task}   counter
     job_duration_seconds{queue,task}             histogram
-    job_schedule_lateness_seconds{queue,task}    histogram start time minus due time of scheduled jobs
+    job_schedule_lateness_seconds{queue}         histogram start time minus due time of scheduled jobs
     leader_present{role}                         gauge    1 when a scheduler (and so the reconcilers) leads
     schedulers                                   gauge    running schedulers (leader and standbys)
     periodic_last_success_timestamp_seconds{name}  gauge  last good run of each periodic function
@@ -46,8 +46,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from importlib.metadata import version
@@ -68,6 +69,7 @@ from atomq.engine import keys
 from atomq.engine.scripts import decode
 from atomq.errors import ConfigurationError
 from atomq.observability import stats
+from atomq.overview import queue_overview
 from atomq.settings import Settings
 
 if TYPE_CHECKING:
@@ -171,22 +173,43 @@ def render(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
+class CachedExposition:
+    """Renders a registry at most once per ``max_age`` seconds, however many ask at once.
+
+    A scrape reads Redis and formats a few thousand samples (~10-30 ms); several Prometheus
+    servers, dashboards and curl loops hitting ``/metrics`` together then share one rendering
+    instead of each paying for it (and for Redis' time).
+    """
+
+    def __init__(self, registry: CollectorRegistry, max_age: float = 1.0) -> None:
+        self.registry = registry
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._body = b""
+        self._at = float("-inf")
+
+    def render(self) -> bytes:
+        if self.max_age <= 0:
+            return render(self.registry)
+        with self._lock:
+            if time.monotonic() - self._at >= self.max_age:
+                self._body = render(self.registry)
+                self._at = time.monotonic()
+            return self._body
+
+
 def core_metrics(context: MetricsContext) -> list[Metric]:
     """atomq's own metrics, read in a few pipelined round trips."""
     connection = context.connection
-    names = monitor.known_queues(connection, context.settings.queues)
-    now = time.time()
     with connection.pipeline(transaction=False) as pipe:
         stats.queue_reads(pipe)
         pipe.get(keys.SCHEDULER_LEADER)
         pipe.hlen(keys.SCHEDULERS)
-        for name in names:
-            pipe.zcount(keys.scheduled_key(name), "-inf", now)
         replies = pipe.execute()
     job_stats = stats.parse(replies[:4])
     leader, schedulers = replies[4], int(replies[5])
-    due = dict(zip(names, (int(n) for n in replies[6:]), strict=True))
-    queue_stats = monitor.queue_stats(connection, names)
+    overview = queue_overview(connection, context.settings.queues)
+    queue_stats, due = overview.queues, overview.scheduled_due
     workers = monitor.list_workers(connection)
 
     out: list[Metric] = []
@@ -230,14 +253,14 @@ def core_metrics(context: MetricsContext) -> list[Metric]:
             stats.DURATION_BUCKETS,
         )
     )
-    out.append(
-        _histogram(
-            "atomq_job_schedule_lateness_seconds",
-            "Start time minus due time of scheduled jobs (and delayed retries).",
-            job_stats.lateness,
-            stats.LATENESS_BUCKETS,
-        )
+    lateness = _histogram(
+        "atomq_job_schedule_lateness_seconds",
+        "Start time minus due time of scheduled jobs (and delayed retries), by queue.",
+        _by_queue(job_stats.lateness),
+        stats.LATENESS_BUCKETS,
+        labels=("queue",),
     )
+    out.append(lateness)
     out += _leadership(leader, schedulers, job_stats)
     info = GaugeMetricFamily("atomq_build_info", "atomq's version.", labels=["version"])
     info.add_metric([version("atomq")], 1)
@@ -262,12 +285,28 @@ def _job_counters(job_stats: stats.JobStats) -> list[Metric]:
 
 
 def _histogram(
-    name: str, doc: str, data: dict[stats.Labels, stats.Histogram], bounds: tuple[float, ...]
+    name: str,
+    doc: str,
+    data: Mapping[Any, stats.Histogram],
+    bounds: tuple[float, ...],
+    labels: tuple[str, ...] = ("queue", "task"),
 ) -> Metric:
-    family = HistogramMetricFamily(name, doc, labels=["queue", "task"])
-    for (queue, task), histogram in sorted(data.items()):
-        family.add_metric([queue, task], histogram.cumulative(bounds), histogram.sum)
+    family = HistogramMetricFamily(name, doc, labels=list(labels))
+    for label_values, histogram in sorted(data.items()):
+        family.add_metric(list(label_values), histogram.cumulative(bounds), histogram.sum)
     return family
+
+
+def _by_queue(data: dict[stats.Labels, stats.Histogram]) -> dict[tuple[str, ...], stats.Histogram]:
+    # Lateness depends on the scheduler and the queue's capacity, not on the task: one series
+    # per queue keeps the scrape small (stats keeps the per-task detail in Redis).
+    merged: dict[tuple[str, ...], stats.Histogram] = {}
+    for (queue, _task), histogram in data.items():
+        target = merged.setdefault((queue,), stats.Histogram())
+        target.sum += histogram.sum
+        for le, count in histogram.buckets.items():
+            target.buckets[le] = target.buckets.get(le, 0) + count
+    return merged
 
 
 def _leadership(leader: Any, schedulers: int, job_stats: stats.JobStats) -> list[Metric]:

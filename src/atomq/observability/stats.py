@@ -10,6 +10,7 @@ job ends, in the pipeline they already send, and ``/metrics`` reads them back:
     ``queue|task|le`` -> jobs that fell in that bucket (non-cumulative; ``le`` is the bucket's
     upper bound as text, ``+Inf`` last) and ``queue|task|sum`` -> seconds in total. Any number
     of workers contribute to the same histogram; ``/metrics`` makes the buckets cumulative.
+    Changing the bucket bounds below needs these two hashes deleted.
 ``atomq:stats:periodic``
     ``name|ok`` -> time of the last successful run of a periodic function (reconcilers),
     ``name|failures`` -> failed runs.
@@ -39,12 +40,12 @@ OUTCOMES: tuple[str, ...] = ("finished", "failed", "retried", "stopped")
 
 #: Upper bounds (seconds) of the job duration histogram buckets.
 DURATION_BUCKETS: tuple[float, ...] = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600,
 )  # fmt: skip
 
 #: Upper bounds (seconds) of the schedule lateness histogram buckets.
 LATENESS_BUCKETS: tuple[float, ...] = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600,
 )  # fmt: skip
 
 COUNTS_KEY = "atomq:stats:jobs"

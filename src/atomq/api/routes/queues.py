@@ -9,6 +9,7 @@ from atomq import monitor
 from atomq.api.deps import Admin, Reader, State
 from atomq.engine.queues import validate_queue_name
 from atomq.errors import NotFoundError
+from atomq.overview import queue_overview
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["queues"])
 
@@ -33,8 +34,7 @@ class QueuesOut(BaseModel):
 
 @router.get("/queues", response_model=QueuesOut, summary="Job counts per queue")
 def list_queues(state: State, _: Reader) -> QueuesOut:
-    names = monitor.known_queues(state.redis, state.settings.queues)
-    stats = monitor.queue_stats(state.redis, names)
+    stats = queue_overview(state.redis, state.settings.queues).queues
     return QueuesOut(queues=[QueueOut(**s.as_dict()) for s in stats])
 
 
