@@ -83,8 +83,11 @@ def publish_post(post_id: str, user_id: str, fail: bool = False) -> dict[str, st
     """Logs like the guide's process_scheduled_post, so log tests can grep for the post id."""
     import logging
 
+    from atomq.observability.logging import bind_log_fields
+
     log = logging.getLogger("tests.publish")
     log.info("publishing post")
+    bind_log_fields(platform="mastodon")  # on every later line of this job, the worker's too
     if fail:
         log.error("Failed to publish post: platform said no")
         raise RuntimeError("platform said no")

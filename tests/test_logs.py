@@ -27,6 +27,7 @@ def test_grep_error_and_grep_post_id_on_a_worker_log_file(tq, burst, tmp_path):
     for line in errors:
         for field in (f"job_id={bad.id}", "task=publish_post", "queue=social_media", "post_id=post_999"):
             assert field in line, (field, line)
+        assert "platform=mastodon" in line, line  # bound by the task itself
     assert any("Failed to publish post: platform said no" in line for line in errors)
     assert any("RuntimeError: platform said no" in line or "exception raised" in line for line in errors)
 
