@@ -334,3 +334,37 @@ def test_workers_and_stopping_a_running_job_with_a_real_worker(client, tq, procs
         error_of(client.delete(f"/api/v1/tasks/jobs/{job.id}?wait=99", headers=auth("write")), 422)["field"]
         == "wait"
     )
+
+
+def test_jobs_written_by_hand_into_redis_never_cause_a_500(client, tq, connection):
+    import pickle
+    import time
+
+    pickled = tq.enqueue("add", a=1, b=2)
+    connection.hset(f"rq:job:{pickled.id}", "data", pickle.dumps(("os.system", None, ("echo hi",), {})))
+    connection.hset(
+        "rq:job:junk",
+        mapping={
+            "status": "bogus",
+            "origin": "default",
+            "data": b"\x00\xff",
+            "created_at": "?",
+            "enqueued_at": "?",
+        },
+    )
+    connection.rpush("rq:queue:default", "junk")
+    connection.lpush("rq:queue:high_priority", "junk")
+    connection.zadd("rq:scheduled:default", {"junk": time.time() + 100})
+    connection.zadd("rq:failed:default", {"junk": time.time() + 100, pickled.id: time.time() + 100})
+    for scope in ("read", "admin"):
+        for path in ("/scheduled", "/failed", "/queues", "/workers", f"/jobs/{pickled.id}"):
+            response = client.get(f"/api/v1/tasks{path}", headers=auth(scope))
+            assert response.status_code == 200, (path, response.text)
+        assert client.get("/metrics", headers=auth(scope)).status_code == 200
+    shown = client.get(f"/api/v1/tasks/jobs/{pickled.id}", headers=auth("admin")).json()
+    assert shown["task"] == "<unreadable>" and shown["kwargs"] is None
+    for method, suffix in (("GET", ""), ("DELETE", ""), ("POST", "/requeue")):
+        error = error_of(
+            client.request(method, f"/api/v1/tasks/jobs/junk{suffix}", headers=auth("write")), 409
+        )
+        assert error["code"] == "unreadable_job" and "cannot read" in error["message"]

@@ -82,7 +82,10 @@ def queue_overview(
         counts = [int(value) for value in row[1:8]]
         item = QueueStats(name, *counts)
         if row[8]:
-            item.oldest_queued_age = max(0.0, now - utcparse(decode(row[8])).timestamp())
+            try:
+                item.oldest_queued_age = max(0.0, now - utcparse(decode(row[8])).timestamp())
+            except ValueError:  # a hand-written job at the head must not break the overview
+                item.oldest_queued_age = None
         overview.queues.append(item)
         overview.scheduled_due[name] = int(row[9])
     return overview
