@@ -368,3 +368,7 @@ def test_jobs_written_by_hand_into_redis_never_cause_a_500(client, tq, connectio
             client.request(method, f"/api/v1/tasks/jobs/junk{suffix}", headers=auth("write")), 409
         )
         assert error["code"] == "unreadable_job" and "cannot read" in error["message"]
+    requeued = client.post("/api/v1/tasks/failed/requeue", json={"queue": "default"}, headers=auth("write"))
+    assert requeued.status_code == 200 and requeued.json()["requeued"] == 1
+    assert connection.zscore("rq:failed:default", "junk") is not None, "an unreadable job stays where it is"
+    assert connection.zscore("rq:failed:default", pickled.id) is None
