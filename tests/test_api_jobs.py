@@ -277,6 +277,14 @@ def test_failed_list_pages_filters_and_requeues(client, tq, burst):
     rest = client.get("/api/v1/tasks/failed?limit=2&offset=2", headers=auth("read")).json()
     ids = [j["job_id"] for j in page["jobs"] + rest["jobs"]]
     assert len(set(ids)) == 4
+    deep = client.get("/api/v1/tasks/failed?offset=20000", headers=auth("read"))
+    assert error_of(deep, 422)["field"] == "offset"
+    paged = [
+        client.get(f"/api/v1/tasks/failed?queue=default&limit=1&offset={i}", headers=auth("read")).json()
+        for i in range(4)
+    ]
+    assert [len(p["jobs"]) for p in paged] == [1, 1, 1, 0]
+    assert len({p["jobs"][0]["job_id"] for p in paged[:3]}) == 3
     social = client.get("/api/v1/tasks/failed?queue=social_media", headers=auth("read")).json()
     assert social["total"] == 1
     assert social["jobs"][0]["error"] == "ValueError: social" and social["jobs"][0]["task"] == "fail"

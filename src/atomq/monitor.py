@@ -250,14 +250,16 @@ def list_failed(
 ) -> list[dict[str, Any]]:
     """Failed jobs, newest first, with an error summary (no arguments, no traceback)."""
     entries: list[tuple[float, str, str]] = []
+    # One queue pages in Redis; several need the first offset + limit of each to merge.
+    first = offset if len(names) == 1 else 0
     with connection.pipeline(transaction=False) as pipe:
         for name in names:
-            pipe.zrevrange(f"{_RQ}:failed:{name}", 0, offset + limit - 1, withscores=True)
+            pipe.zrevrange(f"{_RQ}:failed:{name}", first, offset + limit - 1, withscores=True)
         replies = pipe.execute()
     for name, reply in zip(names, replies, strict=True):
         entries.extend((score, name, decode(job_id)) for job_id, score in reply)
     entries.sort(reverse=True)
-    entries = entries[offset : offset + limit]
+    entries = entries[offset - first : offset - first + limit]
     jobs = load_jobs([job_id for _, _, job_id in entries], connection)
     out = []
     for (_, name, job_id), job in zip(entries, jobs, strict=True):

@@ -14,6 +14,9 @@ from atomq.errors import InvalidInputError
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["failed jobs"])
 
+#: Deepest page of the all-queues listing (merging reads offset + limit ids from every queue).
+MAX_MERGED_OFFSET = 10_000
+
 
 class FailedJobOut(BaseModel):
     job_id: str
@@ -60,6 +63,11 @@ def list_failed(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> FailedPageOut:
     names = _names(state, queue)
+    if len(names) > 1 and offset > MAX_MERGED_OFFSET:
+        raise InvalidInputError(
+            f"offset past {MAX_MERGED_OFFSET} needs a queue= filter (pages of all queues are merged)",
+            field="offset",
+        )
     rows = monitor.list_failed(state.redis, names, offset=offset, limit=limit)
     return FailedPageOut(
         total=monitor.count_failed(state.redis, names),
