@@ -52,8 +52,11 @@ def test_metrics_after_a_known_set_of_jobs(client, tq, burst, connection, tmp_pa
     assert value(s, "atomq_jobs_finished_total", queue="default", task="count_attempts") == 1
     assert value(s, "atomq_jobs_retried_total", queue="default", task="count_attempts") == 1
     assert value(s, "atomq_jobs_failed_total", queue="default", task="fail") == 1
-    assert value(s, "atomq_jobs_failed_total", queue="default", task="add") is None
-    assert value(s, "atomq_jobs_stopped_total", queue="default", task="add") is None
+    # Registered tasks are reported from 0 on their own queue, so rate() sees the first failure.
+    assert value(s, "atomq_jobs_failed_total", queue="default", task="add") == 0
+    assert value(s, "atomq_jobs_stopped_total", queue="default", task="add") == 0
+    assert value(s, "atomq_jobs_failed_total", queue="social_media", task="publish_post") == 0
+    assert value(s, "atomq_jobs_failed_total", queue="social_media", task="add") is None
 
     assert value(s, "atomq_job_duration_seconds_count", queue="default", task="add") == 4
     assert value(s, "atomq_job_duration_seconds_count", queue="default", task="count_attempts") == 2
@@ -184,6 +187,19 @@ def test_queue_overview_matches_the_cli_counts(tq, connection, burst):
         ours.oldest_queued_age = theirs.oldest_queued_age = None
         assert ours == theirs
     assert overview.scheduled_due == {"high_priority": 0, "default": 0, "custom": 0}
+
+
+def test_metrics_are_503_while_redis_is_unreachable(settings, tmp_path):
+    import redis
+
+    from tests.support import free_port
+
+    unreachable = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
+    with api_client(settings, unreachable, tmp_path) as client:
+        response = client.get("/metrics", headers=auth("read"))
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "redis_unavailable"
+        assert response.headers["retry-after"] == "5"
 
 
 def test_metrics_need_a_read_token_unless_made_public(client, settings, connection, tmp_path):

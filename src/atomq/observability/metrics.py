@@ -71,6 +71,7 @@ from atomq.errors import ConfigurationError
 from atomq.observability import stats
 from atomq.overview import queue_overview
 from atomq.settings import Settings
+from atomq.tasks import registry as task_registry
 
 if TYPE_CHECKING:
     from atomq.db.engine import Database
@@ -275,10 +276,14 @@ def _job_counters(job_stats: stats.JobStats) -> list[Metric]:
         "retried": "Job runs that failed and were scheduled for another attempt.",
         "stopped": "Job runs stopped on request.",
     }
+    # Every registered task starts at 0 on its own queue: a series that appears only with its
+    # first failure hides that failure from rate() and increase().
+    seeded = {(spec.queue, spec.name) for spec in task_registry}
     out: list[Metric] = []
     for outcome in stats.OUTCOMES:
         counter = CounterMetricFamily(f"atomq_jobs_{outcome}", docs[outcome], labels=["queue", "task"])
-        for (queue, task), count in sorted(job_stats.counts[outcome].items()):
+        counts = dict.fromkeys(seeded, 0) | job_stats.counts[outcome]
+        for (queue, task), count in sorted(counts.items()):
             counter.add_metric([queue, task], count)
         out.append(counter)
     return out
