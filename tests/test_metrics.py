@@ -218,3 +218,13 @@ def test_no_job_ids_in_labels(client, tq, burst):
         assert family.name.startswith("atomq_"), family.name
         for sample in family.samples:
             assert not {"job_id", "id", "worker"} & set(sample.labels), sample
+
+
+def test_a_job_killed_for_its_timeout_counts_as_failed_with_its_duration(client, tq, burst):
+    tq.enqueue("sleep_for", seconds=30, timeout=1)
+    burst()
+    s = scrape(client)
+    assert value(s, "atomq_jobs_failed_total", queue="default", task="sleep_for") == 1
+    assert value(s, "atomq_jobs_finished_total", queue="default", task="sleep_for") == 0
+    assert value(s, "atomq_job_duration_seconds_bucket", queue="default", task="sleep_for", le="0.5") == 0
+    assert value(s, "atomq_job_duration_seconds_bucket", queue="default", task="sleep_for", le="5") == 1
