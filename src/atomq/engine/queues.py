@@ -24,6 +24,7 @@ from rq.serializers import JSONSerializer
 from atomq.engine import keys
 from atomq.errors import InvalidJobOptionError
 from atomq.jobs import AtomqJob
+from atomq.observability import stats
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -102,6 +103,7 @@ class AtomqQueue(Queue):
         pipe.sadd(self.redis_queues_keys, self.key)
         self._persist_job(job, pipe, status=JobStatus.SCHEDULED)
         pipe.zadd(keys.scheduled_key(self.name), {job.id: due_timestamp(datetime)})
+        stats.mark_due(pipe, job.key, due_timestamp(datetime))
         pipe.lpush(keys.SCHEDULER_WAKE, 1)
         pipe.ltrim(keys.SCHEDULER_WAKE, 0, WAKE_TOKENS_KEPT - 1)
         if pipeline is None:
@@ -123,6 +125,7 @@ class AtomqQueue(Queue):
         )
         if stored == 0:
             raise DuplicateJobError(f"Job with ID '{job.id}' already exists")
+        stats.mark_due(self.connection, job.key, due_timestamp(when))
         self.connection.lpush(keys.SCHEDULER_WAKE, 1)
 
 

@@ -24,6 +24,7 @@ from atomq.engine.fast_scripts import FastScripts
 from atomq.engine.queues import AtomqQueue
 from atomq.engine.scripts import Scripts, decode
 from atomq.jobs import load_job
+from atomq.observability import stats
 
 logger = logging.getLogger("atomq.recovery")
 
@@ -122,6 +123,7 @@ def _abandon(
         if job.get_status(refresh=False) != JobStatus.STARTED or job.worker_name != worker_name:
             pipe.execute()
             return
+        stats.job_ended(pipe, job, "retried" if job.should_retry else "failed", timed=False)
         if job.should_retry:
             job.retry(queue, pipe)
             report.retried.append(job_id)

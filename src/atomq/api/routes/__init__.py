@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from atomq.api.routes import health, queues
+from atomq.api.routes import failed, health, jobs, metrics, queues, workers
 
 #: Every router the API serves, in the order they appear in the OpenAPI document.
 ROUTERS: list[APIRouter] = [
     health.router,
     queues.router,
+    jobs.router,
+    failed.router,
+    workers.router,
+    metrics.router,
 ]
