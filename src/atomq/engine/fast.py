@@ -54,7 +54,7 @@ from atomq.connection import blocking_timeout, describe_client
 from atomq.engine import keys
 from atomq.engine.fast_scripts import FastScripts, pairs
 from atomq.engine.process import set_process_title
-from atomq.engine.queues import AtomqQueue
+from atomq.engine.queues import AtomqQueue, schedule_retry
 from atomq.engine.scripts import Scripts, decode
 from atomq.errors import PermanentError, RetryableError, UnknownTaskError
 from atomq.jobs import AtomqJob, error_summary
@@ -570,7 +570,7 @@ class FastWorker:
                 execution_ended_at=ended,
             )
             if retry:
-                job.retry(aq, pipe)
+                schedule_retry(job, aq, pipe)
             else:
                 job.set_status(JobStatus.STOPPED if stopped else JobStatus.FAILED, pipeline=pipe)
                 job.save(pipeline=pipe, include_meta=False, include_result=False)
