@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from atomq.api.routes import health, queues
+from atomq.api.routes import dashboard, health, queues
 
 #: Every router the API serves, in the order they appear in the OpenAPI document.
 ROUTERS: list[APIRouter] = [
     health.router,
     queues.router,
+    dashboard.router,  # /dashboard (HTML, left out of the OpenAPI document)
 ]
