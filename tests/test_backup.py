@@ -4,6 +4,7 @@ new redis-server process and a new database, where every job and every row is fo
 from __future__ import annotations
 
 import json
+import signal
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from atomq import monitor
 from atomq.cli import exits
 from atomq.settings import load_settings
 from atomq.task_queue import TaskQueue
-from tests.support import PostgresDatabase, RedisServer, cli_env, run_cli
+from tests.support import PostgresDatabase, RedisServer, cli_env, run_cli, wait_for
 
 ROWS = [(i, f"note {i} \N{SNOWMAN}") for i in range(1, 26)]
 
@@ -74,9 +75,14 @@ def jobs_of_every_kind(tq: TaskQueue, burst) -> dict[str, list[str]]:
 
 
 def test_backup_then_restore_into_new_instances_finds_every_job_and_row(
-    tq, burst, env, database, probe_table, target_database, target_redis, tmp_path
+    tq, burst, env, procs, database, probe_table, target_database, target_redis, tmp_path
 ):
     jobs = jobs_of_every_kind(tq, burst)
+    # One job is running when the backup is taken.
+    started = tmp_path / "started"
+    running = tq.enqueue("sleep_for", seconds=60, started_file=str(started), queue="workflows").id
+    worker = procs.worker("workflows", "--no-scheduler")
+    wait_for(lambda: started.exists() and started.read_text(), 30, what="the long job to start")
     due_score = tq.connection.zscore("rq:scheduled:default", jobs["scheduled"][0])
     source_env = dict(env, DATABASE_URL=url_of(database), ATOMQ_BACKUP_DIR=str(tmp_path / "backups"))
 
@@ -93,12 +99,14 @@ def test_backup_then_restore_into_new_instances_finds_every_job_and_row(
     assert {p.name for p in folder.iterdir()} == {"manifest.json", "redis.rdb", manifest["database"]["file"]}
 
     # The source may carry on changing: the backup is what it was.
+    procs.stop(worker, signal.SIGKILL)
     tq.connection.flushall()
 
     target_env = cli_env(target_redis.url, tmp_path / "var2", DATABASE_URL=target_database)
     restored = run_cli(target_env, "restore", str(folder))
     assert restored.returncode == 0, restored.stderr
-    assert "jobs queued 3, scheduled 1, failed 1" in restored.stdout
+    assert "jobs queued 3, scheduled 1, failed 2" in restored.stdout
+    assert "1 job(s) were running at backup time: 0 retried, 1 failed" in restored.stdout
 
     client = redis.Redis.from_url(target_redis.url)
     new_tq = TaskQueue(settings=load_settings(redis_url=target_redis.url), connection=client)
@@ -109,6 +117,10 @@ def test_backup_then_restore_into_new_instances_finds_every_job_and_row(
     detail = monitor.failure_detail(client, jobs["failed"][0])
     assert "ValueError: kept for the post-mortem" in detail["traceback"]
     assert new_tq.get_job_status(jobs["finished"][0])["result"] == 42
+    # The job that was running belongs to a worker that is gone: failed, saying why.
+    assert new_tq.get_job_status(running)["status"] == "failed"
+    assert "backup taken while it ran" in monitor.failure_detail(client, running)["traceback"]
+    assert monitor.list_workers(client) == []
 
     engine = sqlalchemy.create_engine(target_database.replace("postgresql://", "postgresql+psycopg://"))
     with engine.connect() as connection:
@@ -167,3 +179,30 @@ def test_backup_says_clearly_when_redis_is_unreachable(tmp_path):
     assert done.stderr.startswith("error: could not take a snapshot of redis://127.0.0.1:")
     assert "Traceback" not in done.stderr
     assert not any((tmp_path / "b").iterdir())  # no half-written backup left behind
+
+
+def test_jobs_left_running_without_their_worker_are_settled(tq, procs, tmp_path):
+    """A backup restored after its workers' heartbeats expired still settles the running jobs."""
+    from atomq.ops.settle import RESTORED_REASON, settle_restored
+    from atomq.tasks import Retry
+
+    started = tmp_path / "started"
+    once = tq.enqueue("sleep_for", seconds=60, started_file=str(started)).id
+    worker = procs.worker("--no-scheduler")
+    wait_for(lambda: started.exists() and started.read_text(), 30, what="the job to start")
+    procs.stop(worker, signal.SIGKILL)
+    # What the snapshot looks like once the worker's registration has expired.
+    for key in tq.connection.keys("rq:worker:*"):
+        tq.connection.delete(key)
+    tq.connection.delete("atomq:workers", "rq:workers")
+    again = tq.enqueue("add", a=1, b=1, retry=Retry(max=2, delay=0, jitter=0))
+    tq.connection.hset(f"rq:job:{again.id}", "status", "started")
+    tq.connection.lrem("rq:queue:default", 0, again.id)
+    tq.connection.zadd("rq:wip:default", {f"{again.id}:x": 1})
+
+    report = settle_restored(tq.connection, tq.settings.queues)
+    assert report.failed == [once] and report.retried == [again.id]
+    assert tq.get_job_status(once)["status"] == "failed"
+    assert monitor.failure_detail(tq.connection, once)["traceback"] == RESTORED_REASON
+    assert tq.get_job_status(again.id)["status"] == "queued"
+    assert tq.connection.zcard("rq:wip:default") == 0

@@ -181,6 +181,13 @@ def restore(
                 f"  redis:    {r['keys']} key(s); jobs queued {queued}, scheduled {scheduled},"
                 f" failed {failed}" + (f" ({gone} key(s) expired since the backup)" if gone > 0 else "")
             )
+            interrupted = len(r["running_jobs_retried"]) + len(r["running_jobs_failed"])
+            if interrupted or r["returned_to_queues"]:
+                click.echo(
+                    f"  {interrupted} job(s) were running at backup time: {len(r['running_jobs_retried'])} "
+                    f"retried, {len(r['running_jobs_failed'])} failed; {r['returned_to_queues']} claimed "
+                    "job(s) went back to their queues"
+                )
         for problem in problems:
             click.echo(f"warning: {problem}", err=True)
     if problems:

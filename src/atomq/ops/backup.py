@@ -36,6 +36,7 @@ from atomq.db.engine import database_url
 from atomq.errors import ConfigurationError, InvalidInputError, NotFoundError
 from atomq.ops import db_snapshot as dbs
 from atomq.ops import redis_snapshot as rs
+from atomq.ops.settle import settle_restored
 from atomq.settings import Settings
 
 #: Backup folders are named this followed by a UTC timestamp.
@@ -247,6 +248,7 @@ def _restore_redis(settings: Settings, path: Path, facts: dict[str, Any], *, rep
     try:
         with rs.loaded(path / facts["file"]) as snapshot:
             copied = rs.copy_database(snapshot.client(int(facts["db"])), target, replace=replace)
+        settled = settle_restored(target, settings.queues)
         expected = (facts.get("keys") or {}).get(str(facts["db"]))
         names = monitor.known_queues(target, settings.queues)
         queues = {s.name: s.as_dict() for s in monitor.queue_stats(target, names)}
@@ -255,6 +257,10 @@ def _restore_redis(settings: Settings, path: Path, facts: dict[str, Any], *, rep
             "expected_keys": expected,
             "expired_since_backup": copied.skipped_expired,
             "queues": queues,
+            "stale_workers": settled.workers,
+            "returned_to_queues": settled.returned,
+            "running_jobs_retried": settled.retried,
+            "running_jobs_failed": settled.failed,
         }
     finally:
         target.close()
