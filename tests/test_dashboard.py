@@ -245,6 +245,7 @@ def test_timeline_shows_scheduled_jobs_and_plugged_in_sources(api, tq, monkeypat
     assert page.status_code == 200
     assert soon.id in page.text
     assert later.id not in page.text  # beyond the 24-hour window
+    assert "add(a=1, b=2)" not in page.text  # the description spells out arguments: admin only
     assert "Scheduled posts" in page.text and "post_123" in page.text and "Hello fediverse" in page.text
     assert "Could not load workflow timers: RuntimeError: workflow store offline" in page.text
 

@@ -33,7 +33,8 @@ def scheduled_jobs(ctx: DashboardContext, until: datetime, limit: int) -> list[T
                 queue=entry["queue"],
                 status="overdue" if at < ctx.now else "scheduled",
                 link=f"jobs/{entry['job_id']}",
-                detail=entry["description"],
+                # RQ's default description spells out the arguments: admin only, as in the API.
+                detail=entry["description"] if ctx.scope == "admin" else None,
             )
         )
     return items
