@@ -50,6 +50,8 @@ def test_pages_need_a_login(api):
     response = api.get("/dashboard", follow_redirects=False)
     assert response.status_code == 303
     assert response.headers["location"] == "/dashboard/login?next=/dashboard"
+    post = api.post("/dashboard/jobs/x/requeue", data={"next": "/dashboard/failed"}, follow_redirects=False)
+    assert post.headers["location"] == "/dashboard/login?next=/dashboard/failed"
     assert api.get("/dashboard/partials/overview").status_code == 401
     assert api.get("/dashboard/jobs/abc", follow_redirects=False).status_code == 303
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import redis
 from fastapi import APIRouter, Form, Query, Request
@@ -163,7 +164,8 @@ async def _act(
             request, state, 503, "Redis unreachable", "Redis is unreachable; nothing was changed."
         )
     if who is None:
-        return web.to_login(request)
+        # Back to the page the button was on once logged in (not to this POST-only address).
+        return web.redirect(f"{web.BASE}/login?next={quote(back, safe='/')}")
     if not web.same_origin(request):
         logger.warning(
             "dashboard: refused a cross-origin %s from %s", request.url.path, request.headers.get("origin")
