@@ -123,12 +123,14 @@ def _jobs(tq: TaskQueue, client: redis.Redis, workdir: Path) -> dict[str, Any]:
 
 
 def _kill_mid_job(tq: TaskQueue, workers: Any, workdir: Path) -> str:
-    """SIGKILL the worker process running a job: the supervisor gives the job back."""
+    """SIGKILL the worker process running a job: the supervisor recovers the job."""
     ledger = workdir / "slow-first"
     job = tq.enqueue("slow_first_attempt", path=str(ledger), seconds=60)
     wait_for(lambda: ledger.exists() and ledger.read_text().strip(), 30, what="the slow job to start")
-    horse = int(ledger.read_text().split()[0])
-    victim = next(pid for pid in children_of(workers.pid) if horse in children_of(pid))
+    runner = int(ledger.read_text().split()[0])
+    workers_now = children_of(workers.pid)
+    # The job runs in the worker process itself, or in a work-horse forked by it.
+    victim = runner if runner in workers_now else next(p for p in workers_now if runner in children_of(p))
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: tq.get_job_status(job.id)["status"] in ("failed", "finished"), 60, what="recovery")
     return str(tq.get_job_status(job.id)["status"])

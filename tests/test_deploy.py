@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -151,9 +152,12 @@ def test_the_units_commands_run_with_the_example_environment(redis_url, tmp_path
         wait_for(api_up, 30, what="the API")
         job = tq.enqueue_in(0.5, "add", a=2, b=3)  # the scheduler moves it, a worker runs it
         wait_for(lambda: tq.get_job_status(job.id)["status"] == "finished", 30, what="the job")
+        failing = tq.enqueue("fail", message="logged with its id")
+        wait_for(lambda: tq.get_job_status(failing.id)["status"] == "failed", 30, what="the failing job")
         for log in ("worker.log", "scheduler.log", "api.log"):
             assert (tmp_path / "log" / log).stat().st_size > 0, log
-        assert job.id in (tmp_path / "log" / "worker.log").read_text()
+        worker_log = tmp_path / "log" / "worker.log"
+        wait_for(lambda: failing.id in worker_log.read_text(), 10, what="the failure in worker.log")
         for name, (process, _) in started.items():
             process.send_signal(signal.SIGTERM)
             # uvicorn re-raises SIGTERM after its graceful shutdown; systemd counts that as clean.
@@ -176,7 +180,8 @@ def test_logrotate_rotates_while_workers_keep_writing(env, procs, tq, tmp_path):
     config = config.replace("/var/log/atomq/", f"{logs}/").replace("atomq atomq", "root root")
     (tmp_path / "logrotate.conf").write_text(config)
     procs.worker("--log-file", str(logs / "worker.log"), "--no-scheduler")
-    first = tq.enqueue("add", a=1, b=1)
+    # Failures are logged at ERROR with the job's id, whatever the worker class.
+    first = tq.enqueue("fail", message="before rotation")
     wait_for(
         lambda: logs.joinpath("worker.log").exists() and first.id in logs.joinpath("worker.log").read_text()
     )
@@ -189,7 +194,10 @@ def test_logrotate_rotates_while_workers_keep_writing(env, procs, tq, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert first.id in (logs / "worker.log.1").read_text()
-    second = tq.enqueue("add", a=2, b=2)
+    # atomq looks for a rotated file at most once a second; lines written meanwhile land in
+    # worker.log.1, which delaycompress leaves uncompressed until the next rotation.
+    time.sleep(1.1)
+    second = tq.enqueue("fail", message="after rotation")
     wait_for(
         lambda: logs.joinpath("worker.log").exists() and second.id in logs.joinpath("worker.log").read_text()
     )
