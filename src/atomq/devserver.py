@@ -209,6 +209,7 @@ class DevServer:
             "atomq is up",
             f"  Redis     {redis_url}  ({where})",
             f"  API       {self.api_url}  (OpenAPI: {self.api_url}/docs)",
+            f"  Dashboard {self.api_url}/dashboard  (log in with the token)",
             f"  Token     {self.token}  (admin; also in {self.settings.data_dir / 'api-token'})",
             f"  Workers   {self.workers} process(es) + scheduler, queues: {', '.join(self.settings.queues)}",
             f"  Env       source {self.settings.data_dir / 'atomq.env'}  (then: atomq info, atomq doctor)",

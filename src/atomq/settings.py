@@ -127,9 +127,37 @@ class Settings(BaseSettings):
     log_format: str = Field(default="text", description="text or json")
     log_file: Path | None = Field(default=None)
 
+    # -- dashboard (issue 4) ----------------------------------------------------------------
+    dashboard_session_ttl: int = Field(
+        default=8 * 3600,
+        ge=60,
+        description="Seconds a dashboard login lasts without use (at most 24 hours after login).",
+    )
+    dashboard_refresh: float = Field(
+        default=5.0, ge=0, description="Seconds between dashboard auto-refreshes; 0 turns it off."
+    )
+    dashboard_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Modules the API imports so their dashboard timeline/progress sources register.",
+    )
+
+    # -- backups (issue 4) ------------------------------------------------------------------
+    backup_dir: Path | None = Field(
+        default=None,
+        description="Where `atomq backup` writes its folders (ATOMQ_DATA_DIR/backups when unset).",
+    )
+    backup_keep: int = Field(
+        default=0, ge=0, description="Backups `atomq backup` keeps, deleting older ones; 0 keeps all."
+    )
+
     @field_validator("queues", "task_modules", "redis_sentinels", "api_tokens", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("dashboard_modules", mode="before")
+    @classmethod
+    def _csv_dashboard(cls, value: Any) -> Any:
         return _split_csv(value)
 
     @field_validator("queues")

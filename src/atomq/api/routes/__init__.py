@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from atomq.api.routes import failed, health, jobs, metrics, queues, workers
+from atomq.api.routes import dashboard, failed, health, jobs, metrics, queues, workers
 
 #: Every router the API serves, in the order they appear in the OpenAPI document.
 ROUTERS: list[APIRouter] = [
@@ -14,4 +14,5 @@ ROUTERS: list[APIRouter] = [
     failed.router,
     workers.router,
     metrics.router,
+    dashboard.router,  # /dashboard (HTML, left out of the OpenAPI document)
 ]

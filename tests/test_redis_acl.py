@@ -1,0 +1,175 @@
+"""deploy/redis/users.acl gives workers and the API exactly what they use: a real worker and the
+API run everything they do against a redis-server started with that file, and Redis refuses
+nothing; what they must not do (FLUSHALL, KEYS, CONFIG, BLMOVE for the API...) is refused."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests import acl_scenario
+from tests.support import ROOT, RedisServer, cli_env, run_cli
+
+ACL_FILE = ROOT / "deploy" / "redis" / "users.acl"
+PASSWORDS = {"worker": "w-secret", "api": "a-secret", "backup": "b-secret", "admin": "admin-secret"}
+
+pytestmark = pytest.mark.slow
+
+
+def acl_with_passwords(directory: Path) -> Path:
+    text = ACL_FILE.read_text()
+    for user, password in PASSWORDS.items():
+        placeholder = f"#REPLACE_WITH_SHA256_OF_THE_{user.upper()}_PASSWORD"
+        assert placeholder in text
+        text = text.replace(placeholder, "#" + hashlib.sha256(password.encode()).hexdigest())
+    path = directory / "users.acl"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def acl_redis(tmp_path):
+    server = RedisServer(tmp_path / "redis", extra=["--aclfile", str(acl_with_passwords(tmp_path))])
+    # RedisServer pings as the default user, which the file disables: start it by hand.
+    server.extra.append("--port")
+    yield _start(server)
+    server.stop()
+
+
+def _start(server: RedisServer) -> RedisServer:
+    import shutil
+    import time
+
+    from tests.support import free_port
+
+    server.extra.pop()
+    server.directory.mkdir(parents=True, exist_ok=True)
+    server.port = free_port()
+    server.process = subprocess.Popen(
+        [
+            shutil.which("redis-server"), "--port", str(server.port), "--bind", "127.0.0.1",
+            "--dir", str(server.directory), "--save", "", "--appendonly", "no",
+            "--logfile", "redis.log", "--repl-diskless-sync-delay", "0", *server.extra,
+        ],
+        start_new_session=True,
+    )  # fmt: skip
+    admin = redis.Redis(port=server.port, username="admin", password=PASSWORDS["admin"])
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            admin.ping()
+            break
+        except redis.ConnectionError:
+            assert server.process.poll() is None, "redis-server exited"
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    admin.close()
+    return server
+
+
+def url(server: RedisServer, user: str) -> str:
+    return f"redis://{user}:{PASSWORDS[user]}@127.0.0.1:{server.port}/0"
+
+
+def test_workers_and_api_run_everything_with_least_privilege(acl_redis, tmp_path):
+    admin = redis.Redis.from_url(url(acl_redis, "admin"))
+    outcome = acl_scenario.run(
+        {"worker": url(acl_redis, "worker"), "api": url(acl_redis, "api")}, tmp_path / "s"
+    )
+    processes = outcome["processes"]
+    try:
+        refusals = admin.acl_log()
+        assert refusals == [], "Redis refused commands; add them to deploy/redis/users.acl:\n" + "\n".join(
+            f"{r['username']}: {r['object']} ({r['reason']}, {r['context']})" for r in refusals
+        )
+        for process in outcome["logs"]:
+            log = processes.log(process)
+            assert "NOPERM" not in log and "no permissions" not in log, log[-3000:]
+    finally:
+        processes.stop_all()
+    statuses = outcome["statuses"]
+    assert statuses["failed"] == "failed" and statuses["retried"] == "finished"
+    assert statuses["timed_out"] == "failed" and statuses["stopped"] == "stopped"
+    assert statuses["scheduled_ran"] == statuses["scheduled_at"] == statuses["dependent"] == "finished"
+    assert statuses["canceled_scheduled"] == statuses["parked_canceled"] == "canceled"
+    assert statuses["far_future"] == "scheduled"
+    assert outcome["killed"] == "failed"  # the supervisor recovered the dead worker's job
+    assert outcome["emptied"] == 1
+    assert set(outcome["http"].values()) == {200}
+    assert admin.acl_log() == []
+    admin.close()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("BLMOVE", "rq:queue:default", "rq:queue:x", "LEFT", "RIGHT", "0.01"),
+        ("FLUSHALL",),
+        ("FLUSHDB",),
+        ("CONFIG", "GET", "dir"),
+        ("KEYS", "*"),
+        ("SCAN", "0"),
+        ("SHUTDOWN",),
+        ("ACL", "LIST"),
+        ("BLPOP", "rq:queue:default", "0.01"),
+        ("GET", "someone-elses-key"),
+    ],
+    ids=lambda c: c[0] if c[0] != "GET" else "GET-outside-atomq",
+)
+def test_the_api_user_cannot(acl_redis, command):
+    api = redis.Redis.from_url(url(acl_redis, "api"))
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        api.execute_command(*command)
+    api.close()
+
+
+@pytest.mark.parametrize("command", [("FLUSHALL",), ("CONFIG", "SET", "appendonly", "no"), ("KEYS", "*")])
+def test_the_worker_user_cannot(acl_redis, command):
+    worker = redis.Redis.from_url(url(acl_redis, "worker"))
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        worker.execute_command(*command)
+    worker.close()
+
+
+def test_no_password_no_access_and_backups_use_the_backup_user(acl_redis, tmp_path):
+    anonymous = redis.Redis(port=acl_redis.port)
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        anonymous.ping()
+    backup = redis.Redis.from_url(url(acl_redis, "backup"))
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        backup.get("rq:queue:default")
+    redis.Redis.from_url(url(acl_redis, "admin")).set("atomq:probe", "1")
+    env = cli_env(url(acl_redis, "backup"), tmp_path / "var")
+    done = run_cli(env, "backup", "--skip-database", "--to", str(tmp_path / "backups"))
+    assert done.returncode == 0, done.stderr
+    assert ", 1 key(s)" in done.stdout
+
+
+def test_redis_will_not_start_until_the_passwords_are_set(tmp_path):
+    import shutil
+
+    from tests.support import free_port
+
+    done = subprocess.run(
+        [
+            shutil.which("redis-server"),
+            "--port",
+            str(free_port()),
+            "--bind",
+            "127.0.0.1",
+            "--aclfile",
+            str(ACL_FILE),
+            "--dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "Aborting Redis startup because of ACL errors" in done.stdout + done.stderr
