@@ -149,7 +149,8 @@ class Settings(BaseSettings):
     )
     posts_outbox_path: Path | None = Field(
         default=None,
-        description="File the outbox publisher appends JSON lines to (ATOMQ_DATA_DIR/outbox.jsonl when unset).",
+        description="File the outbox publisher appends JSON lines to "
+        "(ATOMQ_DATA_DIR/outbox.jsonl when unset).",
     )
     log_level: str = Field(default="INFO")
     log_format: str = Field(default="text", description="text or json")

@@ -21,6 +21,7 @@ from atomq.posts.credentials import CredentialsBox
 from atomq.posts.models import Account, ScheduledPost
 from atomq.posts.netguard import HostPolicy, check_url
 from atomq.posts.publishers import PLATFORMS
+from atomq.posts.validation import check_text, is_id
 from atomq.settings import Settings
 from atomq.timeutil import utcnow
 
@@ -61,9 +62,10 @@ def create_account(database: Database, settings: Settings, data: AccountInput) -
             f"unknown platform {data.platform!r}: use one of {', '.join(PLATFORMS)}", field="platform"
         )
     spec = PLATFORMS[data.platform]
-    handle = (data.handle or "").strip()
+    handle = check_text((data.handle or "").strip(), "handle")
     if not handle or len(handle) > 255:
         raise InvalidInputError("handle must be 1-255 characters", field="handle")
+    check_text(data.user_id, "user_id", max_length=128)
     options = _check_options(data.platform, data.options or {})
     url = _account_url(data.platform, handle, data.url, settings)
     credentials = _check_credentials(spec.credentials, data.credentials or {})
@@ -92,9 +94,9 @@ def list_accounts(
     """Live accounts, oldest first, optionally for one user or platform."""
     query = select(Account).where(Account.removed_at.is_(None)).order_by(Account.created_at, Account.id)
     if user_id:
-        query = query.where(Account.user_id == user_id)
+        query = query.where(Account.user_id == check_text(user_id, "user_id"))
     if platform:
-        query = query.where(Account.platform == platform)
+        query = query.where(Account.platform == check_text(platform, "platform"))
     with database.session() as session:
         accounts = list(session.scalars(query))
         session.expunge_all()
@@ -103,9 +105,11 @@ def list_accounts(
 
 def get_account(database: Database, account_id: str) -> Account:
     """The live account ``account_id``, or :class:`AccountNotFoundError`."""
-    with database.session() as session:
-        account = session.get(Account, account_id)
-        session.expunge_all()
+    account = None
+    if is_id(account_id):
+        with database.session() as session:
+            account = session.get(Account, account_id)
+            session.expunge_all()
     if account is None or account.removed_at is not None:
         raise AccountNotFoundError(f"no account {account_id!r}", field="account_id")
     return account
@@ -116,6 +120,8 @@ def remove_account(database: Database, account_id: str) -> Account:
 
     The row stays (marked removed) so published posts still name their account.
     """
+    if not is_id(account_id):
+        raise AccountNotFoundError(f"no account {account_id[:80]!r}", field="account_id")
     with database.session() as session:
         account = session.get(Account, account_id, with_for_update=True)
         if account is None or account.removed_at is not None:

@@ -50,9 +50,10 @@ from atomq.timeutil import utcnow
 
 logger = logging.getLogger("atomq.posts")
 
-#: Seconds an attempt's lease lasts beyond the publisher's own timeouts (connect + read):
-#: past it the attempt is certainly over, and may be declared dead.
-LEASE_MARGIN = 10.0
+#: An attempt's lease covers the publisher's connect and read timeouts plus a margin (a
+#: quarter of the timeout, at least this many seconds): past it the attempt is certainly
+#: over, and may be declared dead.
+LEASE_MARGIN = 2.0
 
 #: Seconds a run waits for another publish of the same account to finish before it steps
 #: back and retries later (publishes are short; most waits are milliseconds).
@@ -69,7 +70,8 @@ WINDOW_SAFETY = 0.1
 
 def lease_seconds(runtime: PostsRuntime) -> float:
     """How long one attempt may hold a post (and its account's in-flight lock)."""
-    return 2 * runtime.settings.posts_publish_timeout + LEASE_MARGIN
+    timeout = runtime.settings.posts_publish_timeout
+    return 2 * timeout + max(LEASE_MARGIN, timeout / 4)
 
 
 def idempotency_key(post_id: str, revision: int) -> str:

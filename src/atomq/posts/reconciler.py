@@ -69,9 +69,17 @@ def reconcile_posts(ctx: PeriodicContext) -> None:
     interval_ms = max(1, int(ctx.settings.posts_reconcile_interval * 1000))
     if not ctx.connection.set(NEXT_PASS_KEY, "1", nx=True, px=interval_ms):
         return
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
     from atomq.posts.runtime import PostsRuntime
 
-    report = reconcile(PostsRuntime(ctx.settings, ctx.database, ctx.connection))
+    try:
+        report = reconcile(PostsRuntime(ctx.settings, ctx.database, ctx.connection))
+    except (OperationalError, ProgrammingError) as exc:
+        # Most often a database that was never migrated; say so once per pass, briefly.
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        logger.warning("posts reconciler skipped: database not usable (%s); run `atomq db upgrade`", reason)
+        return
     if report.changed:
         logger.info("posts reconciled: %s", report)
 

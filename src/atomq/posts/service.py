@@ -33,7 +33,7 @@ from atomq.posts.accounts import get_account
 from atomq.posts.jobs import ensure_job, job_id_for, withdraw_job, within_horizon
 from atomq.posts.models import POST_STATUSES, Account, ScheduledPost
 from atomq.posts.records import update_post
-from atomq.posts.validation import check_content, check_media, due_time, parse_when, zone
+from atomq.posts.validation import check_content, check_media, check_text, due_time, is_id, parse_when, zone
 from atomq.settings import Settings
 from atomq.task_queue import TaskQueue
 from atomq.timeutil import utcnow
@@ -100,6 +100,7 @@ class PostsService:
     def create(self, data: PostInput) -> ScheduledPost:
         """Validate and store a post, then give it its job if it is due within the horizon."""
         now = utcnow()
+        check_text(data.user_id, "user_id", max_length=128)
         account = self._account(data.account_id)
         when, tz_name = due_time(data.scheduled_for, data.timezone, now=now, publish_now=data.publish_now)
         content = check_content(data.content, account.platform, _max_chars(account))
@@ -127,9 +128,11 @@ class PostsService:
 
     def get(self, post_id: str) -> ScheduledPost:
         """The post ``post_id``, or :class:`PostNotFoundError`."""
-        with self.database.session() as session:
-            post = session.get(ScheduledPost, post_id)
-            session.expunge_all()
+        post = None
+        if is_id(post_id):
+            with self.database.session() as session:
+                post = session.get(ScheduledPost, post_id)
+                session.expunge_all()
         if post is None:
             raise PostNotFoundError(f"no scheduled post {post_id!r}", field="post_id")
         return post
@@ -159,15 +162,16 @@ class PostsService:
                 ScheduledPost.status == status[0] if len(status) == 1 else ScheduledPost.status.in_(status)
             )
         if account_id:
-            query = query.where(ScheduledPost.account_id == account_id)
+            query = query.where(ScheduledPost.account_id == check_text(account_id, "account_id"))
         if user_id:
-            query = query.where(ScheduledPost.user_id == user_id)
+            query = query.where(ScheduledPost.user_id == check_text(user_id, "user_id"))
         if due_after is not None:
             query = query.where(ScheduledPost.scheduled_for >= _bound(due_after, "due_after"))
         if due_before is not None:
             query = query.where(ScheduledPost.scheduled_for < _bound(due_before, "due_before"))
         if cursor:
             at, post_id = _decode_cursor(cursor)
+            check_text(post_id, "cursor")
             query = query.where(
                 tuple_(ScheduledPost.scheduled_for, ScheduledPost.id)
                 < tuple_(literal(at, UTCDateTime()), literal(post_id))

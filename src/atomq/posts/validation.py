@@ -19,6 +19,23 @@ MAX_MEDIA = 4
 
 _URL = re.compile(r"https?://\S+", re.IGNORECASE)
 
+#: Ids atomq hands out (post_..., acct_...): anything else cannot name a record.
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def is_id(value: str) -> bool:
+    """Whether ``value`` has the shape of an id atomq makes (looked up only then)."""
+    return bool(_ID.fullmatch(value))
+
+
+def check_text(value: str, field: str, *, max_length: int | None = None) -> str:
+    """Refuse NUL characters (PostgreSQL cannot store them) and overlong values."""
+    if "\x00" in value:
+        raise InvalidInputError(f"{field} contains a NUL character", field=field)
+    if max_length is not None and len(value) > max_length:
+        raise InvalidInputError(f"{field} is longer than {max_length} characters", field=field)
+    return value
+
 
 def zone(name: str | None, *, field: str = "timezone") -> ZoneInfo | None:
     """The IANA zone called ``name`` (``None`` passes through), or 422 naming ``field``."""
@@ -104,6 +121,7 @@ def check_content(content: str, platform: str, max_characters: int | None = None
     """``content`` if it is non-empty and within the platform's limit."""
     if not content or not content.strip():
         raise InvalidInputError("content is empty; write something to publish", field="content")
+    check_text(content, "content")
     limit = max_characters or PLATFORMS[platform].max_characters
     length = content_length(content, platform)
     if length > limit:
@@ -128,6 +146,6 @@ def check_media(urls: list[str], platform: str) -> list[str]:
             f"at most {MAX_MEDIA} media URLs per post, got {len(urls)}", field="media_urls"
         )
     for url in urls:
-        if not isinstance(url, str) or not _URL.fullmatch(url) or len(url) > 2048:
+        if not isinstance(url, str) or not _URL.fullmatch(url) or len(url) > 2048 or "\x00" in url:
             raise InvalidInputError(f"media URL {str(url)[:80]!r} is not an http(s) URL", field="media_urls")
     return list(urls)

@@ -31,7 +31,9 @@ def upgrade() -> None:
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
         sa.Column("removed_at", UTCDateTime(), nullable=True),
-        sa.CheckConstraint("platform IN ('mastodon', 'webhook', 'outbox')", name=op.f("ck_accounts_platform")),
+        sa.CheckConstraint(
+            "platform IN ('mastodon', 'webhook', 'outbox')", name=op.f("ck_accounts_platform")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_accounts")),
     )
     op.create_index(
@@ -80,7 +82,9 @@ def upgrade() -> None:
     )
     op.create_index("ix_scheduled_posts_due", "scheduled_posts", ["scheduled_for", "id"])
     op.create_index("ix_scheduled_posts_status_due", "scheduled_posts", ["status", "scheduled_for", "id"])
-    op.create_index("ix_scheduled_posts_account_due", "scheduled_posts", ["account_id", "scheduled_for", "id"])
+    op.create_index(
+        "ix_scheduled_posts_account_due", "scheduled_posts", ["account_id", "scheduled_for", "id"]
+    )
     op.create_index("ix_scheduled_posts_user_due", "scheduled_posts", ["user_id", "scheduled_for", "id"])
 
 
