@@ -131,7 +131,7 @@ def schedule(
             account_id=account.id,
             content=content,
             user_id="user_1",
-            scheduled_for=at or utcnow() + timedelta(hours=1),
+            scheduled_for=at if at is not None or kw.get("publish_now") else utcnow() + timedelta(hours=1),
             **kw,
         )
     )

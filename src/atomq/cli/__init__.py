@@ -76,9 +76,9 @@ def cli() -> None:
 
 
 def _register_commands() -> None:
-    from atomq.cli import doctor, jobs, monitor, serve, up, worker
+    from atomq.cli import doctor, jobs, monitor, posts, serve, up, worker
 
-    for module in (worker, monitor, jobs, doctor, serve, up):
+    for module in (worker, monitor, jobs, doctor, serve, up, posts):
         module.register(cli)
 
 

@@ -106,16 +106,32 @@ def publish_post(
             return _result(post, note=f"revision {revision} was replaced by revision {post.revision}")
         if post.status in FINAL_STATUSES:
             return _result(post, note=f"already {post.status}")
-        now = utcnow()
         resuming = False
         if post.status == "publishing":
-            decision = _in_flight_decision(runtime, post, account, now)
+            decision = _in_flight_decision(runtime, post, account, utcnow())
             if isinstance(decision, float):
-                raise RetryableError("another attempt is publishing this post", delay=_jitter(decision))
+                # Another run is publishing it right now (a duplicate job): see how it ends.
+                post = _await_other_attempt(runtime, post)
+                if post.status != "publishing":
+                    return _result(post, note=f"another run got there first ({post.status})")
+                decision = _in_flight_decision(runtime, post, account, utcnow())
+                if isinstance(decision, float):
+                    raise RetryableError("another attempt is publishing this post", delay=_jitter(decision))
             if decision == "unconfirmed":
                 return _give_up_unknown(runtime, post, "the attempt that was publishing it stopped answering")
             resuming = True
         return _attempt(runtime, post, account, resuming=resuming)
+
+
+def _await_other_attempt(runtime: PostsRuntime, post: ScheduledPost) -> ScheduledPost:
+    """Re-read the post until the attempt holding it ends or :data:`BUSY_WAIT` passes."""
+    deadline = time.monotonic() + BUSY_WAIT
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        post = _load(runtime, post.id).post
+        if post.status != "publishing" or post.attempt_id is None:
+            break
+    return post
 
 
 def _load(runtime: PostsRuntime, post_id: str) -> Snapshot:
@@ -195,8 +211,14 @@ def _attempt(
             # Our lease ran out and another attempt took over; with an idempotent platform
             # both requests carried the same key, so the platform made one post.
             logger.warning("post %s: published, but another attempt had taken over", post.id)
+            return _result(_load(runtime, post.id).post)
         logger.info("published post %s (%s)", post.id, published.url or published.platform_post_id)
-        return _result(_load(runtime, post.id).post)
+        post.status, post.platform_post_id, post.platform_url = (
+            "published",
+            published.platform_post_id,
+            published.url,
+        )
+        return _result(post)
     finally:
         limiter.release(account.id, token)
         if publisher is not None:
@@ -228,7 +250,11 @@ def _claim(
     where.append(ScheduledPost.revision == post.revision)
     if not update_post(runtime.database, post.id, where, values):
         return None
-    return _load(runtime, post.id).post
+    # What the UPDATE wrote, applied to our detached copy (saves reading the row again).
+    post.status, post.attempt_id, post.lease_until = "publishing", token, values["lease_until"]
+    post.attempts += 1
+    post.first_sent_at = values.get("first_sent_at", post.first_sent_at)
+    return post
 
 
 def _request(runtime: PostsRuntime, post: ScheduledPost, account: Account) -> PublishRequest:

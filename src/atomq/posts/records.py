@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.sql import ColumnElement
 
 from atomq.db.engine import Database
@@ -35,12 +35,11 @@ def update_post(
 
 
 def load_post(database: Database, post_id: str) -> tuple[ScheduledPost, Account] | None:
-    """The post and its account, detached from any session; None when there is no such post."""
+    """The post and its account (one query), detached from any session; None when there is no such post."""
+    query = select(ScheduledPost, Account).join(Account).where(ScheduledPost.id == post_id)
     with database.session() as session:
-        post = session.get(ScheduledPost, post_id)
-        if post is None:
-            return None
-        account = session.get(Account, post.account_id)
-        assert account is not None  # the foreign key guarantees it
+        row = session.execute(query).first()
         session.expunge_all()
-    return post, account
+    if row is None:
+        return None
+    return row[0], row[1]
