@@ -58,8 +58,10 @@ def posts_env(env: dict[str, str], database: Database) -> dict[str, str]:
 
 
 @pytest.fixture
-def runtime(posts_settings: Settings, database: Database, connection: redis.Redis) -> PostsRuntime:
-    return PostsRuntime(posts_settings, database, connection)
+def runtime(posts_settings: Settings, database: Database, connection: redis.Redis) -> Iterator[PostsRuntime]:
+    runtime = PostsRuntime(posts_settings, database, connection)
+    yield runtime
+    runtime.close()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from atomq.engine import keys
 from atomq.posts.publishing import idempotency_key
 from atomq.posts.service import PostChanges
 from atomq.timeutil import utcnow
@@ -102,19 +103,25 @@ def test_reschedule_moves_the_job(service, accounts, mastodon, procs, posts_env)
     assert len(mastodon.statuses) == 1
 
 
-def start_publish_then_kill(service, procs, posts_env, account, server):
+def start_publish_then_kill(service, procs, posts_env, connection, account, server):
     """Start a worker, let it send a request the server never answers, SIGKILL it mid-call."""
     server.plan(slow(60))
     worker = procs.worker(env=posts_env)
     post = schedule(service, account, "killed mid-publish", publish_now=True, at=None)
     server.wait_for_requests(1, timeout=30)
     assert service.get(post.id).status == "publishing"
-    procs.stop(worker, signal.SIGKILL)  # the supervisor, its worker and the work-horse, at once
+    procs.stop(worker, signal.SIGKILL)  # the supervisor, its worker and its scheduler, at once
+    # The dead scheduler's leader lease would keep the next one waiting 15 s; skip the wait.
+    connection.delete(keys.SCHEDULER_LEADER)
     return post
 
 
-def test_sigkill_mid_publish_with_idempotency_key_resumes_once(service, accounts, mastodon, procs, posts_env):
-    post = start_publish_then_kill(service, procs, posts_env, accounts.mastodon(mastodon), mastodon)
+def test_sigkill_mid_publish_with_idempotency_key_resumes_once(
+    service, accounts, mastodon, procs, posts_env, connection
+):
+    post = start_publish_then_kill(
+        service, procs, posts_env, connection, accounts.mastodon(mastodon), mastodon
+    )
     procs.worker(env=posts_env)  # a new worker and scheduler: the reconciler finds the dead attempt
     done = published(service, post.id, timeout=40)
     assert done.status == "published"
@@ -125,8 +132,10 @@ def test_sigkill_mid_publish_with_idempotency_key_resumes_once(service, accounts
     assert done.platform_post_id == mastodon.statuses[0]["id"]
 
 
-def test_sigkill_mid_publish_without_idempotency_is_unconfirmed(service, accounts, webhook, procs, posts_env):
-    post = start_publish_then_kill(service, procs, posts_env, accounts.webhook(webhook), webhook)
+def test_sigkill_mid_publish_without_idempotency_is_unconfirmed(
+    service, accounts, webhook, procs, posts_env, connection
+):
+    post = start_publish_then_kill(service, procs, posts_env, connection, accounts.webhook(webhook), webhook)
     procs.worker(env=posts_env)
     done = published(service, post.id, timeout=40)
     assert done.status == "unconfirmed"
@@ -141,10 +150,10 @@ def test_redis_flushed_while_100_posts_are_scheduled(
 ):
     procs.worker("--count", "2", env=posts_env)
     outboxes = [accounts.outbox(handle=f"local-{i}") for i in range(4)]
-    start = utcnow() + timedelta(seconds=8)
-    # Due over 10 s: about what two forking workers publish per second on a busy 2-core machine.
+    start = utcnow() + timedelta(seconds=6)
+    # Due over 4 s (25 a second), with Redis emptied before the first is due.
     posts = [
-        schedule(service, outboxes[i % 4], f"post {i}", at=start + timedelta(milliseconds=100 * i))
+        schedule(service, outboxes[i % 4], f"post {i}", at=start + timedelta(milliseconds=40 * i))
         for i in range(100)
     ]
     assert all(connection.exists(f"rq:job:{p.job_id}") for p in posts)

@@ -131,6 +131,8 @@ def _await_other_attempt(runtime: PostsRuntime, post: ScheduledPost) -> Schedule
         post = _load(runtime, post.id).post
         if post.status != "publishing" or post.attempt_id is None:
             break
+        if post.lease_until is not None and post.lease_until <= utcnow():
+            break  # the other attempt's lease ran out: it is over, one way or another
     return post
 
 

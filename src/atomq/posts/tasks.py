@@ -2,8 +2,8 @@
 
 Importing this module (every atomq process does, through ``BUILTIN_TASK_MODULES``) registers
 the task and the posts reconciler. It also imports what publishing needs (SQLAlchemy, httpx,
-the publishers, cryptography) up front: a forking worker imports its task modules once, and
-every work-horse forked from it then starts publishing at once instead of spending most of a
+the publishers, cryptography) up front, so that a work-horse forked per job (RQ's worker
+class, or ``isolation="fork"``) starts publishing at once instead of spending most of a
 second on imports.
 """
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from atomq.posts.netguard import HostPolicy
 from atomq.posts.publishers.base import (
     NotSent,
@@ -83,23 +85,32 @@ def outbox_path(settings: Settings) -> Path:
     return settings.posts_outbox_path or settings.data_dir / "outbox.jsonl"
 
 
-def build_publisher(platform: str, options: dict[str, Any], settings: Settings) -> Publisher:
-    """A publisher for an account on ``platform`` with ``options``."""
+def build_publisher(
+    platform: str, options: dict[str, Any], settings: Settings, *, client: httpx.Client | None = None
+) -> Publisher:
+    """A publisher for an account on ``platform`` with ``options``.
+
+    HTTP publishers use ``client`` (shared, left open) or a client of their own (closed with
+    the publisher).
+    """
     if platform == "outbox":
         from atomq.posts.publishers.outbox import OutboxPublisher
 
         return OutboxPublisher(outbox_path(settings))
-    from atomq.posts.publishers.http import make_client
+    owned = client is None
+    if client is None:
+        from atomq.posts.publishers.http import make_client
 
-    client = make_client(HostPolicy.parse(settings.posts_allowed_hosts), settings.posts_publish_timeout)
+        client = make_client(HostPolicy.parse(settings.posts_allowed_hosts), settings.posts_publish_timeout)
     if platform == "mastodon":
         from atomq.posts.publishers.mastodon import MastodonPublisher
 
-        return MastodonPublisher(client)
+        return MastodonPublisher(client, owns_client=owned)
     if platform == "webhook":
         from atomq.posts.publishers.webhook import WebhookPublisher
 
         idempotent, window = idempotency_of(platform, options)
-        return WebhookPublisher(client, idempotent=idempotent, idempotency_window=window)
-    client.close()
+        return WebhookPublisher(client, idempotent=idempotent, idempotency_window=window, owns_client=owned)
+    if owned:
+        client.close()
     raise ValueError(f"unknown platform {platform!r}")

@@ -34,8 +34,9 @@ class MastodonPublisher:
     idempotent = True
     idempotency_window = IDEMPOTENCY_WINDOW
 
-    def __init__(self, client: httpx.Client) -> None:
+    def __init__(self, client: httpx.Client, *, owns_client: bool = True) -> None:
         self.client = client
+        self.owns_client = owns_client
 
     def publish(self, request: PublishRequest) -> Published:
         token = request.credentials.get("access_token")
@@ -68,7 +69,8 @@ class MastodonPublisher:
         )
 
     def close(self) -> None:
-        self.client.close()
+        if self.owns_client:
+            self.client.close()
 
     def __repr__(self) -> str:
         return f"MastodonPublisher({redact(str(self.client.base_url)) or '-'})"

@@ -52,8 +52,11 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, *, toleranc
 class WebhookPublisher:
     """Delivers posts to a URL with an HMAC signature."""
 
-    def __init__(self, client: httpx.Client, *, idempotent: bool, idempotency_window: float) -> None:
+    def __init__(
+        self, client: httpx.Client, *, idempotent: bool, idempotency_window: float, owns_client: bool = True
+    ) -> None:
         self.client = client
+        self.owns_client = owns_client
         self.idempotent = idempotent
         self.idempotency_window = idempotency_window
 
@@ -100,4 +103,5 @@ class WebhookPublisher:
         return Published(platform_id or request.idempotency_key, url)
 
     def close(self) -> None:
-        self.client.close()
+        if self.owns_client:
+            self.client.close()
