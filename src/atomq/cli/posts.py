@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -117,7 +118,7 @@ def accounts_add(
             AccountInput(platform, handle, user_id, target, credentials, _pairs(option, "options")),
         )
     if as_json:
-        output.print_json(account_view(account))
+        _print_json(account_view(account))
     else:
         click.echo(account.id)
 
@@ -133,7 +134,7 @@ def accounts_list(platform: str | None, user_id: str | None, as_json: bool) -> N
     with _database(Runtime()) as database:
         found = list_accounts(database, user_id=user_id, platform=platform)
     if as_json:
-        output.print_json([account_view(a) for a in found])
+        _print_json([account_view(a) for a in found])
         return
     output.table(
         None,
@@ -207,7 +208,7 @@ def posts_list(
             cursor=cursor,
         )
     if as_json:
-        output.print_json({"items": [post_view(p) for p in page.items], "next_cursor": page.next_cursor})
+        _print_json({"items": [post_view(p) for p in page.items], "next_cursor": page.next_cursor})
         return
     output.table(
         None,
@@ -233,7 +234,7 @@ def posts_show(url: str | None, post_id: str, as_json: bool) -> None:
         view = post_view(service.get(post_id))
         view["job"] = service.status(post_id)
     if as_json:
-        output.print_json(view)
+        _print_json(view)
         return
     job = view.pop("job")
     for key, value in view.items():
@@ -282,7 +283,7 @@ def posts_create(
             )
         )
     if as_json:
-        output.print_json(post_view(post))
+        _print_json(post_view(post))
     else:
         click.echo(post.id)
 
@@ -298,9 +299,24 @@ def posts_cancel(url: str | None, post_id: str, as_json: bool) -> None:
     with _service(url) as service:
         post = service.cancel(post_id)
     if as_json:
-        output.print_json(post_view(post))
+        _print_json(post_view(post))
     else:
         click.echo(f"canceled {post.id}")
+
+
+def _print_json(data: Any) -> None:
+    """JSON with times in ISO-8601 (as the HTTP API shows them)."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value.isoformat()
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        return value
+
+    output.print_json(convert(data))
 
 
 def _short(text: str, width: int = 40) -> str:

@@ -4,7 +4,7 @@ counts it, media URLs. Every refusal is an :class:`InvalidInputError` naming the
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from atomq.errors import InvalidInputError
@@ -100,7 +100,7 @@ def due_time(
                 field="scheduled_for",
             )
         when = now
-    return when, timezone or _zone_name(when)
+    return when.astimezone(UTC), timezone or _zone_name(when)
 
 
 def _zone_name(when: datetime) -> str:
