@@ -160,13 +160,13 @@ def test_retryable_error_sets_the_next_delay_and_permanent_error_skips_retries(t
     job = tq.enqueue(
         "count_attempts", path=str(attempts), fail_times=1, retry_after=2, retry=Retry(max=3, delay=0)
     )
-    wait_for(lambda: status_of(tq, job.id) == "scheduled", 10)
+    wait_for(lambda: status_of(tq, job.id) == "scheduled", 20)
     assert tq.get_job_status(job.id)["error"] == "atomq.errors.RetryableError: attempt 1 failed"
-    wait_for(lambda: status_of(tq, job.id) == "finished", 10)
+    wait_for(lambda: status_of(tq, job.id) == "finished", 20)
     first, second = (float(x) for x in attempts.read_text().split())
     assert second - first >= 1.9
     hopeless = tq.enqueue("fail_permanently")
-    wait_for(lambda: status_of(tq, hopeless.id) == "failed", 10)
+    wait_for(lambda: status_of(tq, hopeless.id) == "failed", 20)
     assert hopeless.get_status() == "failed" and hopeless.retries_left == 3
     assert len(hopeless.results()) == 1
 

@@ -1,17 +1,19 @@
-"""The fast worker: jobs run in a persistent process, one Redis round trip each.
+"""The fast worker: jobs run in a persistent process, a batch of them per Redis round trip.
 
-RQ forks a process per job and spends ~58 Redis commands on it; its ``SimpleWorker`` skips the
-fork but not the commands. This worker:
+RQ forks a process per job and spends ~58 Redis commands and a dozen round trips on it; its
+``SimpleWorker`` skips the fork but not the rest. This worker:
 
-* claims a small batch of jobs in one script call (into its claimed list, so nothing is lost
-  if it dies) and sizes the batch to the jobs' speed — many for quick jobs, one for slow ones,
-  so a long job never sits on work another worker could do;
-* runs each job in-process under a time limit (SIGALRM), and for jobs whose task asks for it
-  (``isolation="fork"``) in a child process;
-* records a job's end and the next job's start in one pipelined round trip, writing exactly
-  what RQ's worker writes where RQ's readers look;
-* publishes the deadline of the running job so the supervisor can kill a job stuck in C code
-  that no signal interrupts, and hand it back for retry.
+* claims and starts a batch of jobs in one script call, into its claimed list, so nothing is
+  lost if it dies; the batch holds about ``BATCH_WINDOW_SECONDS`` of work (many quick jobs,
+  one slow one), and when a job runs long the jobs waiting behind it are handed back to the
+  queue for other workers;
+* runs each job in-process under a time limit (SIGALRM), or in a child process for tasks that
+  ask for it (``isolation="fork"``);
+* records the batch's successes with the next batch's claim in one pipelined round trip,
+  writing exactly what RQ's worker writes where RQ's readers look;
+* shares the id and deadline of the running job with its supervisor, which kills a job stuck
+  in C code past its limit, and after a crash retries (or fails) only the job that was
+  running and requeues the rest of the batch untouched.
 
 Failures, retries and dependents take RQ's own (slower, rarer) code paths.
 """
@@ -31,12 +33,13 @@ import time
 import traceback
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError
 from rq.defaults import UNSERIALIZABLE_RETURN_VALUE_PAYLOAD
 from rq.exceptions import DeserializationError
 from rq.job import JobStatus
@@ -50,7 +53,7 @@ from rq.version import VERSION
 from atomq.connection import blocking_timeout, describe_client
 from atomq.engine import keys
 from atomq.engine.fast_scripts import FastScripts, pairs
-from atomq.engine.process import die_with_parent, set_process_title
+from atomq.engine.process import set_process_title
 from atomq.engine.queues import AtomqQueue
 from atomq.engine.scripts import Scripts, decode
 from atomq.errors import PermanentError, RetryableError, UnknownTaskError
@@ -65,10 +68,12 @@ logger = logging.getLogger("atomq.worker")
 #: Seconds an idle worker waits for a wake-up token before looking at its queues again.
 IDLE_POLL_SECONDS = 1.0
 
-#: The claimed batch holds about this much work (seconds of average job time), at most
-#: MAX_BATCH jobs: quick jobs come in batches, slow ones one at a time.
+#: A batch holds about this much work (seconds of average job time), at most MAX_BATCH jobs.
 BATCH_WINDOW_SECONDS = 0.02
-MAX_BATCH = 32
+MAX_BATCH = 64
+
+#: When a job has run this long, the jobs claimed behind it go back to the queue.
+RELEASE_AFTER_SECONDS = 0.25
 
 #: Worker hash TTL is this plus 60 s; heartbeats come every HEARTBEAT_SECONDS.
 WORKER_TTL = 20
@@ -84,6 +89,9 @@ REGISTRY_MARGIN = 60
 #: Longest wait between attempts to reach Redis again.
 MAX_REDIS_BACKOFF_SECONDS = 30.0
 
+#: Bytes of shared memory holding the running job's id (job ids are at most 128 characters).
+RUNNING_ID_BYTES = 160
+
 
 class JobStopped(Exception):
     """Raised inside a running job when it is stopped on request."""
@@ -95,27 +103,45 @@ class WarmShutdown(Exception):
 
 @dataclass
 class Claimed:
-    """A job taken off a queue by this worker, not started yet."""
+    """A job this worker claimed and marked started, not run yet."""
 
     job: AtomqJob
     queue: str
-    execution_id: str
 
 
 @dataclass
 class Finished:
-    """A successful run whose end is still to be recorded (sent with the next job's start)."""
+    """A successful run whose end is still to be recorded (sent with the next claim)."""
 
-    job: AtomqJob
-    queue: str
-    execution_id: str
+    claimed: Claimed
     started: Any
+    ended: Any
     value: Any
     duration: float
 
 
+@dataclass
+class Shared:
+    """Memory the worker shares with its supervisor: what runs now, and until when."""
+
+    deadline: Any = None  # c_double: monotonic time by which the running job must end (0: idle)
+    running: Any = None  # c_char array: id of the running job (empty: idle)
+
+    def set(self, job_id: str, deadline: float) -> None:
+        if self.running is not None:
+            self.running.value = job_id.encode()[: RUNNING_ID_BYTES - 1]
+        if self.deadline is not None:
+            self.deadline.value = deadline
+
+    def clear(self) -> None:
+        if self.deadline is not None:
+            self.deadline.value = 0.0
+        if self.running is not None:
+            self.running.value = b""
+
+
 class FastWorker:
-    """A worker that runs jobs in-process, RQ-compatible, with one round trip per job."""
+    """A worker that runs jobs in-process, RQ-compatible, a batch per round trip."""
 
     def __init__(
         self,
@@ -125,14 +151,14 @@ class FastWorker:
         settings: Settings,
         name: str | None = None,
         default_timeout: int | None = None,
-        deadline: Any = None,
+        shared: Shared | None = None,
     ) -> None:
         self.queues = list(queues)
         self.connection = connection
         self.settings = settings
         self.name = name or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
         self.default_timeout = default_timeout or settings.default_timeout
-        self.deadline = deadline  # a shared double the supervisor watches, or None
+        self.shared = shared or Shared()
         self.key = keys.worker_key(self.name)
         self.executions_key = f"{self.key}:executions"
         self.claimed_key = keys.claimed_key(self.name)
@@ -141,17 +167,20 @@ class FastWorker:
         self.scripts = FastScripts(connection)
         self.common_scripts = Scripts(connection)
         self.buffer: deque[Claimed] = deque()
-        self.current: AtomqJob | None = None
+        self.finished: list[Finished] = []
+        self.current: Claimed | None = None
+        self.current_started = 0.0
         self.child_pid: int | None = None
-        self.current_entry: tuple[str, str, int] | None = None
         self.successful = 0
         self.failed = 0
         self._avg_duration = 0.0
         self._stop_requested = False
         self._signals = 0
         self._stop_job: str | None = None
+        self._stop_buffered: set[str] = set()
         self._timer_armed = False
-        self._heartbeat_stop = threading.Event()
+        self._background_stop = threading.Event()
+        self._lock = threading.Lock()
         self._pubsub: Any = None
         self._pubsub_thread: Any = None
 
@@ -160,10 +189,11 @@ class FastWorker:
     def work(self, *, burst: bool = False, max_jobs: int | None = None) -> int:
         """Run jobs until stopped (or, with ``burst``, until the queues are empty). Returns jobs run.
 
-        A Redis outage never loses a job: the worker waits, then re-sends what it could not
-        record and carries on with the jobs it had claimed.
+        A Redis outage never loses a job: the worker waits, then records what it could not
+        and carries on with the jobs it holds (unless they were handed to someone else).
         """
         self._install_signals()
+        self.scripts.load()
         self.register_birth()
         self._start_background()
         set_process_title(f"atomq worker {self.name}: listening on {','.join(self.queues)}")
@@ -171,26 +201,17 @@ class FastWorker:
             "Worker %s: started with PID %d, listening on %s", self.name, os.getpid(), ", ".join(self.queues)
         )
         done = 0
-        pending: Finished | None = None  # the previous job's end, sent with the next start
-        resume: Claimed | None = None  # a job whose start may not have reached Redis
         try:
             while not self._stop_requested:
                 try:
-                    if resume is None:
-                        if not self.buffer:
-                            self._flush(pending)
-                            pending = None
-                            if not self._refill(wait=not burst):
-                                if burst:
-                                    break
-                                continue
-                        resume = self.buffer.popleft()
-                    claimed, resume = resume, None
-                    try:
-                        pending = self._run(claimed, pending)
-                    except (redis.ConnectionError, redis.TimeoutError):
-                        resume = claimed  # started or not, it has not run: try again after the outage
-                        raise
+                    if not self.buffer and not self._next_batch(wait=not burst):
+                        if burst:
+                            break
+                        continue
+                    claimed = self._take()
+                    if claimed is None:
+                        continue
+                    self._run(claimed)
                     done += 1
                     if max_jobs is not None and done >= max_jobs:
                         logger.info("Worker %s: ran %d jobs (--max-jobs), quitting", self.name, done)
@@ -198,17 +219,8 @@ class FastWorker:
                 except WarmShutdown:
                     break
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
-                    self.wait_for_redis(
-                        exc, keep=[c.job.id for c in self.buffer] + ([resume.job.id] if resume else [])
-                    )
+                    self.wait_for_redis(exc)
         finally:
-            try:
-                self._flush(pending)
-            except (redis.ConnectionError, redis.TimeoutError):
-                logger.warning(
-                    "Worker %s: could not record the last job's end (Redis unreachable)", self.name
-                )
-            self.buffer.clear()
             self.teardown()
         return done
 
@@ -221,7 +233,8 @@ class FastWorker:
             raise ValueError(f"There exists an active worker named {self.name!r} already")
         now = utcformat(utcnow())
         with self.connection.pipeline() as pipe:
-            pipe.delete(self.key, self.executions_key)
+            if not again:
+                pipe.delete(self.key, self.executions_key)
             pipe.hset(
                 self.key,
                 mapping={
@@ -245,8 +258,8 @@ class FastWorker:
             pipe.execute()
 
     def teardown(self) -> None:
-        """Give back unstarted jobs, stop the background threads, deregister."""
-        self._heartbeat_stop.set()
+        """Record what ran, give back what did not, stop the background threads, deregister."""
+        self._background_stop.set()
         with contextlib.suppress(Exception):
             if self._pubsub_thread is not None:
                 self._pubsub_thread.stop()
@@ -254,6 +267,9 @@ class FastWorker:
             if self._pubsub is not None:
                 self._pubsub.close()
         try:
+            self._flush()
+            given = self._give_back(list(self.buffer))
+            self.buffer.clear()
             returned = self.common_scripts.return_claimed(
                 keys=[self.claimed_key], args=[keys.JOB_KEY_PREFIX, keys.QUEUE_KEY_PREFIX]
             )
@@ -261,7 +277,7 @@ class FastWorker:
                 pipe.srem(keys.RQ_WORKERS_SET, self.key)
                 for queue in self.queues:
                     pipe.srem(f"{keys.RQ_WORKERS_SET}:{queue}", self.key)
-                pipe.hset(self.key, "death", utcformat(utcnow()))
+                pipe.hset(self.key, mapping={"death": utcformat(utcnow()), "state": "dead"})
                 pipe.expire(self.key, 60)
                 pipe.delete(self.executions_key, self.claimed_key)
                 pipe.srem(keys.WORKERS_SET, self.name)
@@ -269,26 +285,53 @@ class FastWorker:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             logger.warning("Worker %s: could not deregister, Redis unreachable (%s)", self.name, exc)
             return
-        if returned:
-            logger.info("Worker %s: returned %s unstarted job(s) to their queues", self.name, returned)
+        if given or returned:
+            logger.info(
+                "Worker %s: gave %d unstarted job(s) back to their queues", self.name, given + returned
+            )
         logger.info("Worker %s: stopped after %d ok, %d failed", self.name, self.successful, self.failed)
 
     # -- claiming ---------------------------------------------------------------------------
 
     def _batch_size(self) -> int:
         if self._avg_duration <= 0:
-            return 4
+            return 1  # nothing known yet: don't hold jobs another worker could run
         return max(1, min(MAX_BATCH, int(BATCH_WINDOW_SECONDS / self._avg_duration)))
 
-    def _refill(self, *, wait: bool) -> bool:
-        """Claim a batch; when there is none, wait for a wake-up (unless ``wait`` is False)."""
+    def _next_batch(self, *, wait: bool) -> bool:
+        """Record the last batch's successes and claim the next batch, in one round trip.
+
+        Without a new batch, wait for a wake-up (unless ``wait`` is False). Returns whether
+        jobs were claimed.
+        """
         if is_suspended(self.connection):
+            self._flush()
             logger.info("Worker %s: suspended (rq suspend); waiting", self.name)
             time.sleep(1)
             return False
-        reply = self.scripts.claim_batch(
-            keys=[self.claimed_key, *self.queue_keys], args=[keys.JOB_KEY_PREFIX, self._batch_size()]
-        )
+        now = utcnow()
+        claim_keys = [self.claimed_key, self.key, *self.queue_keys]
+        claim_args = [
+            self._batch_size(),
+            self.name,
+            utcformat(now),
+            now.timestamp(),
+            REGISTRY_MARGIN,
+            self.default_timeout,
+            len(keys.QUEUE_KEY_PREFIX),
+        ]
+        finished = self.finished
+
+        def build(pipe: Any) -> None:
+            if finished:
+                self._queue_finish(pipe, finished)
+            self.scripts.claim_start.queue(pipe, claim_keys, claim_args)
+
+        replies = self._pipeline(build)
+        self.finished = []
+        if finished:
+            self._after_finish(finished, replies[0])
+        reply = replies[-1]
         if not reply:
             self.connection.hset(self.key, "state", "idle")
             if wait:
@@ -297,110 +340,88 @@ class FastWorker:
                 )
             return False
         for index in range(0, len(reply), 3):
-            queue = self.queues[int(reply[index])]
-            job_id = decode(reply[index + 1])
-            job = AtomqJob(job_id, connection=self.connection)
+            job = AtomqJob(decode(reply[index + 1]), connection=self.connection)
             job.restore(pairs(reply[index + 2]))
-            self.buffer.append(Claimed(job, queue, uuid.uuid4().hex))
+            job.started_at = now
+            job.worker_name = self.name
+            job._status = JobStatus.STARTED
+            self.buffer.append(Claimed(job, self.queues[int(reply[index])]))
         return True
+
+    def _take(self) -> Claimed | None:
+        """The next claimed job to run, skipping ones stopped while they waited."""
+        with self._lock:
+            claimed = self.buffer.popleft() if self.buffer else None
+            if claimed is None:
+                return None
+            self.current = claimed
+            self.current_started = time.monotonic()
+            stopped = claimed.job.id in self._stop_buffered
+        if stopped:
+            self._stop_buffered.discard(claimed.job.id)
+            error = JobStopped(f"job {claimed.job.id} stopped on request before it ran")
+            self._record_failure(claimed, utcnow(), (error, str(error)), "stopped")
+            return None
+        return claimed
 
     # -- running ----------------------------------------------------------------------------
 
-    def _run(self, claimed: Claimed, pending: Finished | None) -> Finished | None:
-        """Start ``claimed`` (sending the previous job's end along), run it, record a failure.
-
-        Returns this job's end, still to be recorded, when it succeeded.
-        """
-        job, queue, execution_id = claimed.job, claimed.queue, claimed.execution_id
+    def _run(self, claimed: Claimed) -> None:
+        """Run one claimed job; keep its success for the next round trip, record a failure now."""
+        job, queue = claimed.job, claimed.queue
         refusal = _refusal(job)
         if refusal:
-            self._flush(pending)
-            self._refuse(job, refusal)
-            return None
+            self.current = None
+            self._refuse(claimed, refusal)
+            return
         timeout = job.timeout or self.default_timeout
         job.timeout = timeout
         started = utcnow()
-        now = started.timestamp()
-        ttl = int(timeout) + REGISTRY_MARGIN
-        with self.connection.pipeline(transaction=False) as pipe:
-            if pending is not None:
-                self._queue_finish(pipe, pending)
-            self.scripts.start(
-                keys=[
-                    job.key,
-                    f"rq:wip:{queue}",
-                    self.key,
-                    self.executions_key,
-                    f"rq:execution:{job.id}:{execution_id}",
-                    f"rq:executions:{job.id}",
-                    self.claimed_key,
-                ],
-                args=[job.id, execution_id, self.name, utcformat(started), now, now + ttl, ttl],
-                client=pipe,
-            )
-            replies = pipe.execute()
-        if pending is not None:
-            self._after_finish(pending, replies[0])
-        if not replies[-1]:
-            logger.info("Worker %s: job %s was canceled or taken back before it started", self.name, job.id)
-            return None
-        job.started_at = started
-        job.worker_name = self.name
-        job._status = JobStatus.STARTED
-        self.current_entry = (queue, execution_id, ttl)
         with log_context(job_id=job.id, task=job.func_name, queue=queue):
-            logger.info("Worker %s: %s: %s (%s)", self.name, queue, job.description, job.id)
+            logger.debug("Worker %s: %s: %s (%s) started", self.name, queue, job.description, job.id)
             clock = time.perf_counter()
-            outcome, value = self._execute(job, timeout)
+            outcome, value = self._execute(claimed, timeout)
             duration = time.perf_counter() - clock
             self._avg_duration = (
                 duration if self._avg_duration == 0 else 0.8 * self._avg_duration + 0.2 * duration
             )
             if outcome == "ok":
                 self.successful += 1
-                logger.info("Worker %s: %s: Job OK (%s) in %.3f s", self.name, queue, job.id, duration)
-                return Finished(job, queue, execution_id, started, value, duration)
+                logger.info(
+                    "Worker %s: %s: %s OK in %.3f s (%s)", self.name, queue, job.description, duration, job.id
+                )
+                self.finished.append(Finished(claimed, started, utcnow(), value, duration))
+                return
             self.failed += 1
-            retries_left = job.retries_left
-            while True:
-                # The job has run: its failure must be recorded, however long Redis is away.
-                try:
-                    self._fail(job, queue, execution_id, started, value, outcome)
-                    break
-                except (redis.ConnectionError, redis.TimeoutError) as exc:
-                    job.retries_left = retries_left
-                    self.wait_for_redis(exc, keep=[c.job.id for c in self.buffer] + [job.id])
-                    if self._stop_requested:
-                        break
-        return None
+            self._record_failure(claimed, started, value, outcome)
 
-    def _execute(self, job: AtomqJob, timeout: float) -> tuple[str, Any]:
-        """Run the job; return ("ok", value) or (outcome, exc_info)."""
+    def _execute(self, claimed: Claimed, timeout: float) -> tuple[str, Any]:
+        """Run the job; return ("ok", value) or (outcome, (exception, traceback text))."""
+        job = claimed.job
         spec = registry.get(job.func_name or "")
-        if spec.isolation == "fork":
-            from atomq.engine.isolation import run_forked
-
-            forked: tuple[str, Any] = run_forked(self, job, timeout)
-            return forked
-        self.current = job
         self._stop_job = None
-        if self.deadline is not None:
-            self.deadline.value = time.monotonic() + timeout + HARD_KILL_GRACE
-        signal.setitimer(signal.ITIMER_REAL, timeout)
-        self._timer_armed = True
+        self.shared.set(job.id, time.monotonic() + timeout + HARD_KILL_GRACE)
         try:
-            value = job.perform()
-        except BaseException as exc:  # a job's SystemExit must not end the worker
-            self._disarm()
-            outcome = "stopped" if isinstance(exc, JobStopped) else "failed"
-            return outcome, (exc, "".join(traceback.format_exception(exc)))
+            if spec.isolation == "fork":
+                from atomq.engine.isolation import run_forked
+
+                forked: tuple[str, Any] = run_forked(self, job, timeout)
+                return forked
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+            self._timer_armed = True
+            try:
+                value = job.perform()
+            except BaseException as exc:  # a job's SystemExit must not end the worker
+                self._disarm()
+                outcome = "stopped" if isinstance(exc, JobStopped) else "failed"
+                return outcome, (exc, "".join(traceback.format_exception(exc)))
+            finally:
+                self._disarm()
+            return "ok", value
         finally:
-            self._disarm()
-            self.current = None
-            self.current_entry = None
-            if self.deadline is not None:
-                self.deadline.value = 0.0
-        return "ok", value
+            with self._lock:
+                self.current = None
+            self.shared.clear()
 
     def _disarm(self) -> None:
         if self._timer_armed:
@@ -409,82 +430,90 @@ class FastWorker:
 
     # -- recording outcomes -----------------------------------------------------------------
 
-    def _queue_finish(self, pipe: Any, pending: Finished) -> None:
-        job, queue, execution_id = pending.job, pending.queue, pending.execution_id
-        started, value, duration = pending.started, pending.value, pending.duration
-        ended = utcnow()
-        result_ttl = job.result_ttl if job.result_ttl is not None else self.settings.result_ttl
-        encoded = ""
-        if value is not None:
-            try:
-                payload = json.dumps(value).encode()
-            except (TypeError, ValueError):
-                payload = json.dumps(UNSERIALIZABLE_RETURN_VALUE_PAYLOAD).encode()
-            encoded = base64.b64encode(payload).decode()
-        job.ended_at = ended
-        self.scripts.finish_ok(
-            keys=[
-                job.key,
-                f"rq:wip:{queue}",
-                f"rq:finished:{queue}",
-                Result.get_key(job.id),
-                self.key,
-                self.executions_key,
-                f"rq:execution:{job.id}:{execution_id}",
-                f"rq:executions:{job.id}",
-                self.claimed_key,
-                job.dependents_key,
-                job.dependencies_key,
-            ],
-            args=[
+    def _pipeline(self, build: Callable[[Any], None]) -> list[Any]:
+        """Build and send one pipeline (one round trip); reload the scripts after a NOSCRIPT."""
+        for attempt in (1, 2):
+            with self.connection.pipeline(transaction=False) as pipe:
+                build(pipe)
+                try:
+                    replies: list[Any] = pipe.execute()
+                    return replies
+                except NoScriptError:
+                    if attempt == 2:
+                        raise
+                    self.scripts.load()
+        raise AssertionError("unreachable")
+
+    def _queue_finish(self, pipe: Any, finished: list[Finished]) -> None:
+        args: list[Any] = [self.name]
+        for item in finished:
+            job, claimed = item.claimed.job, item.claimed
+            result_ttl = job.result_ttl if job.result_ttl is not None else self.settings.result_ttl
+            encoded = ""
+            if item.value is not None:
+                try:
+                    payload = json.dumps(item.value).encode()
+                except (TypeError, ValueError):
+                    payload = json.dumps(UNSERIALIZABLE_RETURN_VALUE_PAYLOAD).encode()
+                encoded = base64.b64encode(payload).decode()
+            ended = item.ended.timestamp()
+            args += [
                 job.id,
-                execution_id,
-                self.name,
-                utcformat(ended),
+                claimed.queue,
+                utcformat(item.started),
+                utcformat(item.ended),
                 result_ttl,
                 encoded,
-                started.timestamp(),
-                ended.timestamp(),
-                round(duration, 6),
-                ended.timestamp() + result_ttl if result_ttl > 0 else 0,
-            ],
-            client=pipe,
-        )
+                item.started.timestamp(),
+                ended,
+                round(item.duration, 6),
+                ended + result_ttl if result_ttl > 0 else 0,
+            ]
+        self.scripts.finish_many.queue(pipe, [self.key, self.claimed_key], args)
 
-    def _flush(self, pending: Finished | None) -> None:
-        """Send a pending finish on its own (no next job to pair it with)."""
-        if pending is None:
+    def _flush(self) -> None:
+        """Record pending successes on their own (no claim to pair them with)."""
+        finished = self.finished
+        if not finished:
             return
-        with self.connection.pipeline(transaction=False) as pipe:
-            self._queue_finish(pipe, pending)
-            reply = pipe.execute()[0]
-        self._after_finish(pending, reply)
+        replies = self._pipeline(lambda pipe: self._queue_finish(pipe, finished))
+        self.finished = []
+        self._after_finish(finished, replies[0])
 
-    def _after_finish(self, pending: Finished, dependents: Any) -> None:
-        if dependents == -1:
-            logger.warning(
-                "Worker %s: job %s finished after it was handed to another worker; its end is not recorded",
-                self.name,
-                pending.job.id,
-            )
-        elif dependents:
-            job, queue = pending.job, pending.queue
-            try:
-                job._status = JobStatus.FINISHED
-                AtomqQueue(queue, connection=self.connection).enqueue_dependents(job)
-            except redis.RedisError:
-                logger.exception("Worker %s: could not enqueue dependents of %s", self.name, job.id)
+    def _after_finish(self, finished: list[Finished], replies: list[Any]) -> None:
+        for item, dependents in zip(finished, replies, strict=True):
+            job = item.claimed.job
+            if dependents == -1:
+                logger.warning(
+                    "Worker %s: job %s ran after it was handed to another worker; its end is not recorded",
+                    self.name,
+                    job.id,
+                )
+            elif dependents:
+                try:
+                    job._status = JobStatus.FINISHED
+                    AtomqQueue(item.claimed.queue, connection=self.connection).enqueue_dependents(job)
+                except redis.RedisError:
+                    logger.exception("Worker %s: could not enqueue dependents of %s", self.name, job.id)
 
-    def _fail(
-        self,
-        job: AtomqJob,
-        queue: str,
-        execution_id: str,
-        started: Any,
-        error: tuple[BaseException, str],
-        outcome: str,
+    def _record_failure(
+        self, claimed: Claimed, started: Any, error: tuple[BaseException, str], outcome: str
     ) -> None:
+        """Record a failure, however long Redis is away: the job has run (or been stopped)."""
+        retries_left = claimed.job.retries_left
+        while True:
+            try:
+                self._fail(claimed, started, error, outcome)
+                return
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                claimed.job.retries_left = retries_left
+                self.wait_for_redis(exc)
+                if self._stop_requested:
+                    return
+
+    def _fail(self, claimed: Claimed, started: Any, error: tuple[BaseException, str], outcome: str) -> None:
         """Record a failed (or stopped) run through RQ's own failure paths: retry or fail."""
+        job, queue = claimed.job, claimed.queue
         exc, exc_string = error
         ended = utcnow()
         job.ended_at = ended
@@ -508,6 +537,7 @@ class FastWorker:
             exc_string.rstrip(),
         )
         aq = AtomqQueue(queue, connection=self.connection)
+        self._flush()  # successes before this failure keep their order
         with self.connection.pipeline() as pipe:
             Result.create_failure(
                 job,
@@ -515,7 +545,7 @@ class FastWorker:
                 exc_string=exc_string,
                 worker_name=self.name,
                 pipeline=pipe,
-                execution_id=execution_id,
+                execution_id=self.name,
                 execution_started_at=started,
                 execution_ended_at=ended,
             )
@@ -526,7 +556,8 @@ class FastWorker:
                 job.save(pipeline=pipe, include_meta=False, include_result=False)
                 pipe.zadd(f"rq:failed:{queue}", {job.id: ended.timestamp() + failure_ttl})
                 pipe.expire(job.key, failure_ttl)
-            self._end_execution(pipe, job, queue, execution_id)
+            pipe.zrem(f"rq:wip:{queue}", f"{job.id}:{self.name}")
+            pipe.lrem(self.claimed_key, 1, job.id)
             pipe.hincrby(self.key, "failed_job_count", 1)
             pipe.execute()
         if not retry:
@@ -534,25 +565,26 @@ class FastWorker:
                 if self.connection.scard(job.dependents_key):
                     aq.enqueue_dependents(job)
 
-    def _end_execution(self, pipe: Any, job: AtomqJob, queue: str, execution_id: str) -> None:
-        member = f"{job.id}:{execution_id}"
-        pipe.zrem(f"rq:wip:{queue}", member)
-        pipe.delete(f"rq:execution:{job.id}:{execution_id}")
-        pipe.zrem(f"rq:executions:{job.id}", execution_id)
-        pipe.srem(self.executions_key, member)
-        pipe.lrem(self.claimed_key, -1, job.id)
-
-    def _refuse(self, job: AtomqJob, reason: str) -> None:
+    def _refuse(self, claimed: Claimed, reason: str) -> None:
+        job = claimed.job
         logger.error("Worker %s: refusing job %s: %s", self.name, job.id, reason)
         with self.connection.pipeline() as pipe:
             record_job_failure(job, f"Refused by worker {self.name}: {reason}", pipe)
-            pipe.lrem(self.claimed_key, -1, job.id)
+            pipe.zrem(f"rq:wip:{claimed.queue}", f"{job.id}:{self.name}")
+            pipe.lrem(self.claimed_key, 1, job.id)
             pipe.execute()
 
-    # -- background: heartbeat, stop commands, signals --------------------------------------
+    def _give_back(self, claimed: list[Claimed]) -> int:
+        """Return started-but-not-run jobs to the front of their queues."""
+        if not claimed:
+            return 0
+        args = [self.name, *(value for c in claimed for value in (c.job.id, c.queue))]
+        return int(self.scripts.revert([self.claimed_key], args))
+
+    # -- background: heartbeat, fairness, stop commands, signals ----------------------------
 
     def _start_background(self) -> None:
-        threading.Thread(target=self._heartbeat_loop, name="atomq-heartbeat", daemon=True).start()
+        threading.Thread(target=self._background_loop, name="atomq-background", daemon=True).start()
         channel = f"rq:pubsub:{self.name}"
         self._pubsub = self.connection.pubsub(ignore_subscribe_messages=True)
         self._pubsub.subscribe(**{channel: self._on_command})
@@ -560,28 +592,45 @@ class FastWorker:
             sleep_time=0.2, daemon=True, exception_handler=_pubsub_error
         )
 
-    def _heartbeat_loop(self) -> None:
-        while not self._heartbeat_stop.wait(HEARTBEAT_SECONDS):
+    def _background_loop(self) -> None:
+        last_beat = time.monotonic()
+        while not self._background_stop.wait(0.1):
             try:
-                self.heartbeat()
+                self._release_if_slow()
+                if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
+                    last_beat = time.monotonic()
+                    self.heartbeat()
             except redis.RedisError as exc:
-                logger.debug("heartbeat failed: %s", exc)
+                logger.debug("background work failed: %s", exc)
+
+    def _release_if_slow(self) -> None:
+        """When the running job takes long, hand the jobs waiting behind it to other workers."""
+        with self._lock:
+            if self.current is None or not self.buffer:
+                return
+            if time.monotonic() - self.current_started < RELEASE_AFTER_SECONDS:
+                return
+            waiting = list(self.buffer)
+            self.buffer.clear()
+        given = self._give_back(waiting)
+        logger.debug("Worker %s: handed %d waiting job(s) back while a long job runs", self.name, given)
 
     def heartbeat(self) -> None:
-        """Keep the worker (and a long job's started-registry entry) alive."""
+        """Keep the worker, and the running job's started-registry entry, alive."""
         now = utcnow()
+        with self._lock:
+            current = self.current
         with self.connection.pipeline(transaction=False) as pipe:
             pipe.hset(self.key, "last_heartbeat", utcformat(now))
             pipe.expire(self.key, WORKER_TTL + 60)
-            pipe.expire(self.executions_key, WORKER_TTL + 60)
-            job, entry = self.current, self.current_entry
-            if job is not None and entry is not None:
-                queue, execution_id, ttl = entry
+            if current is not None:
+                job = current.job
+                ttl = int(job.timeout or self.default_timeout) + REGISTRY_MARGIN
                 pipe.hset(job.key, "last_heartbeat", utcformat(now))
-                # A long job keeps its started-registry entry alive, so no cleanup mistakes it
-                # for abandoned.
-                pipe.zadd(f"rq:wip:{queue}", {f"{job.id}:{execution_id}": now.timestamp() + ttl}, xx=True)
-                pipe.expire(f"rq:execution:{job.id}:{execution_id}", ttl)
+                # A long job keeps its registry entry alive, so no cleanup mistakes it for abandoned.
+                pipe.zadd(
+                    f"rq:wip:{current.queue}", {f"{job.id}:{self.name}": now.timestamp() + ttl}, xx=True
+                )
             pipe.execute()
 
     def _on_command(self, message: dict[str, Any]) -> None:
@@ -593,15 +642,21 @@ class FastWorker:
         if command == "shutdown":
             logger.info("Worker %s: shutdown command received", self.name)
             os.kill(os.getpid(), signal.SIGTERM)
-        elif command in ("stop-job", "kill-horse"):
-            job = self.current
-            wanted = payload.get("job_id")
-            if job is not None and (wanted is None or wanted == job.id):
-                self._stop_job = job.id
-                # Python runs signal handlers in the main thread, where the job runs.
-                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
-            else:
-                logger.warning("Worker %s: not running job %s; stop ignored", self.name, wanted)
+            return
+        if command not in ("stop-job", "kill-horse"):
+            return
+        wanted = payload.get("job_id")
+        with self._lock:
+            current = self.current
+            waiting = {c.job.id for c in self.buffer}
+        if current is not None and (wanted is None or wanted == current.job.id):
+            self._stop_job = current.job.id
+            # Python runs signal handlers in the main thread, where the job runs.
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+        elif wanted in waiting:
+            self._stop_buffered.add(wanted)
+        else:
+            logger.warning("Worker %s: not running job %s; stop ignored", self.name, wanted)
 
     def _install_signals(self) -> None:
         signal.signal(signal.SIGALRM, self._on_alarm)
@@ -610,15 +665,15 @@ class FastWorker:
         signal.signal(signal.SIGINT, self._on_shutdown)
 
     def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
-        if self.current is not None and self._timer_armed:
+        current = self.current
+        if current is not None and self._timer_armed:
             self._timer_armed = False
-            timeout = self.current.timeout
-            raise JobTimeoutException(f"Task exceeded maximum timeout value ({timeout} seconds)")
+            raise JobTimeoutException(f"Task exceeded maximum timeout value ({current.job.timeout} seconds)")
 
     def _on_stop_job(self, signum: int, frame: FrameType | None) -> None:
-        job = self.current
-        if job is not None and self._stop_job == job.id:
-            raise JobStopped(f"job {job.id} stopped on request")
+        current = self.current
+        if current is not None and self._stop_job == current.job.id:
+            raise JobStopped(f"job {current.job.id} stopped on request")
 
     def _on_shutdown(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1
@@ -630,15 +685,15 @@ class FastWorker:
             return
         logger.warning("Worker %s: cold shutdown: stopping the running job", self.name)
         if self.current is not None:
-            self._stop_job = self.current.id
+            self._stop_job = self.current.job.id
             raise JobStopped("worker shut down while the job ran")
         raise WarmShutdown
 
     # -- outages ----------------------------------------------------------------------------
 
-    def wait_for_redis(self, error: BaseException, keep: list[str]) -> None:
-        """Block until Redis answers again (exponential backoff), re-register, and give back any
-        claimed job this worker no longer holds in memory (``keep`` lists those it does)."""
+    def wait_for_redis(self, error: BaseException) -> None:
+        """Block until Redis answers again (exponential backoff), then re-register and drop the
+        claimed jobs that were handed to another worker meanwhile."""
         where = describe_client(self.connection)
         delay = 1.0
         logger.error(
@@ -657,17 +712,26 @@ class FastWorker:
         if self._stop_requested:
             return
         logger.info("Worker %s: Redis at %s is back; resuming", self.name, where)
-        # The heartbeat thread may have recreated part of our hash already; set membership
-        # tells whether Redis still knows us.
+        # The background thread may have recreated part of our hash; set membership tells
+        # whether Redis still knows us.
         if not self.connection.sismember(keys.RQ_WORKERS_SET, self.key):
             self.register_birth(again=True)
-        # A claim whose reply was lost left jobs in our list that we do not know about.
-        listed = [decode(job_id) for job_id in self.connection.lrange(self.claimed_key, 0, -1)]
-        strays = [job_id for job_id in listed if job_id not in set(keep)]
-        if strays:
-            self.scripts.return_ids(
-                keys=[self.claimed_key], args=[keys.JOB_KEY_PREFIX, keys.QUEUE_KEY_PREFIX, *strays]
-            )
+        with self._lock:
+            held = list(self.buffer)
+        if held:
+            with self.connection.pipeline(transaction=False) as pipe:
+                for claimed in held:
+                    pipe.zscore(f"rq:wip:{claimed.queue}", f"{claimed.job.id}:{self.name}")
+                still_ours = pipe.execute()
+            with self._lock:
+                lost = {c.job.id for c, ours in zip(held, still_ours, strict=True) if ours is None}
+                self.buffer = deque(c for c in self.buffer if c.job.id not in lost)
+            if lost:
+                logger.warning(
+                    "Worker %s: %d claimed job(s) were handed to others during the outage",
+                    self.name,
+                    len(lost),
+                )
 
 
 def _pubsub_error(exc: BaseException, pubsub: Any, thread: Any) -> None:
@@ -689,8 +753,3 @@ def _refusal(job: AtomqJob) -> str | None:
     except UnknownTaskError as exc:
         return str(exc)
     return None
-
-
-def child_setup() -> None:
-    """For processes forked to isolate one job: die with the worker."""
-    die_with_parent()

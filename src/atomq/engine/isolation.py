@@ -41,7 +41,6 @@ def run_forked(worker: FastWorker, job: AtomqJob, timeout: float) -> tuple[str, 
         os.close(read_fd)
         _child(job, write_fd)
     os.close(write_fd)
-    worker.current = job
     worker.child_pid = pid
     deadline = time.monotonic() + timeout
     chunks: list[bytes] = []
@@ -65,7 +64,6 @@ def run_forked(worker: FastWorker, job: AtomqJob, timeout: float) -> tuple[str, 
         return ("stopped" if type(exc).__name__ == "JobStopped" else "failed"), _error(exc)
     finally:
         os.close(read_fd)
-        worker.current = None
         worker.child_pid = None
     _, status = os.waitpid(pid, 0)
     reply = b"".join(chunks)

@@ -29,6 +29,7 @@ from typing import Any
 import redis
 
 from atomq.connection import connect
+from atomq.engine.fast import RUNNING_ID_BYTES, Shared
 from atomq.engine.recovery import recover_worker
 from atomq.engine.scheduler import Scheduler
 from atomq.settings import Settings
@@ -69,7 +70,7 @@ class Slot:
     restart_at: float | None = None
     done: bool = False
     exits: list[int | None] = field(default_factory=list)
-    deadline: Any = None  # shared double: monotonic time by which the running job must end
+    shared: Shared | None = None  # what the fast worker shares: running job id and deadline
     kill_reason: str | None = None
 
 
@@ -91,7 +92,7 @@ class Supervisor:
         names = (
             [options.name] if (count == 1 and options.name) else [f"{base}-{i}" for i in range(1, count + 1)]
         )
-        self.slots = [Slot("worker", name, deadline=_fork.Value("d", 0.0, lock=False)) for name in names]
+        self.slots = [Slot("worker", name, shared=_shared_memory()) for name in names]
         if with_scheduler:
             self.slots.append(Slot("scheduler", f"{base}-scheduler"))
         self.stopping = False
@@ -142,11 +143,11 @@ class Supervisor:
 
     def _start(self, slot: Slot) -> None:
         target = _scheduler_main if slot.role == "scheduler" else _worker_main
-        if slot.deadline is not None:
-            slot.deadline.value = 0.0
+        if slot.shared is not None:
+            slot.shared.clear()
         slot.kill_reason = None
         process = _fork.Process(
-            target=target, args=(self.settings, self.options, slot.name, slot.deadline), name=slot.name
+            target=target, args=(self.settings, self.options, slot.name, slot.shared), name=slot.name
         )
         process.start()
         slot.process = process
@@ -168,7 +169,7 @@ class Supervisor:
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
         for slot in self.slots:
-            deadline = slot.deadline.value if slot.deadline is not None else 0.0
+            deadline = slot.shared.deadline.value if slot.shared is not None else 0.0
             if slot.process is None or not deadline or now < deadline or slot.kill_reason:
                 continue
             slot.kill_reason = (
@@ -206,8 +207,13 @@ class Supervisor:
             logger.info("restarting %s %s in %.1f s", slot.role, slot.name, delay)
 
     def _recover(self, slot: Slot, reason: str) -> None:
+        running: str | None = None
+        if slot.shared is not None and self.options.worker_class == "fast":
+            # The fast worker tells us which job ran when it died: only that one counts as
+            # attempted; the rest of its batch goes back to the queue as if never claimed.
+            running = slot.shared.running.value.decode()
         try:
-            recover_worker(self.connection, slot.name, reason)
+            recover_worker(self.connection, slot.name, reason, running=running)
         except redis.RedisError as exc:
             # The scheduler's reaper will finish the job once Redis is reachable again.
             logger.error("could not recover jobs of %s now (%s); the reaper will", slot.name, exc)
@@ -262,7 +268,14 @@ def _child_setup() -> None:
     die_with_parent(signal.SIGTERM)
 
 
-def _worker_main(settings: Settings, options: WorkerOptions, name: str, deadline: Any) -> None:
+def _shared_memory() -> Shared:
+    return Shared(
+        deadline=_fork.Value("d", 0.0, lock=False),
+        running=_fork.Array("c", RUNNING_ID_BYTES, lock=False),
+    )
+
+
+def _worker_main(settings: Settings, options: WorkerOptions, name: str, shared: Shared | None) -> None:
     _child_setup()
     connection = connect(settings, check=False)
     if options.worker_class == "rq":
@@ -284,11 +297,13 @@ def _worker_main(settings: Settings, options: WorkerOptions, name: str, deadline
         settings=settings,
         name=name,
         default_timeout=options.default_timeout,
-        deadline=deadline,
+        shared=shared,
     ).work(burst=options.burst, max_jobs=options.max_jobs)
 
 
-def _scheduler_main(settings: Settings, options: WorkerOptions, name: str, deadline: Any = None) -> None:
+def _scheduler_main(
+    settings: Settings, options: WorkerOptions, name: str, shared: Shared | None = None
+) -> None:
     _child_setup()
     connection = connect(settings, check=False)
     scheduler = Scheduler(connection, name=name, queues=list(settings.queues), settings=settings)
