@@ -178,7 +178,8 @@ def _attempt(
         if decision.ok:
             break
         if decision.outcome == "busy" and time.monotonic() < deadline:
-            time.sleep(min(0.02, decision.wait))
+            # Woken the moment the other publish releases the account (or when its lease ends).
+            limiter.wait_released(account.id, min(decision.wait, deadline - time.monotonic(), 1.0))
             continue
         reason = {"busy": "another post of this account is being published", "wait": "rate limit"}.get(
             decision.outcome, "the platform asked to slow down"

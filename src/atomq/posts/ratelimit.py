@@ -63,7 +63,13 @@ return {'ok', 0}
 """
 
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[2])
+  redis.call('RPUSH', KEYS[2], '1')
+  redis.call('PEXPIRE', KEYS[2], 1000)
+  return 1
+end
 return 0
 """
 
@@ -125,21 +131,28 @@ class AccountLimiter:
     @staticmethod
     def keys(account_id: str) -> list[str]:
         base = f"{PREFIX}{account_id}"
-        return [f"{base}:window", f"{base}:inflight", f"{base}:blocked"]
+        return [f"{base}:window", f"{base}:inflight", f"{base}:blocked", f"{base}:released"]
 
     def acquire(self, account_id: str, limit: Limit, *, request: str, token: str, lease: float) -> Decision:
         """Try to start request ``request`` (unique per send) as ``token``, holding the account's
         in-flight lock for at most ``lease`` seconds."""
         outcome, wait_ms = self._acquire(
-            keys=self.keys(account_id),
+            keys=self.keys(account_id)[:3],
             args=[limit.requests, int(limit.seconds * 1000), request, token, max(1, int(lease * 1000))],
         )
         name = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
         return Decision(name, int(wait_ms) / 1000)
 
     def release(self, account_id: str, token: str) -> None:
-        """Give the in-flight lock back (only if ``token`` still holds it)."""
-        self._release(keys=[self.keys(account_id)[1]], args=[token])
+        """Give the in-flight lock back (only if ``token`` still holds it) and wake a waiter."""
+        keys = self.keys(account_id)
+        self._release(keys=[keys[1], keys[3]], args=[token])
+
+    def wait_released(self, account_id: str, seconds: float) -> None:
+        """Block until the account's in-flight publish ends, or ``seconds`` pass."""
+        from atomq.connection import blocking_timeout
+
+        self.connection.blpop([self.keys(account_id)[3]], timeout=blocking_timeout(self.connection, seconds))
 
     def block(self, account_id: str, seconds: float) -> None:
         """Stop every worker from calling the platform for this account for ``seconds``."""

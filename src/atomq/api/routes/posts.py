@@ -24,7 +24,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def get_service(state: State) -> PostsService:
+async def get_service(state: State) -> PostsService:
+    # async: a cheap constructor needs no trip through the thread pool.
     return PostsService(state.database, state.task_queue, state.settings)
 
 
