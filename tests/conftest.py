@@ -25,6 +25,9 @@ from tests.support import (
     run_cli,
 )
 
+#: Fixtures of the scheduled-posts tests.
+pytest_plugins = ["tests.posts_support"]
+
 #: Tokens the API tests use, one per scope.
 TOKENS = {"read": "atq_test_read_token", "write": "atq_test_write_token", "admin": "atq_test_admin_token"}
 

@@ -154,6 +154,7 @@ class DevServer:
     services: list[Service] = field(default_factory=list)
     api_url: str = ""
     token: str = ""
+    outbox_account: str = ""
     _stopping: bool = False
 
     def run(self) -> int:
@@ -203,6 +204,8 @@ class DevServer:
         return 0
 
     def _banner(self, redis_url: str) -> None:
+        from atomq.posts.publishers import outbox_path
+
         where = "private redis-server, data in " + str(self.redis.data_dir) if self.redis else "REDIS_URL"
         lines = [
             "",
@@ -213,6 +216,7 @@ class DevServer:
             f"  Token     {self.token}  (admin; also in {self.settings.data_dir / 'api-token'})",
             f"  Workers   {self.workers} process(es) + scheduler, queues: {', '.join(self.settings.queues)}",
             f"  Env       source {self.settings.data_dir / 'atomq.env'}  (then: atomq info, atomq doctor)",
+            f"  Outbox    account {self.outbox_account}, posts go to {outbox_path(self.settings)}",
             f'  Try       curl -H "Authorization: Bearer {self.token}" {self.api_url}/api/v1/tasks/queues',
             "  Stop      Ctrl-C (running jobs finish first)",
             "",
@@ -226,6 +230,10 @@ class DevServer:
         database = Database.from_settings(self.settings)
         try:
             upgrade(database)
+            # Posts need an account; the local outbox lets them be "published" with none anywhere.
+            from atomq.posts.accounts import ensure_outbox_account
+
+            self.outbox_account = ensure_outbox_account(database, self.settings).id
         finally:
             database.dispose()
 

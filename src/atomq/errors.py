@@ -13,11 +13,16 @@ The tree (HTTP status in brackets, as the API reports it)::
     │   │   └── TaskArgumentsError      arguments do not fit the task or are not JSON
     │   └── InvalidJobOptionError       an enqueue option is malformed (job id, time, queue)
     ├── NotFoundError                   no such object                                     [404]
-    │   └── JobNotFoundError
+    │   ├── JobNotFoundError
+    │   ├── PostNotFoundError
+    │   └── AccountNotFoundError
     └── ConflictError                   the object's state forbids the operation           [409]
         ├── JobStateError               e.g. cancel a finished job
         ├── DuplicateJobError           ``unique=True`` and a job with that id exists
-        └── UnreadableJobError          the job's stored record cannot be decoded
+        ├── UnreadableJobError          the job's stored record cannot be decoded
+        ├── PostStateError              e.g. edit or cancel a post that is being published
+        ├── DuplicateAccountError       an account with that platform and handle exists
+        └── AccountInUseError           remove an account that still has posts to publish
 
     JobFailure                          raised *by task code* to steer retries
     ├── RetryableError                  a retry may succeed (timeouts, 5xx, rate limits)
@@ -133,6 +138,36 @@ class UnreadableJobError(ConflictError):
     """A job exists but its stored record cannot be read (written by hand, or corrupted)."""
 
     code = "unreadable_job"
+
+
+class PostNotFoundError(NotFoundError):
+    """No scheduled post exists with the given id."""
+
+    code = "post_not_found"
+
+
+class AccountNotFoundError(NotFoundError):
+    """No (non-removed) account exists with the given id."""
+
+    code = "account_not_found"
+
+
+class PostStateError(ConflictError):
+    """The post's state does not allow the operation (it is publishing, or already published)."""
+
+    code = "invalid_post_state"
+
+
+class DuplicateAccountError(ConflictError):
+    """An account with the same platform and handle already exists for that user."""
+
+    code = "duplicate_account"
+
+
+class AccountInUseError(ConflictError):
+    """The account still has posts waiting to be published."""
+
+    code = "account_in_use"
 
 
 class JobFailure(Exception):

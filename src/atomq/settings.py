@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from atomq.errors import ConfigurationError
@@ -123,6 +123,46 @@ class Settings(BaseSettings):
         le=60,
         description="Seconds one rendering of /metrics is reused (0: read Redis on every scrape).",
     )
+    credentials_key: SecretStr | None = Field(
+        default=None,
+        description="Fernet key(s) that encrypt account credentials at rest, comma-separated, newest "
+        "first (older ones still decrypt, for rotation). When unset, a key is made once and kept "
+        "in ATOMQ_DATA_DIR/credentials.key: set it explicitly when API and workers run on "
+        "different hosts.",
+    )
+    posts_horizon: float = Field(
+        default=86_400,
+        gt=0,
+        description="Seconds ahead within which a scheduled post has its job in Redis; posts due "
+        "later live only in the database until the reconciler brings them in.",
+    )
+    posts_reconcile_interval: float = Field(
+        default=30,
+        gt=0,
+        description="Seconds between two reconciler passes (also run at once when Redis lost its data).",
+    )
+    posts_publish_timeout: float = Field(
+        default=30, gt=0, description="Seconds a publisher's outside call may take (connect, send, read)."
+    )
+    posts_max_attempts: int = Field(
+        default=5, ge=1, description="Publish attempts (sends) before a post is marked failed."
+    )
+    posts_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"],
+        description="Hosts webhook and Mastodon accounts may target: names, *.domain, IPs or CIDRs. "
+        "'*' allows any public address. Private, loopback and link-local addresses (and names "
+        "resolving to them) are refused unless listed explicitly (not through '*').",
+    )
+    posts_rate_limits: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Per-account request limits by platform, e.g. 'mastodon=300/300,webhook=120/60' "
+        "(requests/seconds; 0/0 for no limit). Mastodon defaults to 300 per 5 minutes.",
+    )
+    posts_outbox_path: Path | None = Field(
+        default=None,
+        description="File the outbox publisher appends JSON lines to "
+        "(ATOMQ_DATA_DIR/outbox.jsonl when unset).",
+    )
     log_level: str = Field(default="INFO")
     log_format: str = Field(default="text", description="text or json")
     log_file: Path | None = Field(default=None)
@@ -150,7 +190,15 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Backups `atomq backup` keeps, deleting older ones; 0 keeps all."
     )
 
-    @field_validator("queues", "task_modules", "redis_sentinels", "api_tokens", mode="before")
+    @field_validator(
+        "queues",
+        "task_modules",
+        "redis_sentinels",
+        "api_tokens",
+        "posts_allowed_hosts",
+        "posts_rate_limits",
+        mode="before",
+    )
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -186,6 +234,16 @@ class Settings(BaseSettings):
             ) from exc
         return value
 
+    @field_validator("posts_rate_limits")
+    @classmethod
+    def _rate_limits(cls, value: list[str]) -> list[str]:
+        for item in value:
+            platform, sep, spec = item.partition("=")
+            count, slash, seconds = spec.partition("/")
+            if not (sep and slash and platform.strip() and count.strip().isdigit() and _number(seconds)):
+                raise ValueError(f"{item!r} must read platform=requests/seconds, e.g. mastodon=300/300")
+        return value
+
     @field_validator("log_format")
     @classmethod
     def _log_format(cls, value: str) -> str:
@@ -197,6 +255,13 @@ class Settings(BaseSettings):
     def tz(self) -> ZoneInfo:
         """The configured timezone as a ``ZoneInfo``."""
         return ZoneInfo(self.timezone)
+
+
+def _number(text: str) -> bool:
+    try:
+        return float(text) >= 0
+    except ValueError:
+        return False
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -49,7 +49,7 @@ ENQUEUE_OPTIONS = frozenset(
 )
 
 #: Modules whose tasks every atomq process registers.
-BUILTIN_TASK_MODULES: tuple[str, ...] = ("atomq.builtin_tasks",)
+BUILTIN_TASK_MODULES: tuple[str, ...] = ("atomq.builtin_tasks", "atomq.posts.tasks")
 
 Isolation = Literal["inline", "fork"]
 

@@ -76,9 +76,9 @@ def cli() -> None:
 
 
 def _register_commands() -> None:
-    from atomq.cli import backup, doctor, jobs, monitor, serve, up, worker
+    from atomq.cli import backup, doctor, jobs, monitor, posts, serve, up, worker
 
-    for module in (worker, monitor, jobs, doctor, serve, up, backup):
+    for module in (worker, monitor, jobs, doctor, serve, up, backup, posts):
         module.register(cli)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from atomq.api.routes import dashboard, failed, health, jobs, metrics, queues, workers
+from atomq.api.routes import accounts, dashboard, failed, health, jobs, metrics, posts, queues, workers
 
 #: Every router the API serves, in the order they appear in the OpenAPI document.
 ROUTERS: list[APIRouter] = [
@@ -15,4 +15,6 @@ ROUTERS: list[APIRouter] = [
     workers.router,
     metrics.router,
     dashboard.router,  # /dashboard (HTML, left out of the OpenAPI document)
+    posts.router,
+    accounts.router,
 ]

@@ -1,0 +1,99 @@
+"""The Redis side of a post: its job, with an id derived from the post and its revision.
+
+``post_<hex>-r<revision>`` is the job that publishes a revision; ``...-a<n>`` the job that
+resumes it after attempt ``n`` died mid-publish. Because the ids are deterministic and
+created with ``unique=True``, the API, a retry and the reconciler can all "make sure the job
+exists" without ever making two; and a reschedule (new revision) gets a new id, so the old
+job, if it still runs, finds a revision mismatch and does nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import redis
+from rq.exceptions import NoSuchJobError
+from rq.job import JobStatus
+
+from atomq.engine import keys
+from atomq.errors import DuplicateJobError
+from atomq.jobs import load_job
+from atomq.posts.models import ScheduledPost
+from atomq.settings import Settings
+from atomq.task_queue import TaskQueue
+
+#: The task that publishes a post, and its queue (the guide's names).
+TASK = "process_scheduled_post"
+QUEUE = "social_media"
+
+#: Job statuses in which the job will still run (or is running).
+LIVE_STATUSES = frozenset({"scheduled", "queued", "started", "deferred", "created"})
+
+
+def job_id_for(post_id: str, revision: int, *, resume_after: int | None = None) -> str:
+    """The deterministic job id of ``post_id`` at ``revision`` (or of its resume job)."""
+    base = f"{post_id}-r{revision}"
+    return base if resume_after is None else f"{base}-a{resume_after}"
+
+
+def within_horizon(post: ScheduledPost, settings: Settings, now: datetime) -> bool:
+    """Whether the post is due soon enough to have its job in Redis."""
+    return post.scheduled_for <= now + timedelta(seconds=settings.posts_horizon)
+
+
+def ensure_job(tq: TaskQueue, post: ScheduledPost, job_id: str) -> bool:
+    """Create ``job_id`` for ``post`` at its due time unless it exists; True when created."""
+    try:
+        tq.enqueue_at(
+            post.scheduled_for,
+            TASK,
+            kwargs={"post_id": post.id, "user_id": post.user_id, "revision": post.revision},
+            job_id=job_id,
+            unique=True,
+            queue=QUEUE,
+            description=f"publish {post.id} (revision {post.revision})",
+        )
+    except DuplicateJobError:
+        return False
+    return True
+
+
+def job_statuses(connection: redis.Redis, job_ids: list[str]) -> list[str | None]:
+    """The stored status of each job (``None`` when Redis has no such job), one round trip."""
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hget(keys.job_key(job_id), "status")
+        replies = pipe.execute()
+    return [reply.decode() if isinstance(reply, bytes) else reply for reply in replies]
+
+
+def withdraw_job(connection: redis.Redis, job_id: str | None) -> bool:
+    """Take a job that has not started off its queue or schedule and mark it canceled.
+
+    A job that already started is left alone: stopping a publish half-way would leave its
+    outcome unknown. It finds the post changed (revision or status) and does nothing.
+    """
+    if not job_id:
+        return False
+    try:
+        job = load_job(job_id, connection)
+    except NoSuchJobError:
+        return False
+    status = job.get_status(refresh=False)
+    if status == JobStatus.SCHEDULED:
+        removed = connection.zrem(keys.scheduled_key(job.origin), job_id)
+    elif status == JobStatus.QUEUED:
+        removed = connection.lrem(keys.queue_key(job.origin), 0, job_id)
+    else:
+        return False
+    if removed:
+        job.cancel()
+    return bool(removed)
+
+
+def delete_job(connection: redis.Redis, job_id: str) -> None:
+    """Remove an ended job entirely, so a job with the same id can be created again."""
+    try:
+        load_job(job_id, connection).delete()
+    except NoSuchJobError:
+        return

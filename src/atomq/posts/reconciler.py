@@ -1,0 +1,213 @@
+"""The posts reconciler: the database says what must happen, Redis is made to agree.
+
+Run by the leading scheduler (``@periodic``, so exactly one runs at a time) every
+``ATOMQ_POSTS_RECONCILE_INTERVAL`` seconds - and at once after Redis lost its data, because
+the key that spaces the runs is lost with it. Each pass:
+
+* gives every ``scheduled`` post due within ``ATOMQ_POSTS_HORIZON`` its job (the job id is
+  derived from the post and its revision, so re-creating cannot duplicate); posts due later
+  live only in the database, so Redis does not grow with how far ahead people schedule;
+* replaces a job that ended without publishing its post (a few times, then fails the post);
+  a job someone canceled by hand cancels its post;
+* finds posts left ``publishing`` by an attempt that is over (its lease expired): it queues a
+  job to resume them when the platform's idempotency key makes that safe, and marks them
+  ``unconfirmed`` otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from atomq.engine.periodic import PeriodicContext, periodic
+
+if TYPE_CHECKING:
+    # Every atomq process imports this module (to register the reconciler); the database
+    # layers load only when a pass runs.
+    from atomq.posts.models import ScheduledPost
+    from atomq.posts.runtime import PostsRuntime
+    from atomq.task_queue import TaskQueue
+
+logger = logging.getLogger("atomq.posts.reconciler")
+
+#: Seconds between looks at whether a pass is due (a pass itself runs every
+#: ATOMQ_POSTS_RECONCILE_INTERVAL seconds, or at once when Redis lost the spacing key).
+RECONCILE_TICK = 1.0
+
+#: Redis key whose expiry spaces the passes.
+NEXT_PASS_KEY = "atomq:posts:reconcile:next"  # noqa: S105 - a Redis key name
+
+#: Posts read and checked per round trip.
+BATCH = 1000
+
+#: Times a post's job may end without publishing before the post is failed.
+MAX_JOB_REPLACEMENTS = 3
+
+
+@dataclass
+class Report:
+    """What one pass did."""
+
+    checked: int = 0
+    created: int = 0
+    replaced: int = 0
+    resumed: int = 0
+    canceled: int = 0
+    failed: int = 0
+    unconfirmed: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return any((self.created, self.replaced, self.resumed, self.canceled, self.failed, self.unconfirmed))
+
+
+@periodic("posts.reconcile", interval=RECONCILE_TICK)
+def reconcile_posts(ctx: PeriodicContext) -> None:
+    """The periodic entry point: a pass when the last one is old enough (or Redis forgot it)."""
+    interval_ms = max(1, int(ctx.settings.posts_reconcile_interval * 1000))
+    if not ctx.connection.set(NEXT_PASS_KEY, "1", nx=True, px=interval_ms):
+        return
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from atomq.posts.runtime import PostsRuntime
+
+    try:
+        report = reconcile(PostsRuntime(ctx.settings, ctx.database, ctx.connection))
+    except (OperationalError, ProgrammingError) as exc:
+        # Most often a database that was never migrated; say so once per pass, briefly.
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        logger.warning("posts reconciler skipped: database not usable (%s); run `atomq db upgrade`", reason)
+        return
+    if report.changed:
+        logger.info("posts reconciled: %s", report)
+
+
+def reconcile(runtime: PostsRuntime, now: datetime | None = None) -> Report:
+    """One pass over the database; see the module documentation."""
+    from sqlalchemy import literal, or_, select, tuple_
+
+    from atomq.db.base import UTCDateTime
+    from atomq.posts.models import ScheduledPost
+    from atomq.task_queue import TaskQueue
+    from atomq.timeutil import utcnow
+
+    now = now or utcnow()
+    report = Report()
+    tq = TaskQueue(settings=runtime.settings, connection=runtime.connection)
+    horizon = now + timedelta(seconds=runtime.settings.posts_horizon)
+    after: tuple[datetime, str] | None = None
+    while True:
+        query = (
+            select(ScheduledPost)
+            .where(ScheduledPost.status == "scheduled", ScheduledPost.scheduled_for <= horizon)
+            .order_by(ScheduledPost.scheduled_for, ScheduledPost.id)
+            .limit(BATCH)
+        )
+        if after is not None:
+            query = query.where(
+                tuple_(ScheduledPost.scheduled_for, ScheduledPost.id)
+                > tuple_(literal(after[0], UTCDateTime()), literal(after[1]))
+            )
+        with runtime.database.session() as session:
+            posts = list(session.scalars(query))
+            session.expunge_all()
+        if not posts:
+            break
+        _scheduled(runtime, tq, posts, report)
+        after = (posts[-1].scheduled_for, posts[-1].id)
+    with runtime.database.session() as session:
+        stuck = list(
+            session.scalars(
+                select(ScheduledPost).where(
+                    ScheduledPost.status == "publishing",
+                    or_(ScheduledPost.attempt_id.is_(None), ScheduledPost.lease_until < now),
+                )
+            )
+        )
+        session.expunge_all()
+    for post in stuck:
+        _publishing(runtime, tq, post, now, report)
+    return report
+
+
+def _scheduled(runtime: PostsRuntime, tq: TaskQueue, posts: list[ScheduledPost], report: Report) -> None:
+    from atomq.posts.jobs import LIVE_STATUSES, delete_job, ensure_job, job_id_for, job_statuses
+    from atomq.posts.models import ScheduledPost
+    from atomq.posts.records import update_post
+    from atomq.timeutil import utcnow
+
+    ids = [job_id_for(post.id, post.revision) for post in posts]
+    statuses = job_statuses(runtime.connection, ids)
+    for post, job_id, status in zip(posts, ids, statuses, strict=True):
+        report.checked += 1
+        still = [ScheduledPost.status == "scheduled", ScheduledPost.revision == post.revision]
+        if status is None:
+            if ensure_job(tq, post, job_id):
+                report.created += 1
+                logger.warning("post %s had no job in Redis; created %s", post.id, job_id)
+            if post.job_id != job_id:
+                update_post(runtime.database, post.id, still, {"job_id": job_id})
+        elif status in LIVE_STATUSES:
+            continue
+        elif status == "canceled":
+            if update_post(
+                runtime.database,
+                post.id,
+                still,
+                {
+                    "status": "canceled",
+                    "canceled_at": utcnow(),
+                    "last_error": f"its job {job_id} was canceled",
+                },
+            ):
+                report.canceled += 1
+        elif post.job_replacements < MAX_JOB_REPLACEMENTS:
+            # Claim the replacement on the post first: if the post moved on meanwhile, leave the job be.
+            if update_post(
+                runtime.database, post.id, [*still], {"job_replacements": ScheduledPost.job_replacements + 1}
+            ):
+                delete_job(runtime.connection, job_id)
+                ensure_job(tq, post, job_id)
+                report.replaced += 1
+                logger.warning("post %s: its job ended (%s) without publishing; replaced it", post.id, status)
+        elif update_post(
+            runtime.database,
+            post.id,
+            still,
+            {
+                "status": "failed",
+                "last_error": f"its job ended ({status}) {MAX_JOB_REPLACEMENTS + 1} times without publishing",
+            },
+        ):
+            report.failed += 1
+
+
+def _publishing(
+    runtime: PostsRuntime, tq: TaskQueue, post: ScheduledPost, now: datetime, report: Report
+) -> None:
+    from atomq.posts.jobs import LIVE_STATUSES, ensure_job, job_id_for, job_statuses
+    from atomq.posts.models import Account, ScheduledPost
+    from atomq.posts.publishing import mark_unconfirmed, resumable
+    from atomq.posts.records import update_post
+
+    with runtime.database.session() as session:
+        account = session.get(Account, post.account_id)
+        session.expunge_all()
+    assert account is not None
+    report.checked += 1
+    dead_attempt = post.attempt_id is not None
+    if not resumable(post, account, runtime, now):
+        why = "the attempt publishing it stopped answering" if dead_attempt else "its retry was lost"
+        if mark_unconfirmed(runtime, post, why):
+            report.unconfirmed += 1
+        return
+    [status] = job_statuses(runtime.connection, [post.job_id or ""])
+    if status in LIVE_STATUSES and status != "started":
+        return  # a retry is already waiting; it resumes the post itself
+    job_id = job_id_for(post.id, post.revision, resume_after=post.attempts)
+    if ensure_job(tq, post, job_id):
+        report.resumed += 1
+        logger.warning("post %s was left publishing; queued %s to resume it", post.id, job_id)
+    update_post(runtime.database, post.id, [ScheduledPost.status == "publishing"], {"job_id": job_id})

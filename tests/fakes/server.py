@@ -1,0 +1,133 @@
+"""A scriptable HTTP server: answers from a queue of planned responses, records every request."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from tests.support import free_port
+
+
+@dataclass
+class Recorded:
+    """One request as the server received it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Plan:
+    """How to answer one request.
+
+    ``act`` says whether the request takes effect (e.g. creates a status) before the
+    answer; ``delay`` holds the answer back (longer than the client waits = a timeout).
+    """
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: Any = None
+    delay: float = 0.0
+    act: bool = True
+
+
+class FakeServer:
+    """Base of the fakes: subclasses implement :meth:`handle`."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.requests: list[Recorded] = []
+        self.plans: list[Plan] = []
+        self.lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def plan(self, *plans: Plan) -> None:
+        """Answer the next requests with ``plans``, in order; after that, normally."""
+        with self.lock:
+            self.plans.extend(plans)
+
+    def next_plan(self) -> Plan:
+        with self.lock:
+            return self.plans.pop(0) if self.plans else Plan()
+
+    def wait(self, seconds: float) -> None:
+        """Sleep in a handler, cut short when the server stops."""
+        self._stopping.wait(seconds)
+
+    def handle(self, request: Recorded) -> tuple[int, dict[str, str], Any]:
+        raise NotImplementedError
+
+    def start(self) -> FakeServer:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                request = Recorded(
+                    "POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time()
+                )
+                with fake.lock:
+                    fake.requests.append(request)
+                try:
+                    status, headers, payload = fake.handle(request)
+                except ConnectionError:
+                    return
+                if fake._stopping.is_set():
+                    return
+                data = json.dumps(payload).encode() if payload is not None else b""
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for key, value in headers.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def wait_for_requests(
+        self, count: int, timeout: float = 20.0, predicate: Callable[[], bool] | None = None
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.requests) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"expected {count} request(s), got {len(self.requests)}")
+            time.sleep(0.02)

@@ -1,0 +1,284 @@
+"""The publishing state machine against real local servers: at most one post, whatever happens.
+
+The job function is called directly here (as the guide's "Job Testing" does); the tests with
+real worker processes are in test_posts_worker.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+
+from atomq.errors import PermanentError, PostStateError, RetryableError
+from atomq.posts.publishing import idempotency_key, lease_seconds, publish_post
+from atomq.posts.ratelimit import AccountLimiter, Limit
+from atomq.posts.service import PostChanges
+from atomq.timeutil import utcnow
+from tests.fakes.mastodon import rate_limited, server_error, slow
+from tests.fakes.server import Plan
+from tests.posts_support import schedule
+
+
+def run(runtime, post):
+    return publish_post(runtime, post.id, post.user_id, post.revision)
+
+
+def test_mastodon_publishes_once_with_token_and_idempotency_key(runtime, service, accounts, mastodon):
+    post = schedule(service, accounts.mastodon(mastodon, visibility="unlisted"), "Hello, fediverse")
+    result = run(runtime, post)
+    assert result["status"] == "published"
+    [request] = mastodon.requests
+    assert request.headers["authorization"] == "Bearer masto-token"
+    assert request.headers["idempotency-key"] == idempotency_key(post.id, 1)
+    assert request.json() == {"status": "Hello, fediverse", "visibility": "unlisted"}
+    stored = service.get(post.id)
+    assert stored.status == "published"
+    assert stored.platform_post_id == mastodon.statuses[0]["id"]
+    assert stored.platform_url == mastodon.statuses[0]["url"]
+    assert stored.published_at is not None
+    assert stored.attempts == 1
+    # The job runs again (duplicate delivery, retry, a hand-made job): nothing more is sent.
+    again = run(runtime, post)
+    assert again["status"] == "published"
+    assert again["note"] == "already published"
+    assert publish_post(runtime, post.id, post.user_id)["status"] == "published"
+    assert len(mastodon.requests) == 1
+    assert len(mastodon.statuses) == 1
+
+
+def test_two_runs_at_once_publish_once(runtime, service, accounts, mastodon):
+    post = schedule(service, accounts.mastodon(mastodon))
+    mastodon.plan(Plan(delay=0.5))  # the first request is slow, so the runs overlap
+    results: list[object] = []
+
+    def attempt() -> None:
+        try:
+            results.append(run(runtime, post)["status"])
+        except RetryableError as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(mastodon.requests) == 1
+    assert len(mastodon.statuses) == 1
+    assert "published" in results
+    assert service.get(post.id).status == "published"
+
+
+def test_429_waits_for_retry_after_then_publishes_once(runtime, service, accounts, mastodon):
+    account = accounts.mastodon(mastodon)
+    post = schedule(service, account)
+    mastodon.plan(rate_limited(retry_after="2"))
+    with pytest.raises(RetryableError) as info:
+        run(runtime, post)
+    assert info.value.delay is not None and info.value.delay >= 2
+    stored = service.get(post.id)
+    assert stored.status == "scheduled"  # nothing was published: editable and cancelable again
+    assert stored.attempts == 0  # being told to wait is not a failed attempt
+    assert "429" in stored.last_error
+    # Every worker now holds back for this account until Retry-After has passed.
+    with pytest.raises(RetryableError):
+        run(runtime, post)
+    assert len(mastodon.requests) == 1
+    time.sleep(2.1)
+    assert run(runtime, post)["status"] == "published"
+    keys = [r.headers["idempotency-key"] for r in mastodon.requests]
+    assert keys == [idempotency_key(post.id, 1)] * 2
+    assert len(mastodon.statuses) == 1
+
+
+def test_500_is_retried_with_the_same_key_and_the_post_stays_locked(runtime, service, accounts, mastodon):
+    post = schedule(service, accounts.mastodon(mastodon))
+    mastodon.plan(server_error())
+    with pytest.raises(RetryableError):
+        run(runtime, post)
+    stored = service.get(post.id)
+    # The server may have acted: the repeat must carry the same content and key, so no edits.
+    assert stored.status == "publishing"
+    with pytest.raises(PostStateError):
+        service.update(post.id, PostChanges(content="changed"))
+    with pytest.raises(PostStateError):
+        service.cancel(post.id)
+    assert run(runtime, post)["status"] == "published"
+    assert [r.headers["idempotency-key"] for r in mastodon.requests] == [idempotency_key(post.id, 1)] * 2
+    assert len(mastodon.statuses) == 1
+    assert service.get(post.id).attempts == 2
+
+
+def test_timeout_after_sending_with_a_key_is_repeated_and_deduplicated(runtime, service, accounts, mastodon):
+    post = schedule(service, accounts.mastodon(mastodon))
+    mastodon.plan(slow(5))  # creates the status, answers after the 1 s timeout
+    with pytest.raises(RetryableError):
+        run(runtime, post)
+    assert service.get(post.id).status == "publishing"
+    assert run(runtime, post)["status"] == "published"
+    assert len(mastodon.requests) == 2
+    assert len(mastodon.statuses) == 1  # Mastodon answered the repeat with the status it had
+    assert service.get(post.id).platform_post_id == mastodon.statuses[0]["id"]
+
+
+def test_timeout_without_idempotency_is_unconfirmed_and_never_repeated(runtime, service, accounts, webhook):
+    post = schedule(service, accounts.webhook(webhook))
+    webhook.plan(Plan(delay=5))
+    with pytest.raises(PermanentError, match="unconfirmed"):
+        run(runtime, post)
+    stored = service.get(post.id)
+    assert stored.status == "unconfirmed"
+    assert "outcome unknown" in stored.last_error
+    assert run(runtime, post)["status"] == "unconfirmed"
+    assert len(webhook.requests) == 1
+
+
+def test_webhook_is_signed_and_5xx_is_retried_only_for_idempotent_receivers(
+    runtime, service, accounts, webhook
+):
+    plain = schedule(service, accounts.webhook(webhook), "plain", media_urls=["https://img.example/a.png"])
+    assert run(runtime, plain)["status"] == "published"
+    [delivery] = webhook.accepted
+    assert delivery["post_id"] == plain.id
+    assert delivery["content"] == "plain"
+    assert delivery["media_urls"] == ["https://img.example/a.png"]
+    assert webhook.rejected == []
+    assert webhook.requests[0].headers["idempotency-key"] == idempotency_key(plain.id, 1)
+
+    webhook.plan(Plan(status=502, act=False))
+    risky = schedule(service, accounts.webhook(webhook, handle="hook-2"), "risky")
+    with pytest.raises(PermanentError):
+        run(runtime, risky)
+    assert service.get(risky.id).status == "unconfirmed"
+
+    webhook.plan(Plan(status=503, act=False))
+    safe = schedule(service, accounts.webhook(webhook, handle="hook-3", idempotent=True), "safe")
+    with pytest.raises(RetryableError):
+        run(runtime, safe)
+    assert run(runtime, safe)["status"] == "published"
+    assert [d["content"] for d in webhook.accepted] == ["plain", "safe"]
+
+
+def test_refused_post_fails_without_retry(runtime, service, accounts, mastodon):
+    post = schedule(service, accounts.mastodon(mastodon))
+    mastodon.token = "rotated"  # the stored token no longer works: 401
+    with pytest.raises(PermanentError, match="401"):
+        run(runtime, post)
+    stored = service.get(post.id)
+    assert stored.status == "failed"
+    assert "401" in stored.last_error
+    assert "masto-token" not in stored.last_error
+
+
+def test_connection_refused_is_retried_then_fails_after_max_attempts(runtime, service, accounts, mastodon):
+    post = schedule(service, accounts.mastodon(mastodon))
+    mastodon.stop()  # nothing listens: nothing can have been sent
+    max_attempts = runtime.settings.posts_max_attempts
+    for attempt in range(1, max_attempts):
+        with pytest.raises(RetryableError):
+            run(runtime, post)
+        stored = service.get(post.id)
+        assert (stored.status, stored.attempts) == ("scheduled", attempt)
+    with pytest.raises(PermanentError, match=f"after {max_attempts} attempts"):
+        run(runtime, post)
+    assert service.get(post.id).status == "failed"
+
+
+def test_targets_are_checked_again_when_publishing(runtime, service, accounts, webhook):
+    post = schedule(service, accounts.webhook(webhook))
+    # The allowlist changed since the account was saved (or DNS now points somewhere private).
+    runtime.settings = runtime.settings.model_copy(update={"posts_allowed_hosts": ["*"]})
+    with pytest.raises(PermanentError, match="does not allow"):
+        run(runtime, post)
+    assert service.get(post.id).status == "failed"
+    assert webhook.requests == []
+
+
+def test_canceled_or_rescheduled_posts_are_not_published(runtime, service, accounts, mastodon):
+    account = accounts.mastodon(mastodon)
+    canceled = schedule(service, account, "canceled")
+    service.cancel(canceled.id)
+    assert run(runtime, canceled)["status"] == "canceled"
+    moved = schedule(service, account, "moved")
+    service.update(moved.id, PostChanges(scheduled_for=utcnow() + timedelta(hours=2)))
+    result = run(runtime, moved)  # the job of revision 1 runs anyway
+    assert result["status"] == "scheduled"
+    assert "revision 1 was replaced by revision 2" in result["note"]
+    assert mastodon.requests == []
+
+
+def test_a_job_for_another_user_is_refused(runtime, service, accounts, mastodon):
+    post = schedule(service, accounts.mastodon(mastodon))
+    with pytest.raises(PermanentError, match="belongs to user"):
+        publish_post(runtime, post.id, "someone_else", post.revision)
+    assert mastodon.requests == []
+
+
+def test_dead_attempt_is_resumed_only_when_the_key_makes_it_safe(
+    runtime, service, accounts, mastodon, webhook
+):
+    from atomq.posts.models import ScheduledPost
+    from atomq.posts.records import update_post
+
+    def left_mid_publish(post):
+        # What a SIGKILLed worker leaves: publishing, an attempt id, a lease that ran out.
+        assert update_post(
+            runtime.database,
+            post.id,
+            [],
+            {
+                "status": "publishing",
+                "attempt_id": "att_dead",
+                "attempts": 1,
+                "first_sent_at": utcnow() - timedelta(seconds=30),
+                "lease_until": utcnow() + timedelta(seconds=0.5),
+            },
+        )
+
+    masto_post = schedule(service, accounts.mastodon(mastodon))
+    left_mid_publish(masto_post)
+    started = time.monotonic()
+    # While the lease runs the attempt may be alive: wait it out, then resend with the same key.
+    assert run(runtime, masto_post)["status"] == "published"
+    assert time.monotonic() - started >= 0.4
+    assert len(mastodon.statuses) == 1
+
+    hook_post = schedule(service, accounts.webhook(webhook))
+    left_mid_publish(hook_post)
+    time.sleep(0.6)
+    with pytest.raises(PermanentError, match="unconfirmed"):
+        run(runtime, hook_post)
+    assert service.get(hook_post.id).status == "unconfirmed"
+    assert webhook.requests == []
+    assert ScheduledPost  # the model module is importable in tests for direct checks
+
+
+def test_lease_covers_the_publishers_timeouts(runtime):
+    assert lease_seconds(runtime) > 2 * runtime.settings.posts_publish_timeout
+
+
+def test_rate_limit_reserves_slots_and_one_publish_in_flight(connection):
+    limiter = AccountLimiter(connection)
+    limit = Limit(2, 3.0)
+    assert limiter.acquire("acct", limit, request="a", token="t1", lease=5).ok
+    busy = limiter.acquire("acct", limit, request="b", token="t2", lease=5)
+    assert busy.outcome == "busy"  # one publish at a time per account
+    limiter.release("acct", "t2")  # someone else's token does not release it
+    assert limiter.acquire("acct", limit, request="b", token="t2", lease=5).outcome == "busy"
+    limiter.release("acct", "t1")
+    assert limiter.acquire("acct", limit, request="b", token="t2", lease=5).ok
+    limiter.release("acct", "t2")
+    third = limiter.acquire("acct", limit, request="c", token="t3", lease=5)
+    assert third.outcome == "wait" and 0 < third.wait <= 3.0  # a reserved slot, not a refusal
+    fourth = limiter.acquire("acct", limit, request="d", token="t4", lease=5)
+    assert fourth.outcome == "wait" and fourth.wait > 0  # the next free slot after that
+    # Coming back early for the reserved slot: still wait; on time: go, without a new slot.
+    assert limiter.acquire("acct", limit, request="c", token="t3", lease=5).outcome == "wait"
+    time.sleep(third.wait + 0.05)
+    assert limiter.acquire("acct", limit, request="c", token="t3", lease=5).ok
+    limiter.release("acct", "t3")
+    limiter.block("acct", 0.3)
+    assert limiter.acquire("acct", limit, request="d", token="t4", lease=5).outcome == "blocked"
+    assert limiter.acquire("other", limit, request="x", token="t5", lease=5).ok  # per account
