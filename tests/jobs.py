@@ -130,3 +130,16 @@ def publish_post(post_id: str, user_id: str, fail: bool = False) -> dict[str, st
         log.error("Failed to publish post: platform said no")
         raise RuntimeError("platform said no")
     return {"post_id": post_id, "user_id": user_id}
+
+
+@task("defer_twice", retry=1)
+def defer_twice(path: str) -> int:
+    """Ask twice to run later (a rate limit, say), then succeed."""
+    from atomq import Defer
+
+    with open(path, "a") as handle:
+        handle.write(f"{time.time()}\n")
+    runs = len(Path(path).read_text().splitlines())
+    if runs < 3:
+        raise Defer(0.5, "rate limit not refilled yet")
+    return runs

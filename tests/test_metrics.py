@@ -139,23 +139,23 @@ def test_periodic_runs_are_reported(client, settings, connection):
 
 
 def test_extra_collectors_plug_in_and_fail_alone(client):
-    def posts(ctx):
-        gauge = GaugeMetricFamily("atomq_posts", "Posts by state.", labels=["state"])
+    def widgets(ctx):
+        gauge = GaugeMetricFamily("atomq_widgets", "Widgets by state.", labels=["state"])
         gauge.add_metric(["scheduled"], 7)
         yield gauge
 
     def broken(ctx):
         raise RuntimeError("database down")
 
-    metrics.register_collector("posts", posts)
+    metrics.register_collector("widgets", widgets)
     metrics.register_collector("broken", broken)
     try:
         s = scrape(client)
     finally:
-        metrics.unregister_collector("posts")
+        metrics.unregister_collector("widgets")
         metrics.unregister_collector("broken")
-    assert value(s, "atomq_posts", state="scheduled") == 7
-    assert value(s, "atomq_collector_up", collector="posts") == 1
+    assert value(s, "atomq_widgets", state="scheduled") == 7
+    assert value(s, "atomq_collector_up", collector="widgets") == 1
     assert value(s, "atomq_collector_up", collector="broken") == 0
     assert value(s, "atomq_queue_jobs", queue="default", status="queued") == 0
 

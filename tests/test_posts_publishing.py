@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import pytest
 
-from atomq.errors import PermanentError, PostStateError, RetryableError
+from atomq.errors import Defer, PermanentError, PostStateError, RetryableError
 from atomq.posts.publishing import idempotency_key, lease_seconds, publish_post
 from atomq.posts.ratelimit import AccountLimiter, Limit
 from atomq.posts.service import PostChanges
@@ -82,8 +82,9 @@ def test_429_waits_for_retry_after_then_publishes_once(runtime, service, account
     assert stored.status == "scheduled"  # nothing was published: editable and cancelable again
     assert stored.attempts == 0  # being told to wait is not a failed attempt
     assert "429" in stored.last_error
-    # Every worker now holds back for this account until Retry-After has passed.
-    with pytest.raises(RetryableError):
+    # Every worker now holds back for this account until Retry-After has passed: a wait, not an
+    # attempt, so the job defers without using a retry.
+    with pytest.raises(Defer):
         run(runtime, post)
     assert len(mastodon.requests) == 1
     time.sleep(2.1)

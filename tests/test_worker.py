@@ -311,3 +311,19 @@ def test_deploy_start_workers_script_runs_the_guides_worker(tq, env, tmp_path):
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def test_defer_runs_the_job_later_without_using_a_retry(tq, procs, wclass, tmp_path):
+    procs.worker("--worker-class", wclass)
+    runs = tmp_path / "runs"
+    job = tq.enqueue("defer_twice", path=str(runs))
+    wait_for(lambda: status_of(tq, job.id) == "finished", 30, what="the deferred job")
+    stamps = [float(x) for x in runs.read_text().split()]
+    assert len(stamps) == 3
+    assert all(b - a >= 0.45 for a, b in zip(stamps, stamps[1:]))
+    assert tq.fetch_job(job.id).retries_left == 1, "deferring is not an attempt"
+    assert tq.get_job_status(job.id)["result"] == 3
+    assert len(job.results()) == 1  # only the successful run is on record
+    from atomq.observability.stats import COUNTS_KEY
+
+    assert int(tq.connection.hget(COUNTS_KEY, "default|defer_twice|deferred")) == 2

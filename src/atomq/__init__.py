@@ -13,13 +13,14 @@
 
 from __future__ import annotations
 
-from atomq.errors import AtomqError, PermanentError, RetryableError
+from atomq.errors import AtomqError, Defer, PermanentError, RetryableError
 from atomq.task_queue import Call, TaskQueue, cancel_job, get_job_status, task_queue
 from atomq.tasks import Retry, task
 
 __all__ = [
     "AtomqError",
     "Call",
+    "Defer",
     "PermanentError",
     "Retry",
     "RetryableError",

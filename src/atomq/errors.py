@@ -25,8 +25,9 @@ The tree (HTTP status in brackets, as the API reports it)::
         └── AccountInUseError           remove an account that still has posts to publish
 
     JobFailure                          raised *by task code* to steer retries
-    ├── RetryableError                  a retry may succeed (timeouts, 5xx, rate limits)
-    └── PermanentError                  retrying cannot help; fail without using retries
+    ├── RetryableError                  a retry may succeed (timeouts, 5xx): uses one retry
+    ├── PermanentError                  retrying cannot help; fail without using retries
+    └── Defer                           not now: run again after a delay, using no retry
 
 Messages say what was wrong, with the offending value, and what to do about it.
 Each error carries a machine-readable ``code`` and, where one input is to blame, a ``field``,
@@ -184,6 +185,20 @@ class RetryableError(JobFailure):
     def __init__(self, message: str = "", *, delay: float | None = None) -> None:
         super().__init__(message)
         self.delay = delay
+
+
+class Defer(JobFailure):
+    """Raise from a task to run it again after ``delay`` seconds *without* counting an attempt.
+
+    For waits that are not failures: a rate limit not yet refilled, an account busy with
+    another publish. Unlike :class:`RetryableError` it consumes no retry and records no
+    failure; the job goes back to ``scheduled``.
+    """
+
+    def __init__(self, delay: float, reason: str = "") -> None:
+        super().__init__(reason or f"deferred by {delay:.1f} s")
+        self.delay = max(0.0, float(delay))
+        self.reason = reason
 
 
 class PermanentError(JobFailure):

@@ -54,9 +54,9 @@ from atomq.connection import blocking_timeout, describe_client
 from atomq.engine import keys
 from atomq.engine.fast_scripts import FastScripts, pairs
 from atomq.engine.process import set_process_title
-from atomq.engine.queues import AtomqQueue, schedule_retry
+from atomq.engine.queues import AtomqQueue, schedule_deferred, schedule_retry
 from atomq.engine.scripts import Scripts, decode
-from atomq.errors import PermanentError, RetryableError, UnknownTaskError
+from atomq.errors import Defer, PermanentError, RetryableError, UnknownTaskError
 from atomq.jobs import AtomqJob, error_summary
 from atomq.observability import stats
 from atomq.observability.logging import job_log_fields, log_context
@@ -534,6 +534,9 @@ class FastWorker:
         """Record a failed (or stopped) run through RQ's own failure paths: retry or fail."""
         job, queue = claimed.job, claimed.queue
         exc, exc_string = error
+        if isinstance(exc, Defer) and outcome != "stopped":
+            self._defer(claimed, started, exc)
+            return
         ended = utcnow()
         job.ended_at = ended
         stopped = outcome == "stopped"
@@ -593,6 +596,21 @@ class FastWorker:
             with contextlib.suppress(redis.RedisError):
                 if self.connection.scard(job.dependents_key):
                     aq.enqueue_dependents(job)
+
+    def _defer(self, claimed: Claimed, started: Any, exc: Defer) -> None:
+        """The job asked to run later: back to scheduled, no attempt counted, no failure kept."""
+        job, queue = claimed.job, claimed.queue
+        logger.info("Worker %s: job %s deferred by %.1f s: %s", self.name, job.id, exc.delay, exc)
+        self._flush()
+        with self.connection.pipeline() as pipe:
+            job.started_at = None
+            schedule_deferred(job, AtomqQueue(queue, connection=self.connection), exc.delay, pipe)
+            pipe.zrem(f"rq:wip:{queue}", f"{job.id}:{self.name}")
+            pipe.lrem(self.claimed_key, 1, job.id)
+            tally = stats.Tally()
+            tally.add(queue=queue, task=job.func_name, outcome="deferred", duration=None)
+            tally.write(pipe)
+            pipe.execute()
 
     def _refuse(self, claimed: Claimed, reason: str) -> None:
         job = claimed.job

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from rq.timeouts import JobTimeoutException
 
 from atomq.engine.process import die_with_parent
-from atomq.errors import PermanentError, RetryableError
+from atomq.errors import Defer, PermanentError, RetryableError
 
 if TYPE_CHECKING:
     from atomq.engine.fast import FastWorker
@@ -94,11 +94,7 @@ def _child(job: AtomqJob, write_fd: int) -> None:  # pragma: no cover - child pr
         reply = json.dumps(
             {
                 "ok": False,
-                "kind": "permanent"
-                if isinstance(exc, PermanentError)
-                else "retryable"
-                if isinstance(exc, RetryableError)
-                else "error",
+                "kind": _kind(exc),
                 "delay": getattr(exc, "delay", None),
                 "message": str(exc),
                 "traceback": "".join(traceback.format_exception(exc)),
@@ -110,6 +106,16 @@ def _child(job: AtomqJob, write_fd: int) -> None:  # pragma: no cover - child pr
         written = os.write(write_fd, view)
         view = view[written:]
     os._exit(0)
+
+
+def _kind(exc: BaseException) -> str:
+    if isinstance(exc, PermanentError):
+        return "permanent"
+    if isinstance(exc, RetryableError):
+        return "retryable"
+    if isinstance(exc, Defer):
+        return "defer"
+    return "error"
 
 
 def _kill(pid: int) -> None:
@@ -129,4 +135,6 @@ def _rebuild(message: dict[str, Any]) -> BaseException:
         return PermanentError(message["message"])
     if message["kind"] == "retryable":
         return RetryableError(message["message"], delay=message.get("delay"))
+    if message["kind"] == "defer":
+        return Defer(message.get("delay") or 0.0, message["message"])
     return RuntimeError(message["message"])

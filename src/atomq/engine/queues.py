@@ -146,6 +146,13 @@ def schedule_retry(job: Job, queue: AtomqQueue, pipe: Any) -> None:
         queue._enqueue_job(job, pipeline=pipe, at_front=job.enqueue_at_front_on_retry)
 
 
+def schedule_deferred(job: Job, queue: AtomqQueue, delay: float, pipe: Any) -> None:
+    """Put ``job`` back as scheduled ``delay`` seconds from now, its retries untouched."""
+    from atomq.timeutil import utcnow
+
+    queue.schedule_job(job, utcnow() + timedelta(seconds=delay), pipeline=pipe)
+
+
 def due_timestamp(value: datetime) -> float:
     """Seconds since the epoch for an aware datetime (naive values are read as UTC)."""
     if value.tzinfo is None:

@@ -40,9 +40,9 @@ from rq.worker import WorkerStatus
 from atomq.connection import blocking_timeout, describe_client
 from atomq.engine import keys
 from atomq.engine.process import die_with_parent
-from atomq.engine.queues import AtomqQueue
+from atomq.engine.queues import AtomqQueue, schedule_deferred
 from atomq.engine.scripts import Scripts, decode
-from atomq.errors import PermanentError, RetryableError, UnknownTaskError
+from atomq.errors import Defer, PermanentError, RetryableError, UnknownTaskError
 from atomq.jobs import AtomqJob
 from atomq.observability import stats
 from atomq.observability.logging import job_log_fields, log_context
@@ -321,6 +321,9 @@ class Worker(RQWorker):
         execution: Execution | None = None,
     ) -> None:
         exc = self._failure_exc
+        if isinstance(exc, Defer) and self._stopped_job_id != job.id:
+            self._defer(job, queue, exc, execution)
+            return
         if isinstance(exc, PermanentError | UnknownTaskError):
             job.retries_left = 0
         elif isinstance(exc, RetryableError) and exc.delay is not None and job.should_retry:
@@ -341,6 +344,16 @@ class Worker(RQWorker):
             super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
         finally:
             self._failure_outcome = None
+
+    def _defer(self, job: Job, queue: Queue, exc: Defer, execution: Execution | None) -> None:
+        """The job asked to run later: back to scheduled, no attempt counted, no failure kept."""
+        self.log.info("Worker %s: job %s deferred by %.1f s: %s", self.name, job.id, exc.delay, exc)
+        with self.connection.pipeline() as pipeline:
+            self.cleanup_execution(job, pipeline=pipeline, execution=execution)
+            job.started_at = None
+            schedule_deferred(job, AtomqQueue(queue.name, connection=self.connection), exc.delay, pipeline)
+            stats.job_ended(pipeline, job, "deferred", timed=False)
+            pipeline.execute()
 
     # RQ calls these two in the pipeline that records a job's end: the statistics ride along.
     def increment_successful_job_count(self, pipeline: Any = None) -> None:

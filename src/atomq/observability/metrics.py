@@ -83,7 +83,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: Modules imported before the first scrape so their ``@metrics_collector`` functions register
 #: (the posts and workflows packages add theirs here).
-METRIC_MODULES: tuple[str, ...] = ()
+METRIC_MODULES: tuple[str, ...] = ("atomq.posts.observe",)
 
 #: Queue statuses reported by ``atomq_queue_jobs``, in order.
 QUEUE_STATUSES: tuple[str, ...] = (
@@ -275,6 +275,7 @@ def _job_counters(job_stats: stats.JobStats) -> list[Metric]:
         "failed": "Job runs that failed with no retry left.",
         "retried": "Job runs that failed and were scheduled for another attempt.",
         "stopped": "Job runs stopped on request.",
+        "deferred": "Job runs that asked to run again later without counting an attempt (Defer).",
     }
     # Every registered task starts at 0 on its own queue: a series that appears only with its
     # first failure hides that failure from rate() and increase().

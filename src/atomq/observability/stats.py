@@ -36,7 +36,7 @@ from typing import Any
 logger = logging.getLogger("atomq.stats")
 
 #: Ways a job run can end, as counted by ``atomq_jobs_<outcome>_total``.
-OUTCOMES: tuple[str, ...] = ("finished", "failed", "retried", "stopped")
+OUTCOMES: tuple[str, ...] = ("finished", "failed", "retried", "stopped", "deferred")
 
 #: Upper bounds (seconds) of the job duration histogram buckets.
 DURATION_BUCKETS: tuple[float, ...] = (

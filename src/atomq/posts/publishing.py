@@ -31,7 +31,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.sql import ColumnElement
 
 from atomq.db.base import new_id
-from atomq.errors import PermanentError, RetryableError
+from atomq.errors import Defer, PermanentError, RetryableError
 from atomq.observability.logging import log_context
 from atomq.posts.models import FINAL_STATUSES, Account, ScheduledPost
 from atomq.posts.publishers import (
@@ -116,7 +116,7 @@ def publish_post(
                     return _result(post, note=f"another run got there first ({post.status})")
                 decision = _in_flight_decision(runtime, post, account, utcnow())
                 if isinstance(decision, float):
-                    raise RetryableError("another attempt is publishing this post", delay=_jitter(decision))
+                    raise Defer(_jitter(decision), "another attempt is publishing this post")
             if decision == "unconfirmed":
                 return _give_up_unknown(runtime, post, "the attempt that was publishing it stopped answering")
             resuming = True
@@ -185,7 +185,8 @@ def _attempt(
             decision.outcome, "the platform asked to slow down"
         )
         logger.info("post %s waits %.1f s: %s", post.id, decision.wait, reason)
-        raise RetryableError(f"waiting: {reason}", delay=_jitter(max(decision.wait, 1.0)))
+        # Waiting is not an attempt: the post keeps its retries for real failures.
+        raise Defer(_jitter(max(decision.wait, 1.0)), f"waiting: {reason}")
     publisher: Publisher | None = None
     try:
         claimed = _claim(runtime, post, token, lease, resuming=resuming)
