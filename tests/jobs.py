@@ -76,3 +76,40 @@ def slow_first_attempt(path: str, seconds: float = 60) -> int:
     if attempts == 1:
         time.sleep(seconds)
     return attempts
+
+
+@task("noop")
+def noop(i: int = 0) -> int:
+    return i
+
+
+@task("fail_odd")
+def fail_odd(i: int) -> int:
+    if i % 2:
+        raise ValueError(f"odd item {i}")
+    return i
+
+
+@task("long_steps", timeout=120)
+def long_steps(
+    steps: int, step_seconds: float, started_file: str | None = None, cooperative: bool = True
+) -> dict:
+    """Report progress at each step; leave cleanly (raise JobStopped) when asked to stop."""
+    from atomq import raise_if_stopping, report_progress
+
+    if started_file:
+        Path(started_file).write_text(str(os.getpid()))
+    for n in range(steps):
+        if cooperative:
+            raise_if_stopping()
+        time.sleep(step_seconds)
+        report_progress((n + 1) / steps, f"step {n + 1} of {steps}")
+    return {"steps": steps}
+
+
+@task("sum_chunk")
+def sum_chunk(items: list[int], out_dir: str | None = None) -> int:
+    total = sum(items)
+    if out_dir:
+        Path(out_dir, f"{items[0]}").write_text(str(total))
+    return total

@@ -14,18 +14,23 @@
 from __future__ import annotations
 
 from atomq.errors import AtomqError, PermanentError, RetryableError
+from atomq.longjobs import JobStopped, job_stopping, raise_if_stopping, report_progress
 from atomq.task_queue import Call, TaskQueue, cancel_job, get_job_status, task_queue
 from atomq.tasks import Retry, task
 
 __all__ = [
     "AtomqError",
     "Call",
+    "JobStopped",
     "PermanentError",
     "Retry",
     "RetryableError",
     "TaskQueue",
     "cancel_job",
     "get_job_status",
+    "job_stopping",
+    "raise_if_stopping",
+    "report_progress",
     "task",
     "task_queue",
 ]

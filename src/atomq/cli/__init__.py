@@ -76,9 +76,14 @@ def cli() -> None:
 
 
 def _register_commands() -> None:
+    from atomq.cli import batches as batch_commands
     from atomq.cli import doctor, jobs, monitor, serve, up, worker
+    from atomq.cli import longjobs as longjob_commands
 
     for module in (worker, monitor, jobs, doctor, serve, up):
+        module.register(cli)
+    # Issue 6: long-running jobs, batches, workflows, recurring jobs.
+    for module in (longjob_commands, batch_commands):
         module.register(cli)
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from atomq.api.routes import health, queues
+from atomq.api.routes import batches, health, job_control, queues
 
 #: Every router the API serves, in the order they appear in the OpenAPI document.
 ROUTERS: list[APIRouter] = [
     health.router,
     queues.router,
+    # Issue 6: batches, long-running jobs, workflows.
+    batches.router,
+    job_control.router,
 ]
