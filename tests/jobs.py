@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from atomq import PermanentError, RetryableError, task
+from atomq import PermanentError, Retry, RetryableError, task
 
 
 @task("add")
@@ -113,3 +113,84 @@ def sum_chunk(items: list[int], out_dir: str | None = None) -> int:
     if out_dir:
         Path(out_dir, f"{items[0]}").write_text(str(total))
     return total
+
+
+# -- workflows -------------------------------------------------------------------------------
+
+from atomq.workflows import Workflow, register_workflow, workflow  # noqa: E402
+
+
+@task("wf_start")
+def wf_start(input: dict) -> int:
+    return int(input["n"])
+
+
+@task("wf_double")
+def wf_double(results: dict) -> int:
+    return 2 * results["A"]
+
+
+@task("wf_add_ten")
+def wf_add_ten(results: dict) -> int:
+    return results["A"] + 10
+
+
+@task("wf_merge")
+def wf_merge(results: dict) -> dict:
+    return {"B": results["B"], "C": results["C"], "sum": results["B"] + results["C"]}
+
+
+@task("wf_gate")
+def wf_gate(input: dict) -> str:
+    """Fails until the file named by input["flag"] exists."""
+    if not Path(input["flag"]).exists():
+        raise ValueError(f"gate closed: {input['flag']} is missing")
+    return "open"
+
+
+@task("wf_ledger")
+def wf_ledger(input: dict, key: str) -> str:
+    with open(input["ledger"], "a") as handle:
+        handle.write(f"{key} {os.getpid()}\n")
+    return key
+
+
+@task("wf_sleepy", timeout=120)
+def wf_sleepy(input: dict) -> int:
+    """Writes its pid; the first attempt then sleeps a minute (tests kill it)."""
+    with open(input["ledger"], "a") as handle:
+        handle.write(f"K {os.getpid()}\n")
+    attempts = sum(1 for line in Path(input["ledger"]).read_text().splitlines() if line.startswith("K "))
+    if attempts == 1:
+        time.sleep(60)
+    return attempts
+
+
+@workflow("diamond")
+def diamond(w: Workflow) -> None:
+    """A feeds B and C, which both feed D."""
+    w.step("A", "wf_start")
+    w.step("B", "wf_double", depends_on=["A"])
+    w.step("C", "wf_add_ten", depends_on=["A"])
+    w.step("D", "wf_merge", depends_on=["B", "C"])
+
+
+register_workflow(
+    Workflow("gated")
+    .step("A", "wf_start")
+    .step("G", "wf_gate", depends_on=["A"])
+    .step("E", "wf_ledger", kwargs={"key": "E"}, depends_on=["G"])
+    .step("side", "wf_ledger", kwargs={"key": "side"})
+)
+
+register_workflow(
+    Workflow("slow_chain")
+    .step("S", "long_steps", kwargs={"steps": 300, "step_seconds": 0.1})
+    .step("T", "noop", depends_on=["S"])
+)
+
+register_workflow(
+    Workflow("crashy")
+    .step("K", "wf_sleepy", retry=Retry(max=2, delay=0, jitter=0))
+    .step("L", "wf_ledger", kwargs={"key": "L"}, depends_on=["K"])
+)

@@ -49,7 +49,13 @@ ENQUEUE_OPTIONS = frozenset(
 )
 
 #: Modules whose tasks every atomq process registers.
-BUILTIN_TASK_MODULES: tuple[str, ...] = ("atomq.builtin_tasks",)
+BUILTIN_TASK_MODULES: tuple[str, ...] = (
+    "atomq.builtin_tasks",
+    # Issue 6: the workflow step job and the periodic reconcilers of workflows and batches.
+    "atomq.workflows.steps",
+    "atomq.workflows.reconcile",
+    "atomq.batch_tracking",
+)
 
 Isolation = Literal["inline", "fork"]
 

@@ -1,0 +1,103 @@
+"""The job every workflow step runs: call the step's task with its inputs, record the outcome.
+
+``atomq.workflow_step(run_id, step, attempt)`` looks the step up in the database, calls the
+step's own registered task with the step's kwargs (plus ``input`` and ``results`` when the
+task takes them), records the result or the final failure, and queues the steps that became
+ready. It is safe to run twice: a step that already succeeded, was canceled or was retried
+under a newer attempt is not run again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from rq.job import get_current_job
+
+from atomq.db.base import utcnow
+from atomq.db.engine import Database
+from atomq.errors import AtomqError, PermanentError, UnknownTaskError
+from atomq.longjobs import JobStopped
+from atomq.settings import Settings, load_settings
+from atomq.task_queue import TaskQueue, check_json
+from atomq.tasks import registry, task
+from atomq.workflows.models import WorkflowRun, WorkflowStep
+from atomq.workflows.service import STEP_TASK, advance, fail_step, succeed_step
+
+logger = logging.getLogger("atomq.workflows")
+
+_lock = threading.Lock()
+_databases: dict[tuple[int, str], Database] = {}
+
+
+def _database(settings: Settings) -> Database:
+    """One engine per process and database URL (a forked process builds its own: pooled
+    connections must not be shared across fork)."""
+    from atomq.db.engine import database_url
+
+    key = (os.getpid(), database_url(settings))
+    with _lock:
+        found = _databases.get(key)
+        if found is None:
+            found = _databases[key] = Database.from_settings(settings)
+        return found
+
+
+def _call_kwargs(run: WorkflowRun, step: WorkflowStep) -> tuple[str, dict[str, Any]]:
+    definition = next(s for s in run.definition["steps"] if s["name"] == step.name)
+    spec = registry.get(definition["task"])
+    kwargs = dict(definition.get("kwargs") or {})
+    params = spec.signature.parameters
+    if "input" in params:
+        kwargs["input"] = run.input
+    if "results" in params:
+        by_name = {s.name: s for s in run.steps}
+        kwargs["results"] = {name: by_name[name].result for name in step.depends_on}
+    return definition["task"], kwargs
+
+
+@task(STEP_TASK, queue="workflows")
+def workflow_step(run_id: str, step: str, attempt: int) -> Any:
+    """Run one step of a workflow run (see the module docstring)."""
+    job = get_current_job()
+    settings = load_settings()
+    database = _database(settings)
+    with database.session() as session:
+        run = session.get(WorkflowRun, run_id)
+        record = session.get(WorkflowStep, (run_id, step))
+        if run is None or record is None:
+            raise PermanentError(f"workflow run {run_id} or its step {step!r} no longer exists")
+        if record.attempt != attempt or record.status in ("succeeded", "failed", "canceled"):
+            logger.info(
+                "run %s step %s attempt %d is %s; not running it", run_id, step, attempt, record.status
+            )
+            return record.result if record.status == "succeeded" else None
+        if run.status != "running":
+            logger.info("run %s is %s; step %s waits", run_id, run.status, step)
+            return None
+        task_name, kwargs = _call_kwargs(run, record)
+        record.status = "running"
+        record.tries += 1
+        record.started_at = record.started_at or utcnow()
+        if job is not None:
+            record.job_id = job.id
+    spec = registry.get(task_name)
+    try:
+        result = spec.func(**kwargs)
+        try:
+            check_json(result, "result")
+        except AtomqError as exc:
+            raise PermanentError(f"step {step} returned a value JSON cannot store: {exc.message}") from None
+    except BaseException as exc:
+        retries_left = (job.retries_left or 0) if job is not None else 0
+        final = isinstance(exc, PermanentError | UnknownTaskError | JobStopped) or retries_left <= 0
+        if final:
+            message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            fail_step(database, run_id, step, attempt, message)
+        raise
+    if succeed_step(database, run_id, step, attempt, result):
+        tq = TaskQueue(settings=settings, connection=job.connection if job is not None else None)
+        advance(database, tq, run_id)
+    return result
