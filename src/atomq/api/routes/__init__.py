@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from atomq.api.routes import batches, health, job_control, queues
+from atomq.api.routes import batches, health, job_control, queues, workflows
 
 #: Every router the API serves, in the order they appear in the OpenAPI document.
 ROUTERS: list[APIRouter] = [
@@ -13,4 +13,5 @@ ROUTERS: list[APIRouter] = [
     # Issue 6: batches, long-running jobs, workflows.
     batches.router,
     job_control.router,
+    workflows.router,
 ]
