@@ -194,3 +194,14 @@ register_workflow(
     .step("K", "wf_sleepy", retry=Retry(max=2, delay=0, jitter=0))
     .step("L", "wf_ledger", kwargs={"key": "L"}, depends_on=["K"])
 )
+
+
+@task("record_tick")
+def record_tick(path: str) -> str:
+    """Append the running job's id (one line per run)."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    with open(path, "a") as handle:
+        handle.write(f"{job.id if job else '-'}\n")
+    return job.id if job else "-"

@@ -55,6 +55,7 @@ BUILTIN_TASK_MODULES: tuple[str, ...] = (
     "atomq.workflows.steps",
     "atomq.workflows.reconcile",
     "atomq.batch_tracking",
+    "atomq.recurring",
 )
 
 Isolation = Literal["inline", "fork"]
