@@ -100,3 +100,21 @@ def test_stop_of_a_queued_job_cancels_it_and_bad_input_is_refused(tq, cli):
     assert missing.returncode == 5
     grace = cli("stop", job.id, "--grace", "-1")
     assert grace.returncode == 2
+
+
+def test_progress_and_stop_through_the_api(api, tq):
+    job = tq.enqueue("add", a=1, b=2)
+    read, write = api.auth("read"), api.auth("write")
+    shown = api.get(f"/api/v1/tasks/jobs/{job.id}/progress", headers=read)
+    assert shown.status_code == 200
+    body = shown.json()
+    assert body["job"]["status"] == "queued" and body["progress"] is None
+    assert body["liveness"]["state"] == "waiting"
+    assert api.post(f"/api/v1/tasks/jobs/{job.id}/stop", headers=read).status_code == 403
+    bad = api.post(f"/api/v1/tasks/jobs/{job.id}/stop", json={"grace": -1}, headers=write)
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "grace"
+    stopped = api.post(f"/api/v1/tasks/jobs/{job.id}/stop", json={"grace": 5}, headers=write)
+    assert stopped.status_code == 200 and stopped.json()["job"]["status"] == "canceled"
+    again = api.post(f"/api/v1/tasks/jobs/{job.id}/stop", headers=write)
+    assert again.status_code == 409
+    assert api.get("/api/v1/tasks/jobs/nope/progress", headers=read).status_code == 404

@@ -143,18 +143,33 @@ def start_run(database: Database, tq: TaskQueue, name: str, input: Any = None) -
     return get_run(database, run.id)
 
 
-def advance(database: Database, tq: TaskQueue, run_id: str) -> list[str]:
+def advance(
+    database: Database, tq: TaskQueue, run_id: str, *, succeeded: tuple[str, int, Any] | None = None
+) -> list[str]:
     """Queue every pending step whose dependencies all succeeded; finish the run when all did.
 
-    Safe to call any number of times from anywhere: returns the names of the steps queued.
+    ``succeeded`` (step name, attempt, result) records a step's success in the same
+    transaction first (one commit per finished step instead of two). Safe to call any number
+    of times from anywhere: returns the names of the steps queued.
     """
     ready: list[tuple[str, int]] = []
     with database.session() as session:
         run = _lock_run(session, run_id)
-        if run is None or run.status != "running":
+        if run is None:
             return []
         steps = {step.name: step for step in run.steps}
         now = utcnow()
+        if succeeded is not None:
+            name, attempt, result = succeeded
+            step = steps.get(name)
+            if step is None or step.attempt != attempt or step.status not in ("queued", "running"):
+                return []  # canceled or retried meanwhile: this result is not wanted
+            step.status = "succeeded"
+            step.result = result
+            step.error = None
+            step.finished_at = now
+        if run.status != "running":
+            return []
         if all(step.status == "succeeded" for step in steps.values()):
             run.status = "succeeded"
             run.finished_at = now

@@ -15,6 +15,7 @@ import threading
 from typing import Any
 
 from rq.job import get_current_job
+from sqlalchemy.orm import configure_mappers
 
 from atomq.db.base import utcnow
 from atomq.db.engine import Database
@@ -24,9 +25,13 @@ from atomq.settings import Settings, load_settings
 from atomq.task_queue import TaskQueue, check_json
 from atomq.tasks import registry, task
 from atomq.workflows.models import WorkflowRun, WorkflowStep
-from atomq.workflows.service import STEP_TASK, advance, fail_step, succeed_step
+from atomq.workflows.service import STEP_TASK, advance, fail_step
 
 logger = logging.getLogger("atomq.workflows")
+
+# Mapper configuration otherwise happens at the first query of every forked work-horse,
+# costing tens of milliseconds per step; done once here, in the worker, before it forks.
+configure_mappers()
 
 _lock = threading.Lock()
 _databases: dict[tuple[int, str], Database] = {}
@@ -97,7 +102,6 @@ def workflow_step(run_id: str, step: str, attempt: int) -> Any:
             message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             fail_step(database, run_id, step, attempt, message)
         raise
-    if succeed_step(database, run_id, step, attempt, result):
-        tq = TaskQueue(settings=settings, connection=job.connection if job is not None else None)
-        advance(database, tq, run_id)
+    tq = TaskQueue(settings=settings, connection=job.connection if job is not None else None)
+    advance(database, tq, run_id, succeeded=(step, attempt, result))
     return result
