@@ -97,13 +97,15 @@ def test_reconcile_accounts_for_jobs_no_hook_saw(tq, connection, burst):
 
 
 def test_chunk_helper_splits_large_input_into_jobs(tq, connection, burst, tmp_path):
+    out = tmp_path / "sums"
+    out.mkdir()
     numbers = list(range(1, 1001))
     chunks = list(chunked(numbers, 300))
     assert [len(c) for c in chunks] == [300, 300, 300, 100]
-    batch = tq.enqueue_batch("sum_chunk", [{"items": c, "out_dir": str(tmp_path)} for c in chunks])
+    batch = tq.enqueue_batch("sum_chunk", [{"items": c, "out_dir": str(out)} for c in chunks])
     burst("default")
     assert batch_progress(connection, batch.id).finished == 4
-    assert sum(int(p.read_text()) for p in tmp_path.iterdir()) == sum(numbers)
+    assert sum(int(p.read_text()) for p in out.iterdir()) == sum(numbers)
 
 
 def test_batch_api(api, connection, burst):
