@@ -43,6 +43,8 @@ def test_progress_is_visible_while_the_job_runs(tq, procs, cli, tmp_path):
     final = view(tq, job.id)
     assert final["progress"]["fraction"] == 1.0
     assert final["liveness"]["state"] == "ended"
+    status = cli("status", job.id)
+    assert "progress: 100.0%  step 20 of 20" in status.stdout and "liveness: ended" in status.stdout
 
 
 def test_report_progress_outside_a_worker_does_nothing():

@@ -13,10 +13,25 @@ from atomq.longjobs import job_view
 from atomq.stopping import MAX_GRACE_SECONDS, stop_job
 
 
+def print_progress_lines(runtime: Runtime, job_id: str, status: dict[str, Any]) -> None:
+    """After ``atomq status``: progress and liveness, for a job that reported or is running."""
+    from atomq.longjobs import live_state, progress_and_liveness
+
+    raw = live_state(runtime.connection, job_id)
+    if not raw and status["status"] != "started":
+        return
+    progress, liveness = progress_and_liveness(status, raw, runtime.task_queue.fetch_job(job_id))
+    _print_extra({"progress": progress, "liveness": liveness})
+
+
 def print_view(data: dict[str, Any]) -> None:
     """The status dictionary, then progress and liveness lines."""
     for key, value in data["job"].items():
         click.echo(f"{key:>11}: {'-' if value is None else value}")
+    _print_extra(data)
+
+
+def _print_extra(data: dict[str, Any]) -> None:
     progress = data["progress"]
     if progress:
         message = f"  {progress['message']}" if progress["message"] else ""

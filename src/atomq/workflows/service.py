@@ -237,6 +237,14 @@ def fail_step(database: Database, run_id: str, name: str, attempt: int, error: s
         return True
 
 
+def note_retry(database: Database, run_id: str, name: str, attempt: int, error: str) -> None:
+    """Show why a step is waiting for an automatic retry (it stays ``running``)."""
+    with database.session() as session:
+        step = session.get(WorkflowStep, (run_id, name))
+        if step is not None and step.attempt == attempt and step.status == "running":
+            step.error = error
+
+
 def succeed_step(database: Database, run_id: str, name: str, attempt: int, result: Any) -> bool:
     """Record a step's result; False when the step moved on meanwhile (canceled, retried)."""
     with database.session() as session:

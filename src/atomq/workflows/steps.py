@@ -25,7 +25,7 @@ from atomq.settings import Settings, load_settings
 from atomq.task_queue import TaskQueue, check_json
 from atomq.tasks import registry, task
 from atomq.workflows.models import WorkflowRun, WorkflowStep
-from atomq.workflows.service import STEP_TASK, advance, fail_step
+from atomq.workflows.service import STEP_TASK, advance, fail_step, note_retry
 
 logger = logging.getLogger("atomq.workflows")
 
@@ -85,6 +85,7 @@ def workflow_step(run_id: str, step: str, attempt: int) -> Any:
         task_name, kwargs = _call_kwargs(run, record)
         record.status = "running"
         record.tries += 1
+        tries = record.tries
         record.started_at = record.started_at or utcnow()
         if job is not None:
             record.job_id = job.id
@@ -98,9 +99,11 @@ def workflow_step(run_id: str, step: str, attempt: int) -> Any:
     except BaseException as exc:
         retries_left = (job.retries_left or 0) if job is not None else 0
         final = isinstance(exc, PermanentError | UnknownTaskError | JobStopped) or retries_left <= 0
+        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if final:
-            message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             fail_step(database, run_id, step, attempt, message)
+        else:
+            note_retry(database, run_id, step, attempt, f"try {tries} failed, will retry: {message}")
         raise
     tq = TaskQueue(settings=settings, connection=job.connection if job is not None else None)
     advance(database, tq, run_id, succeeded=(step, attempt, result))
