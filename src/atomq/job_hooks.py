@@ -5,7 +5,7 @@ batches, progress or graceful stops; a different engine only needs to call them 
 moments:
 
 * :func:`execution_prepared` - the job is being marked started (main worker process, inside
-  the pipeline that marks it);
+  the pipeline that marks it, before the job's process is forked);
 * :func:`horse_started` - in the process about to run the task, just before it runs;
 * :func:`job_ended` - after the outcome is recorded (success, final failure, stop);
 * :func:`job_raised` - the task raised ``exc`` (before the failure is handled);
@@ -28,6 +28,10 @@ logger = logging.getLogger("atomq.job_hooks")
 def execution_prepared(job: Job, pipeline: Any) -> None:
     """The job is about to start; ``pipeline`` is the one that marks it started."""
     batch_tracking.record_start(job, pipeline)
+    if job.func_name == "atomq.workflow_step":
+        from atomq.workflows.steps import warm_database
+
+        warm_database()
 
 
 def horse_started(job: Job, connection: redis.Redis) -> None:
