@@ -36,12 +36,12 @@ def execution_prepared(job: Job, pipeline: Any) -> None:
 
 def horse_started(job: Job, connection: redis.Redis) -> None:
     """In the job's own process, right before the task runs: start its heartbeat."""
-    longjobs.start_job_runtime(job, connection)
+    longjobs.job_started(job.id, connection)
 
 
 def job_ended(connection: redis.Redis, job: Job) -> None:
     """The job's outcome is recorded; account for it if it is final."""
-    longjobs.end_job_runtime()
+    longjobs.job_finished()
     status = job.get_status(refresh=False)
     value = getattr(status, "value", status)
     try:

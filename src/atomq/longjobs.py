@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -71,75 +72,90 @@ def live_key(job_id: str) -> str:
 
 
 @dataclass
-class _Runtime:
-    """What the process running one job knows about it (one per running job)."""
+class _JobState:
+    """What the process running one job knows about it."""
 
     job_id: str
-    connection: redis.Redis
+    last_beat: float = field(default_factory=time.monotonic)
     stop: threading.Event = field(default_factory=threading.Event)
-    done: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
     pending: dict[Any, Any] | None = None
     last_write: float = 0.0
 
-    def beat(self) -> None:
+
+class _Beater:
+    """One thread per process: beats for the job the process is running, once it has run for
+    :data:`HEARTBEAT_SECONDS`, so short jobs cost nothing (no thread start, no Redis write)."""
+
+    def __init__(self, connection: redis.Redis) -> None:
+        self.connection = connection
+        self.lock = threading.Lock()
+        self.state: _JobState | None = None
+        self.thread = threading.Thread(target=self._loop, name="atomq-heartbeat", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(HEARTBEAT_SECONDS / 4)
+            state = self.state
+            if state is None or time.monotonic() - state.last_beat < HEARTBEAT_SECONDS:
+                continue
+            try:
+                self.beat(state)
+            except redis.RedisError as exc:
+                logger.warning("job %s: heartbeat failed (%s)", state.job_id, exc)
+
+    def beat(self, state: _JobState) -> None:
         """Write the heartbeat (and any coalesced progress); look for a stop request."""
         fields: dict[Any, Any] = {"heartbeat_at": repr(time.time())}
         with self.lock:
-            if self.pending:
-                fields.update(self.pending)
-                self.pending = None
-                self.last_write = time.monotonic()
-        key = live_key(self.job_id)
+            state.last_beat = time.monotonic()
+            if state.pending:
+                fields.update(state.pending)
+                state.pending = None
+                state.last_write = time.monotonic()
+        key = live_key(state.job_id)
         with self.connection.pipeline(transaction=False) as pipe:
             pipe.hset(key, mapping=fields)
             pipe.expire(key, LIVE_TTL_SECONDS)
             pipe.hget(key, "stop_requested_at")
             _, _, stop = pipe.execute()
         if stop:
-            self.stop.set()
-
-    def run(self) -> None:
-        while not self.done.wait(HEARTBEAT_SECONDS):
-            try:
-                self.beat()
-            except redis.RedisError as exc:
-                logger.warning("job %s: heartbeat failed (%s)", self.job_id, exc)
+            state.stop.set()
 
 
-_current: _Runtime | None = None
+_beaters: dict[int, _Beater] = {}
+_beaters_lock = threading.Lock()
 
 
-def start_job_runtime(job: Job, connection: redis.Redis) -> None:
-    """Start the heartbeat thread for ``job`` in the process that is about to run it.
-
-    Called by the worker in the work-horse, right before the task runs. The thread is a
-    daemon: it ends with the process, and stops beating once the job returns
-    (:func:`end_job_runtime`).
-    """
-    global _current  # noqa: PLW0603 - one running job per process; the job's own code reads it
-    runtime = _Runtime(job.id, connection)
-    _current = runtime
-    thread = threading.Thread(target=runtime.run, name=f"atomq-heartbeat-{job.id}", daemon=True)
-    thread.start()
-
-
-def end_job_runtime() -> None:
-    """Stop the heartbeat of the job this process ran."""
-    global _current
-    runtime, _current = _current, None
-    if runtime is not None:
-        runtime.done.set()
+def job_started(job_id: str, connection: redis.Redis) -> None:
+    """The worker calls this in the process that runs the job, right before the task runs."""
+    pid = os.getpid()
+    beater = _beaters.get(pid)
+    if beater is None:
+        # A forked process has a copy of its parent's beater but not its thread: make its own.
+        with _beaters_lock:
+            beater = _beaters.get(pid)
+            if beater is None:
+                beater = _beaters[pid] = _Beater(connection)
+    beater.state = _JobState(job_id)
 
 
-def _runtime() -> _Runtime | None:
-    runtime = _current
-    if runtime is None:
+def job_finished() -> None:
+    """The task returned or raised: stop beating for it."""
+    beater = _beaters.get(os.getpid())
+    if beater is not None:
+        beater.state = None
+
+
+def _current() -> tuple[_Beater, _JobState] | None:
+    beater = _beaters.get(os.getpid())
+    state = beater.state if beater is not None else None
+    if beater is None or state is None:
         return None
     job = get_current_job()
-    if job is not None and job.id != runtime.job_id:
+    if job is not None and job.id != state.job_id:
         return None
-    return runtime
+    return beater, state
 
 
 def report_progress(fraction: float, message: str | None = None) -> None:
@@ -156,24 +172,25 @@ def report_progress(fraction: float, message: str | None = None) -> None:
         or not 0 <= fraction <= 1
     ):
         raise InvalidInputError(f"progress must be a number from 0 to 1, got {fraction!r}", field="fraction")
-    runtime = _runtime()
-    if runtime is None:
+    found = _current()
+    if found is None:
         return
+    beater, state = found
     fields: dict[Any, Any] = {
         "fraction": repr(float(fraction)),
         "message": (message or "")[:MAX_MESSAGE_CHARS],
         "progress_at": repr(time.time()),
     }
     now = time.monotonic()
-    with runtime.lock:
-        if now - runtime.last_write < PROGRESS_MIN_INTERVAL and fraction < 1:
-            runtime.pending = fields
+    with beater.lock:
+        if now - state.last_write < PROGRESS_MIN_INTERVAL and fraction < 1:
+            state.pending = fields
             return
-        runtime.pending = None
-        runtime.last_write = now
-    key = live_key(runtime.job_id)
+        state.pending = None
+        state.last_write = now
+    key = live_key(state.job_id)
     fields["heartbeat_at"] = fields["progress_at"]
-    with runtime.connection.pipeline(transaction=False) as pipe:
+    with beater.connection.pipeline(transaction=False) as pipe:
         pipe.hset(key, mapping=fields)
         pipe.expire(key, LIVE_TTL_SECONDS)
         pipe.execute()
@@ -185,8 +202,8 @@ def job_stopping() -> bool:
     The job is killed when the grace period given with the stop request runs out. Outside a
     worker it is always false.
     """
-    runtime = _runtime()
-    return runtime is not None and runtime.stop.is_set()
+    found = _current()
+    return found is not None and found[1].stop.is_set()
 
 
 def raise_if_stopping() -> None:
