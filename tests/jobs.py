@@ -78,6 +78,44 @@ def slow_first_attempt(path: str, seconds: float = 60) -> int:
     return attempts
 
 
+@task("crash", retry=2)
+def crash(path: str) -> None:
+    """Crash the process that runs it (a poison job), noting each attempt."""
+    import ctypes
+
+    with open(path, "a") as handle:
+        handle.write(f"{os.getpid()}\n")
+    ctypes.string_at(0)  # segfault
+
+
+@task("crash_isolated", isolation="fork")
+def crash_isolated() -> None:
+    """Crash, but in a child process of its own (isolation='fork')."""
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+@task("isolated_add", isolation="fork")
+def isolated_add(a: int, b: int) -> dict[str, int]:
+    return {"sum": a + b, "pid": os.getpid()}
+
+
+@task("deaf_sleep")
+def deaf_sleep(seconds: float) -> None:
+    """Sleep with SIGALRM blocked, as C code holding the GIL would: only a kill stops it."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    time.sleep(seconds)
+
+
+@task("record_start")
+def record_start(path: str, key: str, due: float) -> None:
+    with open(path, "a") as handle:
+        handle.write(f"{key} {due} {time.time()}\n")
+
+
 @task("noop")
 def noop(i: int = 0) -> int:
     return i

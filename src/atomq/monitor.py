@@ -115,10 +115,11 @@ def list_workers(connection: redis.Redis) -> list[WorkerInfo]:
         for key in worker_keys:
             pipe.hgetall(key)
             pipe.smembers(f"{key}:executions")
+            pipe.lrange(keys.claimed_key(key.split(":worker:", 1)[1]), 0, -1)
         replies = pipe.execute()
     workers = []
     for index, key in enumerate(worker_keys):
-        raw, executions = replies[index * 2], replies[index * 2 + 1]
+        raw, executions, claimed = replies[index * 3], replies[index * 3 + 1], replies[index * 3 + 2]
         if not raw:
             continue
         data = {decode(k): decode(v) for k, v in raw.items()}
@@ -135,7 +136,11 @@ def list_workers(connection: redis.Redis) -> list[WorkerInfo]:
                 last_heartbeat=_iso_rq(data.get("last_heartbeat")),
                 successful_jobs=int(data.get("successful_job_count") or 0),
                 failed_jobs=int(data.get("failed_job_count") or 0),
-                current_jobs=sorted(decode(m).split(":", 1)[0] for m in executions),
+                # RQ's worker lists executions; the fast worker holds its started batch in its
+                # claimed list.
+                current_jobs=sorted(
+                    {decode(m).split(":", 1)[0] for m in executions} | {decode(j) for j in claimed}
+                ),
             )
         )
     return workers

@@ -146,6 +146,7 @@ class TaskQueue:
         self._registry = registry if registry is not None else default_registry
         self._lock = threading.Lock()
         self._modules_loaded = False
+        self._queues: dict[str, AtomqQueue] = {}
 
     def configure(self, *, settings: Settings | None = None, connection: redis.Redis | None = None) -> None:
         """Replace the settings and/or connection used from now on."""
@@ -157,6 +158,7 @@ class TaskQueue:
                     self._connection = None
             if connection is not None:
                 self._connection = connection
+            self._queues.clear()
 
     @property
     def settings(self) -> Settings:
@@ -187,8 +189,14 @@ class TaskQueue:
 
     def queue(self, name: str) -> AtomqQueue:
         """The named queue, bound to this task queue's connection."""
-        validate_queue_name(name)
-        return AtomqQueue(name, connection=self.connection, default_timeout=self.settings.default_timeout)
+        queue = self._queues.get(name)
+        if queue is None or queue.connection is not self.connection:
+            validate_queue_name(name)
+            queue = AtomqQueue(
+                name, connection=self.connection, default_timeout=self.settings.default_timeout
+            )
+            self._queues[name] = queue
+        return queue
 
     # -- enqueueing -------------------------------------------------------------------------
 

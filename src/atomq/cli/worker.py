@@ -55,6 +55,14 @@ from atomq.tasks import load_task_modules
     show_default=True,
     help="Also run a scheduler that moves due jobs onto their queues.",
 )
+@click.option(
+    "--worker-class",
+    type=click.Choice(["fast", "rq"]),
+    default="fast",
+    show_default=True,
+    envvar="ATOMQ_WORKER_CLASS",
+    help="fast: jobs run in the worker process, one Redis round trip each; rq: a process per job.",
+)
 def worker(
     queues: tuple[str, ...],
     name: str | None,
@@ -68,6 +76,7 @@ def worker(
     verbose: bool,
     count: int,
     scheduler: bool,
+    worker_class: str,
 ) -> None:
     """Run workers on QUEUES (highest priority first; default: ATOMQ_QUEUES).
 
@@ -83,7 +92,13 @@ def worker(
         validate_queue_name(queue)
     load_task_modules(settings.task_modules)
     options = WorkerOptions(
-        queues=names, name=name, burst=burst, max_jobs=max_jobs, default_timeout=timeout, log_level=level
+        queues=names,
+        name=name,
+        burst=burst,
+        max_jobs=max_jobs,
+        default_timeout=timeout,
+        log_level=level,
+        worker_class=worker_class,
     )
     supervisor = Supervisor(settings, options, count=count, with_scheduler=scheduler)
     raise SystemExit(supervisor.run())

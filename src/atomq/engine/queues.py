@@ -63,6 +63,23 @@ class AtomqQueue(Queue):
         kwargs.setdefault("job_class", AtomqJob)
         super().__init__(name, connection=connection, **kwargs)
 
+    def enqueue_job(
+        self, job: Job, pipeline: Pipeline | None = None, at_front: bool = False, unique: bool = False
+    ) -> Job:
+        """Queue ``job`` in one round trip (RQ takes two: the queue set, then the job).
+
+        Jobs with dependencies, uniqueness or a caller's pipeline take RQ's own path.
+        """
+        if unique or job._dependency_ids or job.has_rate_limit or pipeline is not None or not self._is_async:
+            return super().enqueue_job(job, pipeline=pipeline, at_front=at_front, unique=unique)
+        job.origin = self.name
+        # MULTI/EXEC: a full Redis refuses the whole transaction, leaving nothing half-written.
+        with self.connection.pipeline() as pipe:
+            pipe.sadd(self.redis_queues_keys, self.key)
+            self._enqueue_job(job, pipeline=pipe, at_front=at_front)
+            pipe.execute()
+        return job
+
     def push_job_id(self, job_id: str, pipeline: Pipeline | None = None, at_front: bool = False) -> None:
         """Push the id as RQ does, then wake an idle worker."""
         connection: Any = pipeline if pipeline is not None else self.connection.pipeline()

@@ -20,6 +20,7 @@ from rq.job_lifecycle import record_job_failure
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from atomq.engine import keys
+from atomq.engine.fast_scripts import FastScripts
 from atomq.engine.queues import AtomqQueue
 from atomq.engine.scripts import Scripts, decode
 from atomq.jobs import load_job
@@ -41,21 +42,50 @@ class Recovered:
         return bool(self.requeued or self.retried or self.failed)
 
 
-def recover_worker(connection: redis.Redis, worker_name: str, reason: str) -> Recovered:
-    """Recover every job ``worker_name`` held and deregister it. Safe to call twice."""
+def recover_worker(
+    connection: redis.Redis, worker_name: str, reason: str, *, running: str | None = None
+) -> Recovered:
+    """Recover every job ``worker_name`` held and deregister it. Safe to call twice.
+
+    ``running`` is the id of the job the worker was running when it died, when known (the
+    fast worker shares it with its supervisor; ``""`` means it ran none). Only that job counts
+    as an attempt (retried or failed); other jobs it had started — claimed in a batch but not
+    run yet — go back to the front of their queues untouched. When unknown (``None``), every
+    started job counts as attempted.
+    """
     report = Recovered(worker_name)
     worker_key = keys.worker_key(worker_name)
     executions_key = f"{worker_key}:executions"
-    running_ids: set[str] = set()
+    claimed_key = keys.claimed_key(worker_name)
+    # RQ's forking worker records executions; the fast worker's started jobs sit in its
+    # claimed list, their execution named after the worker.
+    started: dict[str, str] = {}
     for member in connection.smembers(executions_key):
-        composite = decode(member)
-        job_id, _, execution_id = composite.partition(":")
-        running_ids.add(job_id)
-        _abandon(connection, job_id, execution_id, worker_name, reason, report)
-    report.requeued = int(
+        job_id, _, execution_id = decode(member).partition(":")
+        started[job_id] = execution_id
+    claimed = [decode(job_id) for job_id in connection.lrange(claimed_key, 0, -1)]
+    if claimed:
+        with connection.pipeline(transaction=False) as pipe:
+            for job_id in claimed:
+                pipe.hmget(keys.job_key(job_id), "status", "worker_name", "origin")
+            states = pipe.execute()
+        for job_id, (status, owner, _) in zip(claimed, states, strict=True):
+            if status == b"started" and owner is not None and decode(owner) == worker_name:
+                started.setdefault(job_id, worker_name)
+    untouched: list[str] = []
+    for job_id, execution_id in started.items():
+        if running is None or job_id == running:
+            _abandon(connection, job_id, execution_id, worker_name, reason, report)
+        elif execution_id == worker_name:
+            origin = connection.hget(keys.job_key(job_id), "origin")
+            if origin is not None:
+                untouched += [job_id, decode(origin)]
+    if untouched:
+        report.requeued += int(FastScripts(connection).revert([claimed_key], [worker_name, *untouched]))
+    report.requeued += int(
         Scripts(connection).return_claimed(
-            keys=[keys.claimed_key(worker_name)],
-            args=[keys.JOB_KEY_PREFIX, keys.QUEUE_KEY_PREFIX, *sorted(running_ids)],
+            keys=[claimed_key],
+            args=[keys.JOB_KEY_PREFIX, keys.QUEUE_KEY_PREFIX, *sorted(started)],
         )
     )
     queue_names = connection.hget(worker_key, "queues")

@@ -85,6 +85,7 @@ class Scheduler:
         )
         self._stop = threading.Event()
         self._last_reap = 0.0
+        self._leased_at = 0.0
 
     # -- one pass ---------------------------------------------------------------------------
 
@@ -175,7 +176,13 @@ class Scheduler:
     def _step(self) -> float:
         """Renew or take the lease, do the leader's work, return seconds until the next look."""
         was_leader = self.is_leader
-        self.is_leader = bool(self.scripts.lease(keys=[keys.SCHEDULER_LEADER], args=[self.name, LEASE_MS]))
+        now = time.monotonic()
+        # Renewing costs a round trip: do it a few times per lease, not on every wake-up.
+        if not self.is_leader or now - self._leased_at >= LEASE_MS / 3000:
+            self.is_leader = bool(
+                self.scripts.lease(keys=[keys.SCHEDULER_LEADER], args=[self.name, LEASE_MS])
+            )
+            self._leased_at = now
         if self.is_leader and not was_leader:
             logger.info("scheduler %s is now the leader", self.name)
         elif was_leader and not self.is_leader:

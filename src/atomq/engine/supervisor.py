@@ -6,6 +6,9 @@
   starts; a second signal asks for a cold one (RQ kills the running work-horses).
 * A child that exits 0 (``--burst`` with empty queues, ``--max-jobs`` reached, a shutdown
   command) is not restarted; the supervisor exits when every worker has.
+* A fast worker publishes the deadline of its running job in shared memory; a job still
+  running past it (stuck in C code, deaf to SIGALRM) gets its worker killed, and the job is
+  retried or failed with that reason.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 import redis
 
 from atomq.connection import connect
+from atomq.engine.fast import RUNNING_ID_BYTES, Shared
 from atomq.engine.recovery import recover_worker
 from atomq.engine.scheduler import Scheduler
 from atomq.settings import Settings
@@ -51,6 +55,7 @@ class WorkerOptions:
     max_jobs: int | None = None
     default_timeout: int | None = None
     log_level: str = "INFO"
+    worker_class: str = "fast"  # "fast" (in-process, default) or "rq" (RQ's fork-per-job worker)
 
 
 @dataclass
@@ -65,6 +70,8 @@ class Slot:
     restart_at: float | None = None
     done: bool = False
     exits: list[int | None] = field(default_factory=list)
+    shared: Shared | None = None  # what the fast worker shares: running job id and deadline
+    kill_reason: str | None = None
 
 
 class Supervisor:
@@ -85,7 +92,7 @@ class Supervisor:
         names = (
             [options.name] if (count == 1 and options.name) else [f"{base}-{i}" for i in range(1, count + 1)]
         )
-        self.slots = [Slot("worker", name) for name in names]
+        self.slots = [Slot("worker", name, shared=_shared_memory()) for name in names]
         if with_scheduler:
             self.slots.append(Slot("scheduler", f"{base}-scheduler"))
         self.stopping = False
@@ -119,6 +126,7 @@ class Supervisor:
         )
         while True:
             self._wait()
+            self._enforce_deadlines()
             self._reap_exited()
             workers_left = [s for s in self.slots if s.role == "worker" and not s.done]
             if not workers_left and not self.stopping:
@@ -135,7 +143,12 @@ class Supervisor:
 
     def _start(self, slot: Slot) -> None:
         target = _scheduler_main if slot.role == "scheduler" else _worker_main
-        process = _fork.Process(target=target, args=(self.settings, self.options, slot.name), name=slot.name)
+        if slot.shared is not None:
+            slot.shared.clear()
+        slot.kill_reason = None
+        process = _fork.Process(
+            target=target, args=(self.settings, self.options, slot.name, slot.shared), name=slot.name
+        )
         process.start()
         slot.process = process
         slot.started_at = time.monotonic()
@@ -144,7 +157,7 @@ class Supervisor:
 
     def _wait(self) -> None:
         sentinels = [s.process.sentinel for s in self.slots if s.process is not None]
-        timeout = 1.0
+        timeout = 0.5
         pending = [s.restart_at for s in self.slots if s.restart_at is not None]
         if pending:
             timeout = max(0.0, min(timeout, min(pending) - time.monotonic()))
@@ -152,6 +165,19 @@ class Supervisor:
             multiprocessing.connection.wait(sentinels, timeout=timeout)
         else:
             time.sleep(timeout)
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            deadline = slot.shared.deadline.value if slot.shared is not None else 0.0
+            if slot.process is None or not deadline or now < deadline or slot.kill_reason:
+                continue
+            slot.kill_reason = (
+                "the job outlived its time limit without stopping (stuck in C code?); its worker was killed"
+            )
+            logger.error("worker %s: %s", slot.name, slot.kill_reason)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(slot.process.pid or 0, signal.SIGKILL)
 
     def _reap_exited(self) -> None:
         for slot in self.slots:
@@ -174,15 +200,20 @@ class Supervisor:
                 continue
             logger.error("%s %s died (%s) after %.1f s", slot.role, slot.name, _describe(code), ran_for)
             if slot.role == "worker":
-                self._recover(slot, f"worker process {_describe(code)}")
+                self._recover(slot, slot.kill_reason or f"worker process {_describe(code)}")
             slot.failures = 1 if ran_for >= RESTART_RESET_AFTER else slot.failures + 1
             delay = min(RESTART_DELAY_MAX, RESTART_DELAY_FIRST * 2 ** (slot.failures - 1))
             slot.restart_at = time.monotonic() + delay
             logger.info("restarting %s %s in %.1f s", slot.role, slot.name, delay)
 
     def _recover(self, slot: Slot, reason: str) -> None:
+        running: str | None = None
+        if slot.shared is not None and self.options.worker_class == "fast":
+            # The fast worker tells us which job ran when it died: only that one counts as
+            # attempted; the rest of its batch goes back to the queue as if never claimed.
+            running = slot.shared.running.value.decode()
         try:
-            recover_worker(self.connection, slot.name, reason)
+            recover_worker(self.connection, slot.name, reason, running=running)
         except redis.RedisError as exc:
             # The scheduler's reaper will finish the job once Redis is reachable again.
             logger.error("could not recover jobs of %s now (%s); the reaper will", slot.name, exc)
@@ -237,22 +268,42 @@ def _child_setup() -> None:
     die_with_parent(signal.SIGTERM)
 
 
-def _worker_main(settings: Settings, options: WorkerOptions, name: str) -> None:
-    _child_setup()
-    from atomq.engine.worker import Worker
+def _shared_memory() -> Shared:
+    return Shared(
+        deadline=_fork.Value("d", 0.0, lock=False),
+        running=_fork.Array("c", RUNNING_ID_BYTES, lock=False),
+    )
 
+
+def _worker_main(settings: Settings, options: WorkerOptions, name: str, shared: Shared | None) -> None:
+    _child_setup()
     connection = connect(settings, check=False)
-    worker = Worker(
+    if options.worker_class == "rq":
+        from atomq.engine.worker import Worker
+
+        Worker(
+            options.queues,
+            connection=connection,
+            settings=settings,
+            name=name,
+            default_timeout=options.default_timeout,
+        ).work(burst=options.burst, max_jobs=options.max_jobs, logging_level=options.log_level)
+        return
+    from atomq.engine.fast import FastWorker
+
+    FastWorker(
         options.queues,
         connection=connection,
         settings=settings,
         name=name,
         default_timeout=options.default_timeout,
-    )
-    worker.work(burst=options.burst, max_jobs=options.max_jobs, logging_level=options.log_level)
+        shared=shared,
+    ).work(burst=options.burst, max_jobs=options.max_jobs)
 
 
-def _scheduler_main(settings: Settings, options: WorkerOptions, name: str) -> None:
+def _scheduler_main(
+    settings: Settings, options: WorkerOptions, name: str, shared: Shared | None = None
+) -> None:
     _child_setup()
     connection = connect(settings, check=False)
     scheduler = Scheduler(connection, name=name, queues=list(settings.queues), settings=settings)

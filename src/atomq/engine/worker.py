@@ -252,8 +252,9 @@ class Worker(RQWorker):
                     "Worker %s: Redis still unreachable (%s); retrying in %.0f s", self.name, exc, delay
                 )
         self.log.info("Worker %s: Redis at %s is back; resuming", self.name, where)
-        if not self.connection.exists(self.key):
+        if not self.connection.sismember(keys.RQ_WORKERS_SET, self.key):
             # Redis lost our registration (restart without persistence, or it expired).
+            self.connection.delete(self.key)
             self.register_birth()
             self.set_state(WorkerStatus.IDLE)
 

@@ -13,6 +13,7 @@ import json
 import logging
 import logging.handlers
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,6 +78,32 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """The text format, with the timestamp rendered once per second instead of once per line."""
+
+    _second: int = -1
+    _stamp: str = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        return f"{self._stamp},{int(record.msecs):03d}"
+
+
+class RotationAwareFileHandler(logging.handlers.WatchedFileHandler):
+    """WatchedFileHandler that checks for rotation at most once a second, not on every line."""
+
+    _checked: float = 0.0
+
+    def reopenIfNeeded(self) -> None:
+        now = time.monotonic()
+        if now - self._checked >= 1.0:
+            self._checked = now
+            super().reopenIfNeeded()
+
+
 def _text(value: Any) -> str:
     text = str(value)
     return f'"{text}"' if " " in text else text
@@ -96,11 +123,11 @@ def setup_logging(level: str = "INFO", fmt: str = "text", log_file: Path | str |
     if log_file:
         path = Path(log_file)
         path.parent.mkdir(parents=True, exist_ok=True)
-        sink = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+        sink = RotationAwareFileHandler(path, encoding="utf-8")
     else:
         sink = logging.StreamHandler(sys.stderr)
     sink.addFilter(ContextFilter())
-    sink.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    sink.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     root.addHandler(sink)
     root.setLevel(level.upper())
     # RQ attaches its own handlers when it finds none; ours are on the root, so it won't.
