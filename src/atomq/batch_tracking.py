@@ -86,6 +86,11 @@ return canceled
 _RQ = keys.JOB_KEY_PREFIX.rsplit(":job:", 1)[0]
 
 
+def batch_item(job: Job) -> bool:
+    """Whether ``job`` is an item of a batch."""
+    return _batch_of(job) is not None
+
+
 def _batch_of(job: Job) -> tuple[str, int] | None:
     meta = job.meta or {}
     batch_id, index = meta.get("batch_id"), meta.get("batch_index")
@@ -112,6 +117,13 @@ def record_end(connection: redis.Redis, job: Job, status: str) -> None:
         return
     batch_id, index = found
     _record(connection, batch_id, index, status)
+
+
+def record_end_on(pipeline: Any, job: Job, status: str) -> None:
+    """Queue the end of a batch item on ``pipeline`` (the worker's own round trip)."""
+    found = _batch_of(job) if status in OUTCOMES else None
+    if found is not None:
+        _record(pipeline, found[0], found[1], status)
 
 
 def _record(connection: Any, batch_id: str, index: int, status: str) -> None:
@@ -159,7 +171,16 @@ def cancel_batch(connection: redis.Redis, batch_id: str, *, result_ttl: int = 86
     if progress.state == "finished":
         raise ConflictError(f"batch {batch_id} has already finished; nothing to cancel")
     connection.hset(batch_key(batch_id), "state", "canceled")
-    pending = _unaccounted(connection, batch_id, progress.total, also=("started",))
+    _cancel_pending(connection, batch_id, progress.total, result_ttl, also=("started",))
+    connection.hset(batch_key(batch_id), "ended_at", repr(time.time()))
+    return batch_progress(connection, batch_id)
+
+
+def _cancel_pending(
+    connection: redis.Redis, batch_id: str, total: int, result_ttl: int, also: tuple[str, ...] = ()
+) -> None:
+    """Cancel the items that are still queued, scheduled or deferred."""
+    pending = _unaccounted(connection, batch_id, total, also=also)
     now = time.time()
     from rq.utils import utcformat
 
@@ -173,8 +194,6 @@ def cancel_batch(connection: redis.Redis, batch_id: str, *, result_ttl: int = 86
         for index in part:
             args += [item_job_id(batch_id, index), index]
         connection.eval(_CANCEL, 2, batch_key(batch_id), bits_key(batch_id, "canceled"), *args)
-    connection.hset(batch_key(batch_id), "ended_at", repr(now))
-    return batch_progress(connection, batch_id)
 
 
 def reconcile_batch(connection: redis.Redis, batch_id: str) -> int:
@@ -204,7 +223,7 @@ def reconcile_batch(connection: redis.Redis, batch_id: str) -> int:
     return fixed
 
 
-def reconcile_active(connection: redis.Redis, now: float | None = None) -> None:
+def reconcile_active(connection: redis.Redis, now: float | None = None, result_ttl: int = 86_400) -> None:
     """Reconcile stalled active batches and forget complete or expired ones."""
     now = time.time() if now is None else now
     for raw in connection.zrange(ACTIVE_BATCHES, 0, 999):
@@ -222,9 +241,12 @@ def reconcile_active(connection: redis.Redis, now: float | None = None) -> None:
         last = max(stamps) if stamps else now
         if now - last >= STALLED_AFTER_SECONDS:
             connection.hset(batch_key(batch_id), "reconciled_at", repr(now))
+            if progress.state == "canceled":
+                # Items a worker had claimed when the batch was canceled, then handed back.
+                _cancel_pending(connection, batch_id, progress.total, result_ttl)
             reconcile_batch(connection, batch_id)
 
 
 @periodic("batches.reconcile", interval=15)
 def _reconcile_periodic(ctx: PeriodicContext) -> None:
-    reconcile_active(ctx.connection)
+    reconcile_active(ctx.connection, result_ttl=ctx.settings.result_ttl)

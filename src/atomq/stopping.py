@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rq.command import handle_stop_job_command, send_command
@@ -30,7 +31,6 @@ from atomq.longjobs import LIVE_TTL_SECONDS, JobStopped, job_view, live_key
 
 if TYPE_CHECKING:
     from rq.job import Job
-    from rq.worker import BaseWorker
 
     from atomq.task_queue import TaskQueue
 
@@ -86,26 +86,49 @@ def stop_job(tq: TaskQueue, job_id: str, *, grace: float | None = None, wait: fl
 # -- worker side ---------------------------------------------------------------------------
 
 
-def handle_worker_command(worker: BaseWorker, payload: dict[str, Any]) -> bool:
-    """Handle ``atomq-stop-job`` in a worker's command thread; False for other commands."""
+def handle_worker_command(
+    worker: Any,
+    payload: dict[str, Any],
+    *,
+    running: Callable[[], tuple[str | None, object]] | None = None,
+    stop_now: Callable[[str], None] | None = None,
+) -> bool:
+    """Handle ``atomq-stop-job`` in a worker's command thread; False for other commands.
+
+    ``running()`` gives the running job's id and a token for this run of it (RQ's worker: its
+    execution); ``stop_now(job_id)`` stops it at once (RQ's worker: its stop-job command).
+    """
     if payload.get("command") != STOP_COMMAND:
         return False
+    if running is None:
+
+        def running() -> tuple[str | None, object]:
+            return worker.get_current_job_id(), getattr(getattr(worker, "execution", None), "id", None)
+
+    if stop_now is None:
+
+        def stop_now(job_id: str) -> None:
+            handle_stop_job_command(worker, {"job_id": job_id})
+
     job_id = payload.get("job_id")
     try:
         grace = min(max(float(payload.get("grace", 0)), 0.0), MAX_GRACE_SECONDS)
     except (TypeError, ValueError):
         grace = 0.0
-    if not job_id or worker.get_current_job_id() != job_id:
-        worker.log.warning("Worker %s: not running job %s; stop request ignored", worker.name, job_id)
+    current, token = running()
+    if not job_id:
         return True
-    execution = getattr(worker, "execution", None)
-    execution_id = getattr(execution, "id", None)
-    worker.log.info("Worker %s: job %s asked to stop; killing it in %.1f s", worker.name, job_id, grace)
+    if current != job_id:
+        # Claimed but not running yet (a worker that claims in batches): it never starts.
+        stop_now(job_id)
+        return True
+    logger.info("worker %s: job %s asked to stop; killing it in %.1f s", worker.name, job_id, grace)
+    finish = stop_now
 
     def kill_if_still_running() -> None:
-        current = getattr(getattr(worker, "execution", None), "id", None)
-        if worker.get_current_job_id() == job_id and current == execution_id:
-            handle_stop_job_command(worker, {"job_id": job_id})
+        now_running, now_token = running()
+        if now_running == job_id and now_token == token:
+            finish(job_id)
 
     timer = threading.Timer(grace, kill_if_still_running)
     timer.daemon = True
@@ -113,7 +136,7 @@ def handle_worker_command(worker: BaseWorker, payload: dict[str, Any]) -> bool:
     return True
 
 
-def note_failure(worker: BaseWorker, job: Job, exc: BaseException | None) -> None:
+def note_failure(worker: Any, job: Job, exc: BaseException | None) -> None:
     """A job that raised :class:`JobStopped` ends as ``stopped`` (not failed, not retried)."""
     if isinstance(exc, JobStopped):
         worker._stopped_job_id = job.id

@@ -50,6 +50,7 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import utcformat
 from rq.version import VERSION
 
+from atomq import job_hooks
 from atomq.connection import blocking_timeout, describe_client
 from atomq.engine import keys
 from atomq.engine.fast_scripts import FastScripts, pairs
@@ -58,6 +59,7 @@ from atomq.engine.queues import AtomqQueue
 from atomq.engine.scripts import Scripts, decode
 from atomq.errors import PermanentError, RetryableError, UnknownTaskError
 from atomq.jobs import AtomqJob
+from atomq.longjobs import JobStopped  # raised on a stop request, or by raise_if_stopping()
 from atomq.observability.logging import log_context
 from atomq.settings import Settings
 from atomq.tasks import registry
@@ -91,10 +93,6 @@ MAX_REDIS_BACKOFF_SECONDS = 30.0
 
 #: Bytes of shared memory holding the running job's id (job ids are at most 128 characters).
 RUNNING_ID_BYTES = 160
-
-
-class JobStopped(Exception):
-    """Raised inside a running job when it is stopped on request."""
 
 
 class WarmShutdown(Exception):
@@ -347,6 +345,7 @@ class FastWorker:
             job.worker_name = self.name
             job._status = JobStatus.STARTED
             self.buffer.append(Claimed(job, self.queues[int(reply[index])]))
+        job_hooks.jobs_claimed(self.connection, [c.job for c in list(self.buffer)[-(len(reply) // 3) :]])
         return True
 
     def _take(self) -> Claimed | None:
@@ -411,6 +410,7 @@ class FastWorker:
             signal.setitimer(signal.ITIMER_REAL, timeout)
             self._timer_armed = True
             try:
+                job_hooks.job_running(job, self.connection)
                 value = job.perform()
             except BaseException as exc:  # a job's SystemExit must not end the worker
                 self._disarm()
@@ -420,6 +420,7 @@ class FastWorker:
                 self._disarm()
             return "ok", value
         finally:
+            job_hooks.job_returned()
             with self._lock:
                 self.current = None
             self.shared.clear()
@@ -471,6 +472,7 @@ class FastWorker:
                 ended + result_ttl if result_ttl > 0 else 0,
             ]
         self.scripts.finish_many.queue(pipe, [self.key, self.claimed_key], args)
+        job_hooks.queue_job_ends(pipe, [(item.claimed.job, "finished") for item in finished])
 
     def _flush(self) -> None:
         """Record pending successes on their own (no claim to pair them with)."""
@@ -557,6 +559,7 @@ class FastWorker:
                 job.save(pipeline=pipe, include_meta=False, include_result=False)
                 pipe.zadd(f"rq:failed:{queue}", {job.id: ended.timestamp() + failure_ttl})
                 pipe.expire(job.key, failure_ttl)
+                job_hooks.queue_job_ends(pipe, [(job, "stopped" if stopped else "failed")])
             pipe.zrem(f"rq:wip:{queue}", f"{job.id}:{self.name}")
             pipe.lrem(self.claimed_key, 1, job.id)
             pipe.hincrby(self.key, "failed_job_count", 1)
@@ -648,6 +651,8 @@ class FastWorker:
             logger.info("Worker %s: shutdown command received", self.name)
             os.kill(os.getpid(), signal.SIGTERM)
             return
+        if job_hooks.worker_command(self, payload, running=self._running, stop_now=self._stop_now):
+            return
         if command not in ("stop-job", "kill-horse"):
             return
         wanted = payload.get("job_id")
@@ -662,6 +667,13 @@ class FastWorker:
             self._stop_buffered.add(wanted)
         else:
             logger.warning("Worker %s: not running job %s; stop ignored", self.name, wanted)
+
+    def _running(self) -> tuple[str | None, object]:
+        current = self.current
+        return (current.job.id, current) if current is not None else (None, None)
+
+    def _stop_now(self, job_id: str) -> None:
+        self._on_command({"data": json.dumps({"command": "stop-job", "job_id": job_id})})
 
     def _install_signals(self) -> None:
         signal.signal(signal.SIGALRM, self._on_alarm)
