@@ -156,9 +156,17 @@ def test_batch_cli_enqueue_and_cancel(cli, tmp_path, connection):
 def test_ten_thousand_items_run_to_the_end_with_exact_counts(tq, connection, procs):
     batch = tq.enqueue_batch("fail_odd", [{"i": i} for i in range(10_000)])
     procs.worker("default", "--count", "2", "--no-scheduler")
-    wait_for(lambda: batch_progress(connection, batch.id).state == "finished", 100, what="the batch to finish")
+    wait_for(
+        lambda: batch_progress(connection, batch.id).state == "finished", 100, what="the batch to finish"
+    )
     final = batch_progress(connection, batch.id)
     truth = ground_truth(connection, batch)
     assert truth == {"finished": 5_000, "failed": 5_000}
-    assert (final.finished, final.failed, final.ended, final.queued, final.running) == (5_000, 5_000, 10_000, 0, 0)
+    assert (final.finished, final.failed, final.ended, final.queued, final.running) == (
+        5_000,
+        5_000,
+        10_000,
+        0,
+        0,
+    )
     assert final.percent == 100.0 and final.rate > 0 and final.ended_at
