@@ -143,7 +143,7 @@ def bench_enqueue(url: str, items: int, repeat: int) -> dict[str, object]:
 # -- 2. workflow step overhead -------------------------------------------------------------
 
 
-def bench_steps(url: str, database_url: str, runs: int, tmp: Path) -> dict[str, object]:
+def bench_steps(url: str, database_url: str, runs: int, tmp: Path, worker_class: str) -> dict[str, object]:
     from atomq.db.engine import Database
     from atomq.db.migrate import upgrade
     from atomq.settings import load_settings
@@ -168,7 +168,16 @@ def bench_steps(url: str, database_url: str, runs: int, tmp: Path) -> dict[str, 
     )
     log = open(tmp / "worker.log", "wb")  # noqa: SIM115 - closed below
     worker = subprocess.Popen(
-        [sys.executable, "-m", "atomq", "worker", "workflows", "--no-scheduler"],
+        [
+            sys.executable,
+            "-m",
+            "atomq",
+            "worker",
+            "workflows",
+            "--no-scheduler",
+            "--worker-class",
+            worker_class,
+        ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -200,6 +209,7 @@ def bench_steps(url: str, database_url: str, runs: int, tmp: Path) -> dict[str, 
         database.dispose()
     return {
         "database": database_url.split(":", 1)[0],
+        "worker_class": worker_class,
         "steps_per_run": len(steps),
         "runs": runs,
         "step_gap_ms_p50": round(percentile(gaps, 50), 1),
@@ -235,14 +245,16 @@ def main() -> None:
             print(f"  RQ Queue.enqueue_many   {rq_rate:>9,} jobs/s  seconds: {rq_runs}")
             print(f"  atomq enqueue_batch     {atomq_rate:>9,} jobs/s  seconds: {atomq_runs}")
             print(f"  ratio atomq/RQ          {enqueue['ratio_atomq_over_rq']:>9}x")
-            steps = [bench_steps(url, f"sqlite:///{tmp / 'bench.db'}", args.runs, tmp)]
-            if args.postgres:
-                with throwaway_postgres(args.postgres) as pg_url:
-                    steps.append(bench_steps(url, pg_url, args.runs, tmp))
+            steps = []
+            for worker_class in ("fast", "rq"):
+                steps.append(bench_steps(url, f"sqlite:///{tmp / 'bench.db'}", args.runs, tmp, worker_class))
+                if args.postgres:
+                    with throwaway_postgres(args.postgres) as pg_url:
+                        steps.append(bench_steps(url, pg_url, args.runs, tmp, worker_class))
             for result in steps:
                 print(
-                    f"workflow step overhead ({result['database']}, {result['runs']} runs x "
-                    f"{result['steps_per_run']} chained steps, forking worker):"
+                    f"workflow step overhead ({result['database']}, {result['worker_class']} worker, "
+                    f"{result['runs']} runs x {result['steps_per_run']} chained steps):"
                 )
                 print(
                     f"  step finished -> dependent started: p50 {result['step_gap_ms_p50']} ms, "
