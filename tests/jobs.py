@@ -116,6 +116,22 @@ def record_start(path: str, key: str, due: float) -> None:
         handle.write(f"{key} {due} {time.time()}\n")
 
 
+@task("publish_post", queue="social_media")
+def publish_post(post_id: str, user_id: str, fail: bool = False) -> dict[str, str]:
+    """Logs like the guide's process_scheduled_post, so log tests can grep for the post id."""
+    import logging
+
+    from atomq.observability.logging import bind_log_fields
+
+    log = logging.getLogger("tests.publish")
+    log.info("publishing post")
+    bind_log_fields(platform="mastodon")  # on every later line of this job, the worker's too
+    if fail:
+        log.error("Failed to publish post: platform said no")
+        raise RuntimeError("platform said no")
+    return {"post_id": post_id, "user_id": user_id}
+
+
 @task("noop")
 def noop(i: int = 0) -> int:
     return i

@@ -163,6 +163,11 @@ class DevServer:
             self.redis = PrivateRedis(data_dir / "redis").start()
             env["REDIS_URL"] = self.redis.url
         redis_url = env["REDIS_URL"] if "REDIS_URL" in env else env.get("ATOMQ_REDIS_URL", "")
+        # The children read their logging options from the environment (`--log-file` etc.).
+        env["ATOMQ_LOG_LEVEL"] = self.settings.log_level
+        env["ATOMQ_LOG_FORMAT"] = self.settings.log_format
+        if self.settings.log_file:
+            env["ATOMQ_LOG_FILE"] = str(Path(self.settings.log_file).resolve())
         data_dir.mkdir(parents=True, exist_ok=True)
         self._migrate()
         token = self._local_token(env)

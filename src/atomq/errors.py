@@ -16,7 +16,8 @@ The tree (HTTP status in brackets, as the API reports it)::
     │   └── JobNotFoundError
     └── ConflictError                   the object's state forbids the operation           [409]
         ├── JobStateError               e.g. cancel a finished job
-        └── DuplicateJobError           ``unique=True`` and a job with that id exists
+        ├── DuplicateJobError           ``unique=True`` and a job with that id exists
+        └── UnreadableJobError          the job's stored record cannot be decoded
 
     JobFailure                          raised *by task code* to steer retries
     ├── RetryableError                  a retry may succeed (timeouts, 5xx, rate limits)
@@ -126,6 +127,12 @@ class DuplicateJobError(ConflictError):
     """``unique=True`` was asked and a job with that id already exists."""
 
     code = "duplicate_job"
+
+
+class UnreadableJobError(ConflictError):
+    """A job exists but its stored record cannot be read (written by hand, or corrupted)."""
+
+    code = "unreadable_job"
 
 
 class JobFailure(Exception):

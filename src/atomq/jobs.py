@@ -20,6 +20,7 @@ from rq.job import Job, JobStatus
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
+from atomq.observability.stats import due_time
 from atomq.tasks import TaskSpec, registry
 
 logger = logging.getLogger("atomq.jobs")
@@ -35,6 +36,10 @@ TERMINAL_STATUSES = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.S
 
 class AtomqJob(Job):
     """An RQ job restricted to registered tasks and JSON payloads."""
+
+    #: When a scheduled job was due (epoch seconds), until it starts; its lateness is measured
+    #: against this (see :mod:`atomq.observability.stats`).
+    due_at: float | None = None
 
     def __init__(self, id: str | None = None, connection: Any = None, serializer: Any = None) -> None:
         # The serializer argument is ignored on purpose: accepting pickle here would reopen the
@@ -91,6 +96,7 @@ class AtomqJob(Job):
             setattr(self, name, _parse_stamp(value))
         # Webhook URLs stored in Redis would let a writer make workers call arbitrary hosts.
         self.webhooks = []
+        self.due_at = due_time(raw_data)
         return result
 
 
@@ -108,15 +114,31 @@ def _parse_stamp(value: bytes | str) -> datetime:
         return utcparse(text)
 
 
+#: What restoring a job hash that was written by hand or corrupted raises (bad dates, statuses,
+#: numbers or encodings); such a job is reported as unreadable rather than failing a listing.
+_UNREADABLE = (ValueError, TypeError, KeyError, UnicodeDecodeError)
+
+
 def load_job(job_id: str, connection: Any) -> AtomqJob:
-    """Fetch one job as an :class:`AtomqJob` (raises RQ's ``NoSuchJobError``)."""
+    """Fetch one job as an :class:`AtomqJob`.
+
+    Raises RQ's ``NoSuchJobError`` when there is none and
+    :class:`~atomq.errors.UnreadableJobError` when its record cannot be decoded.
+    """
+    from atomq.errors import UnreadableJobError
+
     job = AtomqJob(job_id, connection=connection)
-    job.refresh()
+    try:
+        job.refresh()
+    except _UNREADABLE as exc:
+        raise UnreadableJobError(
+            f"job {job_id} is stored in a form atomq cannot read ({str(exc)[:200]})", field="job_id"
+        ) from None
     return job
 
 
 def load_jobs(job_ids: list[str], connection: Any) -> list[AtomqJob | None]:
-    """Fetch many jobs in one round trip; ``None`` where a job no longer exists."""
+    """Fetch many jobs in one round trip; ``None`` where a job no longer exists or cannot be read."""
     with connection.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
             pipe.hgetall(AtomqJob.key_for(job_id))
@@ -127,7 +149,12 @@ def load_jobs(job_ids: list[str], connection: Any) -> list[AtomqJob | None]:
             jobs.append(None)
             continue
         job = AtomqJob(job_id, connection=connection)
-        job.restore(raw)
+        try:
+            job.restore(raw)
+        except _UNREADABLE as exc:
+            logger.warning("job %s cannot be read (%s); leaving it out", job_id, exc)
+            jobs.append(None)
+            continue
         jobs.append(job)
     return jobs
 

@@ -14,7 +14,6 @@ from typing import Any
 import redis
 from rq.exceptions import NoSuchJobError
 from rq.job import JobStatus
-from rq.registry import FailedJobRegistry
 from rq.utils import utcparse
 
 from atomq.engine import keys
@@ -22,7 +21,7 @@ from atomq.engine.queues import AtomqQueue, validate_queue_name
 from atomq.engine.scheduler import leader
 from atomq.engine.scripts import decode
 from atomq.errors import JobNotFoundError, JobStateError
-from atomq.jobs import AtomqJob, error_summary, iso, latest_result, load_job, load_jobs
+from atomq.jobs import AtomqJob, error_summary, iso, latest_result, load_job, load_jobs, status_dict
 
 _RQ = keys.JOB_KEY_PREFIX.rsplit(":job:", 1)[0]
 
@@ -150,8 +149,14 @@ def _iso_rq(value: str | None) -> str | None:
     return iso(utcparse(value)) if value else None
 
 
-def list_scheduled(connection: redis.Redis, names: list[str], limit: int = 100) -> list[dict[str, Any]]:
-    """The soonest scheduled jobs across ``names``: id, queue, task, due time, description."""
+def list_scheduled(
+    connection: redis.Redis, names: list[str], limit: int = 100, *, private: bool = True
+) -> list[dict[str, Any]]:
+    """The soonest scheduled jobs across ``names``: id, queue, task, due time, description.
+
+    With ``private=False`` a description that RQ generated from the call (it shows the
+    arguments) is left out; one given at enqueue time is kept.
+    """
     with connection.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.zrange(keys.scheduled_key(name), 0, limit - 1, withscores=True)
@@ -173,7 +178,7 @@ def list_scheduled(connection: redis.Redis, names: list[str], limit: int = 100) 
                 "task": _safe_task(job),
                 "due_at": iso(datetime.fromtimestamp(score, UTC)),
                 "due_in": round(score - time.time(), 3),
-                "description": job.description if job else None,
+                "description": describe(job, private=private),
             }
         )
     return out
@@ -188,19 +193,78 @@ def _safe_task(job: AtomqJob | None) -> str | None:
         return "<unreadable>"
 
 
+def describe(job: AtomqJob | None, *, private: bool = True) -> str | None:
+    """The job's description; without ``private``, ``None`` when it spells out the arguments.
+
+    RQ makes a description from the call (``send_email(user_id='u1', to='a@b.c')``) when the
+    caller gives none; only callers allowed to see arguments get that one.
+    """
+    if job is None:
+        return None
+    if private:
+        return job.description
+    try:
+        generated = job.get_call_string()
+    except Exception:  # undecodable payload: show nothing rather than fail the listing
+        return None
+    return None if job.description == generated else job.description
+
+
+def count_failed(connection: redis.Redis, names: list[str]) -> int:
+    """How many failed jobs ``names`` hold right now (one round trip)."""
+    now = time.time()
+    with connection.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.zcount(f"{_RQ}:failed:{name}", now, "+inf")
+        return sum(int(n) for n in pipe.execute())
+
+
+def job_details(connection: redis.Redis, job: AtomqJob, *, private: bool) -> dict[str, Any]:
+    """The guide's status dictionary for ``job``, then where it runs and, with ``private``,
+    its arguments, meta and traceback (the API shows those to admins only)."""
+    out = status_dict(job)
+    latest = latest_result(job)
+    out.update(
+        {
+            "queue": job.origin,
+            "task": _safe_task(job),
+            "description": describe(job, private=private),
+            "worker": job.worker_name or None,
+            "retries_left": job.retries_left,
+        }
+    )
+    if private:
+        try:
+            args: Any = job.args
+            kwargs: Any = job.kwargs
+        except Exception:
+            args, kwargs = None, None
+        out.update(
+            {
+                "args": args,
+                "kwargs": kwargs,
+                "meta": job.meta or {},
+                "traceback": latest.exc_string if latest and latest.exc_string else None,
+            }
+        )
+    return out
+
+
 def list_failed(
     connection: redis.Redis, names: list[str], *, offset: int = 0, limit: int = 50
 ) -> list[dict[str, Any]]:
     """Failed jobs, newest first, with an error summary (no arguments, no traceback)."""
     entries: list[tuple[float, str, str]] = []
+    # One queue pages in Redis; several need the first offset + limit of each to merge.
+    first = offset if len(names) == 1 else 0
     with connection.pipeline(transaction=False) as pipe:
         for name in names:
-            pipe.zrevrange(f"{_RQ}:failed:{name}", 0, offset + limit - 1, withscores=True)
+            pipe.zrevrange(f"{_RQ}:failed:{name}", first, offset + limit - 1, withscores=True)
         replies = pipe.execute()
     for name, reply in zip(names, replies, strict=True):
         entries.extend((score, name, decode(job_id)) for job_id, score in reply)
     entries.sort(reverse=True)
-    entries = entries[offset : offset + limit]
+    entries = entries[offset - first : offset - first + limit]
     jobs = load_jobs([job_id for _, _, job_id in entries], connection)
     out = []
     for (_, name, job_id), job in zip(entries, jobs, strict=True):
@@ -272,16 +336,52 @@ def requeue_failed(
                 requeued.append(job_id)
         return requeued
     for name in queues or []:
-        registry = FailedJobRegistry(name, connection=connection, job_class=AtomqJob)
-        for job_id in registry.get_job_ids():
-            try:
-                job = load_job(job_id, connection)
-            except NoSuchJobError:
-                connection.zrem(registry.key, job_id)
-                continue
-            if _requeue_one(connection, job):
-                requeued.append(job_id)
+        requeued += _requeue_queue(connection, name)
     return requeued
+
+
+#: Failed jobs requeued per round of three round trips (read, claim, enqueue).
+REQUEUE_BATCH = 500
+
+
+def _requeue_queue(connection: redis.Redis, name: str) -> list[str]:
+    """Requeue every failed job of ``name`` in batches (job by job, 10,000 jobs took seconds).
+
+    Each job is claimed by removing it from the failed registry first, so two requests
+    requeueing the same queue at once still requeue each job once. Jobs whose record is gone
+    are dropped from the registry; unreadable ones are left where they are.
+    """
+    key = f"{_RQ}:failed:{name}"
+    queue = AtomqQueue(name, connection=connection)
+    requeued: list[str] = []
+    skipped = 0
+    while True:
+        ids = [decode(i) for i in connection.zrangebyscore(key, time.time(), "+inf", skipped, REQUEUE_BATCH)]
+        if not ids:
+            return requeued
+        jobs = load_jobs(ids, connection)
+        missing = [job_id for job_id, job in zip(ids, jobs, strict=True) if job is None]
+        if missing:
+            with connection.pipeline(transaction=False) as pipe:
+                for job_id in missing:
+                    pipe.exists(keys.job_key(job_id))
+                exists = pipe.execute()
+            gone = [job_id for job_id, there in zip(missing, exists, strict=True) if not there]
+            if gone:
+                connection.zrem(key, *gone)
+            skipped += len(missing) - len(gone)
+        readable = [job for job in jobs if job is not None]
+        with connection.pipeline(transaction=False) as pipe:
+            for job in readable:
+                pipe.zrem(key, job.id)
+            claimed = [job for job, won in zip(readable, pipe.execute(), strict=True) if won]
+        with connection.pipeline() as pipe:
+            for job in claimed:
+                job.started_at = None
+                job.ended_at = None
+                queue._enqueue_job(job, pipeline=pipe)
+            pipe.execute()
+        requeued += [job.id for job in claimed]
 
 
 def _requeue_one(connection: redis.Redis, job: AtomqJob) -> bool:

@@ -127,6 +127,17 @@ class Settings(BaseSettings):
     recurring_file: Path | None = Field(
         default=None, description="YAML or JSON file of recurring jobs (cron or interval, timezone)."
     )
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve /metrics without a token (for a Prometheus on a private network); "
+        "otherwise it needs a token with the read scope.",
+    )
+    metrics_cache_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="Seconds one rendering of /metrics is reused (0: read Redis on every scrape).",
+    )
     log_level: str = Field(default="INFO")
     log_format: str = Field(default="text", description="text or json")
     log_file: Path | None = Field(default=None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -16,8 +16,13 @@ from atomq.task_queue import TaskQueue
 
 _bearer = HTTPBearer(auto_error=False, description="An atomq API token (`atomq token create`).")
 
+#: The bearer-token extractor, for routes whose access rule depends on settings (``/metrics``).
+bearer = _bearer
 
-def get_state(request: Request) -> AppState:
+
+# The cheap dependencies are async on purpose: FastAPI runs a sync dependency in its thread
+# pool, and the hop costs more than the work (it doubled the latency of GET /queues).
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.atomq
     return state
 
@@ -25,7 +30,7 @@ def get_state(request: Request) -> AppState:
 State = Annotated[AppState, Depends(get_state)]
 
 
-def get_task_queue(state: State) -> TaskQueue:
+async def get_task_queue(state: State) -> TaskQueue:
     return state.task_queue
 
 
@@ -41,10 +46,10 @@ def get_session(state: State) -> Iterator[Session]:
 DbSession = Annotated[Session, Depends(get_session)]
 
 
-def require(scope: str) -> Callable[..., Principal]:
+def require(scope: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency that lets the request through only with a token of at least ``scope``."""
 
-    def check(
+    async def check(
         state: State, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
     ) -> Principal:
         challenge = {"WWW-Authenticate": "Bearer"}

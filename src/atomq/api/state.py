@@ -10,6 +10,7 @@ import redis
 from atomq.api.auth import TokenEntry, parse_entries
 from atomq.connection import connect
 from atomq.db.engine import Database
+from atomq.observability.metrics import CachedExposition
 from atomq.settings import Settings
 from atomq.task_queue import TaskQueue
 
@@ -34,6 +35,15 @@ class AppState:
     @cached_property
     def database(self) -> Database:
         return self.database_ or Database.from_settings(self.settings)
+
+    @cached_property
+    def metrics(self) -> CachedExposition:
+        """What ``/metrics`` renders: atomq's collector plus the registered ones, briefly cached."""
+        from atomq.observability.metrics import MetricsContext, build_registry, load_metric_modules
+
+        load_metric_modules()
+        registry = build_registry(MetricsContext(self.settings, self.redis, lambda: self.database))
+        return CachedExposition(registry, self.settings.metrics_cache_seconds)
 
     @cached_property
     def task_queue(self) -> TaskQueue:

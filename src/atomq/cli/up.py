@@ -16,14 +16,25 @@ from atomq.cli.common import Runtime
     show_default=True,
     help="Worker processes to run.",
 )
-def up(workers: int) -> None:
+@click.option("--log-level", envvar="ATOMQ_LOG_LEVEL", default="INFO", show_default=True)
+@click.option(
+    "--log-file",
+    envvar="ATOMQ_LOG_FILE",
+    type=click.Path(dir_okay=False),
+    help="Append every process's logs (API, workers, scheduler) to this file instead of stderr.",
+)
+@click.option("--log-format", envvar="ATOMQ_LOG_FORMAT", type=click.Choice(["text", "json"]), default="text")
+def up(workers: int, log_level: str, log_file: str | None, log_format: str) -> None:
     """Start everything locally: a private Redis (unless REDIS_URL is set), workers, scheduler.
 
     Data lives under ./var (ATOMQ_DATA_DIR); jobs survive a restart. Ctrl-C stops it all.
     """
     from atomq.devserver import DevServer
+    from atomq.observability.logging import setup_logging
 
-    raise SystemExit(DevServer(Runtime().settings, workers=workers).run())
+    settings = Runtime(log_level=log_level, log_format=log_format, log_file=log_file).settings
+    setup_logging(log_level, log_format, log_file)
+    raise SystemExit(DevServer(settings, workers=workers).run())
 
 
 def register(group: click.Group) -> None:

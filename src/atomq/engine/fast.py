@@ -55,12 +55,13 @@ from atomq.connection import blocking_timeout, describe_client
 from atomq.engine import keys
 from atomq.engine.fast_scripts import FastScripts, pairs
 from atomq.engine.process import set_process_title
-from atomq.engine.queues import AtomqQueue
+from atomq.engine.queues import AtomqQueue, schedule_retry
 from atomq.engine.scripts import Scripts, decode
 from atomq.errors import PermanentError, RetryableError, UnknownTaskError
-from atomq.jobs import AtomqJob
+from atomq.jobs import AtomqJob, error_summary
 from atomq.longjobs import JobStopped  # raised on a stop request, or by raise_if_stopping()
-from atomq.observability.logging import log_context
+from atomq.observability import stats
+from atomq.observability.logging import job_log_fields, log_context
 from atomq.settings import Settings
 from atomq.tasks import registry
 from atomq.timeutil import utcnow
@@ -377,7 +378,7 @@ class FastWorker:
         timeout = job.timeout or self.default_timeout
         job.timeout = timeout
         started = utcnow()
-        with log_context(job_id=job.id, task=job.func_name, queue=queue):
+        with log_context(**job_log_fields(job, queue)):
             logger.debug("Worker %s: %s: %s (%s) started", self.name, queue, job.description, job.id)
             clock = time.perf_counter()
             outcome, value = self._execute(claimed, timeout)
@@ -388,7 +389,12 @@ class FastWorker:
             if outcome == "ok":
                 self.successful += 1
                 logger.info(
-                    "Worker %s: %s: %s OK in %.3f s (%s)", self.name, queue, job.description, duration, job.id
+                    "Worker %s: %s: Job OK: %s in %.3f s (%s)",
+                    self.name,
+                    queue,
+                    job.description,
+                    duration,
+                    job.id,
                 )
                 self.finished.append(Finished(claimed, started, utcnow(), value, duration))
                 return
@@ -473,6 +479,18 @@ class FastWorker:
             ]
         self.scripts.finish_many.queue(pipe, [self.key, self.claimed_key], args)
         job_hooks.queue_job_ends(pipe, [(item.claimed.job, "finished") for item in finished])
+        tally = stats.Tally()
+        for item in finished:
+            job = item.claimed.job
+            late = item.started.timestamp() - job.due_at if job.due_at is not None else None
+            tally.add(
+                queue=item.claimed.queue,
+                task=job.func_name,
+                outcome="finished",
+                duration=item.duration,
+                late=late,
+            )
+        tally.write(pipe)
 
     def _flush(self) -> None:
         """Record pending successes on their own (no claim to pair them with)."""
@@ -532,11 +550,12 @@ class FastWorker:
         level = logging.WARNING if retry else logging.ERROR
         logger.log(
             level,
-            "Worker %s: job %s %s%s\n%s",
+            "Worker %s: job %s %s%s: %s\n%s",
             self.name,
             job.id,
             outcome,
             " (will retry)" if retry else "",
+            error_summary(exc_string),
             exc_string.rstrip(),
         )
         aq = AtomqQueue(queue, connection=self.connection)
@@ -553,7 +572,7 @@ class FastWorker:
                 execution_ended_at=ended,
             )
             if retry:
-                job.retry(aq, pipe)
+                schedule_retry(job, aq, pipe)
             else:
                 job.set_status(JobStatus.STOPPED if stopped else JobStatus.FAILED, pipeline=pipe)
                 job.save(pipeline=pipe, include_meta=False, include_result=False)
@@ -563,6 +582,15 @@ class FastWorker:
             pipe.zrem(f"rq:wip:{queue}", f"{job.id}:{self.name}")
             pipe.lrem(self.claimed_key, 1, job.id)
             pipe.hincrby(self.key, "failed_job_count", 1)
+            tally = stats.Tally()
+            tally.add(
+                queue=queue,
+                task=job.func_name,
+                outcome="stopped" if stopped else "retried" if retry else "failed",
+                duration=(ended - started).total_seconds(),
+                late=started.timestamp() - job.due_at if job.due_at is not None else None,
+            )
+            tally.write(pipe)
             pipe.execute()
         if not retry:
             with contextlib.suppress(redis.RedisError):

@@ -43,12 +43,13 @@ for i = 3, #KEYS do
         if not job_id then break end
         local job_key = 'rq:job:' .. job_id
         local fields = redis.call('HGETALL', job_key)
-        local status, timeout, ttl_field = false, false, false
+        local status, timeout, ttl_field, due = false, false, false, false
         for j = 1, #fields, 2 do
             local name = fields[j]
             if name == 'status' then status = fields[j + 1]
             elseif name == 'timeout' then timeout = tonumber(fields[j + 1])
-            elseif name == 'ttl' then ttl_field = true end
+            elseif name == 'ttl' then ttl_field = true
+            elseif name == 'atomq_due_at' then due = true end
         end
         if status == 'queued' then
             got = got + 1
@@ -56,6 +57,9 @@ for i = 3, #KEYS do
             redis.call('HSET', job_key, 'status', 'started', 'started_at', ARGV[3], 'last_heartbeat', ARGV[3],
                 'worker_name', ARGV[2])
             if ttl_field then redis.call('PERSIST', job_key) end
+            -- The due time was read (sent back in the hash) to measure lateness; a later run
+            -- of the same job (a retry, a requeue) is not late.
+            if due then redis.call('HDEL', job_key, 'atomq_due_at') end
             redis.call('ZADD', 'rq:wip:' .. queue, now + ttl, job_id .. suffix)
             out[#out + 1] = i - 3
             out[#out + 1] = job_id

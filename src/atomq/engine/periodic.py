@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from atomq.observability import stats
 from atomq.observability.logging import log_context
 from atomq.settings import Settings
 
@@ -121,7 +122,9 @@ class PeriodicRunner:
                     job.func(self.context)
             except Exception:
                 logger.exception("periodic %s failed; will try again in %.0f s", job.name, job.interval)
+                stats.record_periodic_run(self.context.connection, job.name, ok=False)
             else:
+                stats.record_periodic_run(self.context.connection, job.name, ok=True)
                 logger.debug("periodic %s took %.1f ms", job.name, (time.perf_counter() - started) * 1000)
 
     def _loop(self) -> None:

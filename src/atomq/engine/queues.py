@@ -12,7 +12,7 @@ Differences from RQ, all through RQ's extension points:
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from rq.exceptions import DuplicateJobError
@@ -24,6 +24,7 @@ from rq.serializers import JSONSerializer
 from atomq.engine import keys
 from atomq.errors import InvalidJobOptionError
 from atomq.jobs import AtomqJob
+from atomq.observability import stats
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -102,6 +103,7 @@ class AtomqQueue(Queue):
         pipe.sadd(self.redis_queues_keys, self.key)
         self._persist_job(job, pipe, status=JobStatus.SCHEDULED)
         pipe.zadd(keys.scheduled_key(self.name), {job.id: due_timestamp(datetime)})
+        stats.mark_due(pipe, job.key, due_timestamp(datetime))
         pipe.lpush(keys.SCHEDULER_WAKE, 1)
         pipe.ltrim(keys.SCHEDULER_WAKE, 0, WAKE_TOKENS_KEPT - 1)
         if pipeline is None:
@@ -123,7 +125,25 @@ class AtomqQueue(Queue):
         )
         if stored == 0:
             raise DuplicateJobError(f"Job with ID '{job.id}' already exists")
+        stats.mark_due(self.connection, job.key, due_timestamp(when))
         self.connection.lpush(keys.SCHEDULER_WAKE, 1)
+
+
+def schedule_retry(job: Job, queue: AtomqQueue, pipe: Any) -> None:
+    """Queue ``job``'s next attempt on ``pipe``: scheduled after its retry interval, or at once.
+
+    RQ's ``Job.retry`` writes the "scheduled" status straight away, outside the caller's
+    transaction, so for a moment a job looks rescheduled while its failure is not yet on
+    record; here every write rides in ``pipe``.
+    """
+    interval = job.get_retry_interval()
+    job.retries_left = (job.retries_left or 1) - 1
+    if interval:
+        from atomq.timeutil import utcnow
+
+        queue.schedule_job(job, utcnow() + timedelta(seconds=interval), pipeline=pipe)
+    else:
+        queue._enqueue_job(job, pipeline=pipe, at_front=job.enqueue_at_front_on_retry)
 
 
 def due_timestamp(value: datetime) -> float:

@@ -21,9 +21,10 @@ from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from atomq.engine import keys
 from atomq.engine.fast_scripts import FastScripts
-from atomq.engine.queues import AtomqQueue
+from atomq.engine.queues import AtomqQueue, schedule_retry
 from atomq.engine.scripts import Scripts, decode
 from atomq.jobs import load_job
+from atomq.observability import stats
 
 logger = logging.getLogger("atomq.recovery")
 
@@ -122,8 +123,9 @@ def _abandon(
         if job.get_status(refresh=False) != JobStatus.STARTED or job.worker_name != worker_name:
             pipe.execute()
             return
+        stats.job_ended(pipe, job, "retried" if job.should_retry else "failed", timed=False)
         if job.should_retry:
-            job.retry(queue, pipe)
+            schedule_retry(job, queue, pipe)
             report.retried.append(job_id)
         else:
             record_job_failure(job, f"Worker {worker_name} died while running this job ({reason}).", pipe)

@@ -46,7 +46,8 @@ from atomq.engine.queues import AtomqQueue
 from atomq.engine.scripts import Scripts, decode
 from atomq.errors import PermanentError, RetryableError, UnknownTaskError
 from atomq.jobs import AtomqJob
-from atomq.observability.logging import log_context
+from atomq.observability import stats
+from atomq.observability.logging import job_log_fields, log_context
 from atomq.settings import Settings
 from atomq.tasks import registry
 
@@ -92,6 +93,8 @@ class Worker(RQWorker):
         self.default_job_timeout = default_timeout or settings.default_timeout
         self.idle_poll = idle_poll
         self._failure_exc: BaseException | None = None
+        self._job_in_hand: Job | None = None  # for the statistics hooks below
+        self._failure_outcome: str | None = None
         self._heartbeat_at = 0.0
         super().__init__(
             list(queues),
@@ -223,7 +226,14 @@ class Worker(RQWorker):
         if job.timeout is None:
             job.timeout = self.default_job_timeout
         job.redis_server_version = self.get_redis_server_version()
-        self.log.info("Worker %s: %s: %s (%s)", self.name, queue.name, job.description, job.id)
+        self.log.info(
+            "Worker %s: %s: %s (%s)",
+            self.name,
+            queue.name,
+            job.description,
+            job.id,
+            extra=job_log_fields(job, queue.name),
+        )
         return job, queue
 
     def _refuse(self, job: Job, reason: str) -> None:
@@ -261,7 +271,8 @@ class Worker(RQWorker):
     # -- execution --------------------------------------------------------------------------
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        with log_context(job_id=job.id, task=job.func_name, queue=queue.name):
+        self._job_in_hand = job
+        with log_context(**job_log_fields(job, queue.name)):
             super().execute_job(job, queue)
 
     def prepare_execution(self, job: Job) -> Execution:
@@ -279,6 +290,7 @@ class Worker(RQWorker):
             pipeline.persist(job.key)
             pipeline.lrem(self.claimed_key, -1, job.id)
             job_hooks.execution_prepared(job, pipeline)
+            stats.job_started(pipeline, job)
             pipeline.execute()
         return execution
 
@@ -328,6 +340,8 @@ class Worker(RQWorker):
             job.retries_left = 0
         elif isinstance(exc, RetryableError) and exc.delay is not None and job.should_retry:
             _override_next_interval(job, exc.delay)
+        stopped = self._stopped_job_id == job.id
+        self._failure_outcome = "stopped" if stopped else "retried" if job.should_retry else "failed"
         if job.should_retry and self._stopped_job_id != job.id:
             # RQ records nothing for a failed attempt that will be retried; keep it visible.
             # Written before the job is rescheduled, so whoever sees the new status sees it too.
@@ -338,8 +352,26 @@ class Worker(RQWorker):
                 worker_name=self.name,
                 execution_id=execution.id if execution else None,
             )
-        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+        try:
+            super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+        finally:
+            self._failure_outcome = None
         job_hooks.job_ended(self.connection, job)
+
+    # RQ calls these two in the pipeline that records a job's end: the statistics ride along.
+    def increment_successful_job_count(self, pipeline: Any = None) -> None:
+        super().increment_successful_job_count(pipeline)
+        if self._job_in_hand is not None:
+            stats.job_ended(self._stats_pipe(pipeline), self._job_in_hand, "finished")
+
+    def increment_failed_job_count(self, pipeline: Any = None) -> None:
+        super().increment_failed_job_count(pipeline)
+        if self._job_in_hand is not None:
+            stats.job_ended(self._stats_pipe(pipeline), self._job_in_hand, self._failure_outcome or "failed")
+
+    def _stats_pipe(self, pipeline: Any) -> Any:
+        # An empty pipeline is falsy (it has a length), hence no `pipeline or ...`.
+        return pipeline if pipeline is not None else self.connection
 
 
 def _refusal(job: Job) -> str | None:

@@ -1,8 +1,13 @@
 """Logging for every atomq process: text by default, JSON with ``ATOMQ_LOG_FORMAT=json``.
 
-Lines written while a job runs carry its ``job_id``, ``task`` and ``queue`` (and any other
-context a task adds, such as ``post_id``), so ``grep ERROR`` and ``grep post_123`` on a
-worker log find what they should.
+Lines written while a job runs carry its ``job_id``, ``task`` and ``queue``, plus every
+id-like keyword argument of the job (``post_id=post_123``, ``user_id=...``: names ending in
+``_id`` with a short string or integer value), so ``grep ERROR`` and ``grep post_123`` on a
+worker log find what they should. Task code adds its own fields for the rest of the job with
+:func:`bind_log_fields`, or for a block with :func:`log_context`.
+
+In the text format the fields follow the first line of the message, so a multi-line message
+(a traceback) keeps its ``ERROR`` and its ids on the line ``grep`` shows.
 """
 
 from __future__ import annotations
@@ -26,7 +31,15 @@ _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar
 #: Attributes of a LogRecord that are not user context.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s%(context)s"
+#: Extras RQ attaches to its exception log line that atomq leaves out: ``task`` already names
+#: the function, and whole argument lists would turn every error line into a wall of data
+#: (the id-like arguments are there already, see :func:`job_log_fields`).
+_DROPPED = {"arguments", "kwargs", "func"}
+
+#: Longest id value copied from a job's keyword arguments into its log fields.
+MAX_ID_FIELD_LENGTH = 128
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
 
 @contextlib.contextmanager
@@ -41,22 +54,88 @@ def log_context(**fields: Any) -> Iterator[None]:
         _context.reset(token)
 
 
+def bind_log_fields(**fields: Any) -> None:
+    """Add ``fields`` to every later log line of the current job (or :func:`log_context` block).
+
+    Inside a task: ``bind_log_fields(post_id=post.id, platform="mastodon")``. Outside any
+    block the fields stay for the rest of the thread.
+    """
+    current = _context.get()
+    values = {k: v for k, v in fields.items() if v is not None}
+    if current is None:
+        _context.set(values)
+    else:
+        current.update(values)
+
+
+def job_log_fields(job: Any, queue: str) -> dict[str, Any]:
+    """The log fields of a job: ``job_id``, ``task``, ``queue`` and its id-like kwargs."""
+    fields: dict[str, Any] = {"job_id": job.id}
+    try:
+        fields["task"] = job.func_name
+        kwargs = job.kwargs
+    except Exception:  # an undecodable job is still logged by id
+        kwargs = None
+    fields["queue"] = queue
+    if isinstance(kwargs, dict):
+        for key, value in kwargs.items():
+            if not (isinstance(key, str) and key.endswith("_id")) or key in fields:
+                continue
+            if isinstance(value, bool) or not isinstance(value, str | int):
+                continue
+            if isinstance(value, str) and (len(value) > MAX_ID_FIELD_LENGTH or "\n" in value):
+                continue
+            fields[key] = value
+    return fields
+
+
 def current_context() -> dict[str, Any]:
     """The fields :func:`log_context` has set for this thread or task."""
     return dict(_context.get() or {})
 
 
 class ContextFilter(logging.Filter):
-    """Copy the current log context onto each record and render it for the text format."""
+    """Copy the current log context onto each record (and drop RQ's argument extras)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        for key in _DROPPED & set(vars(record)):
+            delattr(record, key)
         fields = _context.get() or {}
         for key, value in fields.items():
             if not hasattr(record, key):
                 setattr(record, key, value)
-        extra = {k: v for k, v in vars(record).items() if k not in _STANDARD and k != "context"}
-        record.context = "".join(f" {k}={_text(v)}" for k, v in sorted(extra.items())) if extra else ""
         return True
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and k != "context"}
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger[pid]: message key=value...``, fields on the message's first line."""
+
+    _second: int = -1
+    _stamp: str = ""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        # Rendered once per second rather than once per line: workers log a line per job.
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        return f"{self._stamp},{int(record.msecs):03d}"
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        extra = _fields(record)
+        if not extra:
+            return text
+        rendered = "".join(f" {k}={_text(v)}" for k, v in extra.items())
+        first, newline, rest = text.partition("\n")
+        return f"{first}{rendered}{newline}{rest}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -70,26 +149,11 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "pid": record.process,
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and key != "context":
-                payload[key] = value if isinstance(value, str | int | float | bool | None) else str(value)
+        for key, value in _fields(record).items():
+            payload[key] = value if isinstance(value, str | int | float | bool | None) else str(value)
         if record.exc_info:
             payload["exception"] = self.formatException(record.exc_info)
         return json.dumps(payload, default=str)
-
-
-class TextFormatter(logging.Formatter):
-    """The text format, with the timestamp rendered once per second instead of once per line."""
-
-    _second: int = -1
-    _stamp: str = ""
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        return f"{self._stamp},{int(record.msecs):03d}"
 
 
 class RotationAwareFileHandler(logging.handlers.WatchedFileHandler):
@@ -106,7 +170,9 @@ class RotationAwareFileHandler(logging.handlers.WatchedFileHandler):
 
 def _text(value: Any) -> str:
     text = str(value)
-    return f'"{text}"' if " " in text else text
+    if not text or any(c in text for c in ' "=\n'):
+        return json.dumps(text)
+    return text
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text", log_file: Path | str | None = None) -> None:
@@ -127,7 +193,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text", log_file: Path | str |
     else:
         sink = logging.StreamHandler(sys.stderr)
     sink.addFilter(ContextFilter())
-    sink.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
+    sink.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root.addHandler(sink)
     root.setLevel(level.upper())
     # RQ attaches its own handlers when it finds none; ours are on the root, so it won't.

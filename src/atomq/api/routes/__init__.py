@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from atomq.api.routes import batches, health, job_control, queues, workflows
+from atomq.api.routes import batches, failed, health, job_control, jobs, metrics, queues, workers, workflows
 
 #: Every router the API serves, in the order they appear in the OpenAPI document.
 ROUTERS: list[APIRouter] = [
     health.router,
     queues.router,
+    jobs.router,
+    failed.router,
+    workers.router,
+    metrics.router,
     # Issue 6: batches, long-running jobs, workflows.
     batches.router,
     job_control.router,

@@ -6,7 +6,10 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from atomq import monitor
-from atomq.api.deps import Reader, State
+from atomq.api.deps import Admin, Reader, State
+from atomq.engine.queues import validate_queue_name
+from atomq.errors import NotFoundError
+from atomq.overview import queue_overview
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["queues"])
 
@@ -31,6 +34,23 @@ class QueuesOut(BaseModel):
 
 @router.get("/queues", response_model=QueuesOut, summary="Job counts per queue")
 def list_queues(state: State, _: Reader) -> QueuesOut:
-    names = monitor.known_queues(state.redis, state.settings.queues)
-    stats = monitor.queue_stats(state.redis, names)
+    stats = queue_overview(state.redis, state.settings.queues).queues
     return QueuesOut(queues=[QueueOut(**s.as_dict()) for s in stats])
+
+
+class EmptiedOut(BaseModel):
+    queue: str
+    deleted: int = Field(description="Queued jobs deleted (their data too).")
+
+
+@router.delete(
+    "/queues/{name}/jobs",
+    response_model=EmptiedOut,
+    summary="Empty a queue: delete every queued job (admin)",
+    responses={404: {"description": "No such queue"}},
+)
+def empty_queue(name: str, state: State, _: Admin) -> EmptiedOut:
+    validate_queue_name(name)
+    if name not in monitor.known_queues(state.redis, state.settings.queues):
+        raise NotFoundError(f"no queue named {name!r}", field="name")
+    return EmptiedOut(queue=name, deleted=monitor.empty_queue(state.redis, name))
