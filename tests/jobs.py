@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from atomq import PermanentError, RetryableError, task
+from atomq import PermanentError, Retry, RetryableError, task
 
 
 @task("add")
@@ -143,3 +143,132 @@ def defer_twice(path: str) -> int:
     if runs < 3:
         raise Defer(0.5, "rate limit not refilled yet")
     return runs
+
+
+@task("noop")
+def noop(i: int = 0) -> int:
+    return i
+
+
+@task("fail_odd")
+def fail_odd(i: int) -> int:
+    if i % 2:
+        raise ValueError(f"odd item {i}")
+    return i
+
+
+@task("long_steps", timeout=120)
+def long_steps(
+    steps: int, step_seconds: float, started_file: str | None = None, cooperative: bool = True
+) -> dict:
+    """Report progress at each step; leave cleanly (raise JobStopped) when asked to stop."""
+    from atomq import raise_if_stopping, report_progress
+
+    if started_file:
+        Path(started_file).write_text(str(os.getpid()))
+    for n in range(steps):
+        if cooperative:
+            raise_if_stopping()
+        time.sleep(step_seconds)
+        report_progress((n + 1) / steps, f"step {n + 1} of {steps}")
+    return {"steps": steps}
+
+
+@task("sum_chunk")
+def sum_chunk(items: list[int], out_dir: str | None = None) -> int:
+    total = sum(items)
+    if out_dir:
+        Path(out_dir, f"{items[0]}").write_text(str(total))
+    return total
+
+
+# -- workflows -------------------------------------------------------------------------------
+
+from atomq.workflows import Workflow, register_workflow, workflow  # noqa: E402
+
+
+@task("wf_start")
+def wf_start(input: dict) -> int:
+    return int(input["n"])
+
+
+@task("wf_double")
+def wf_double(results: dict) -> int:
+    return 2 * results["A"]
+
+
+@task("wf_add_ten")
+def wf_add_ten(results: dict) -> int:
+    return results["A"] + 10
+
+
+@task("wf_merge")
+def wf_merge(results: dict) -> dict:
+    return {"B": results["B"], "C": results["C"], "sum": results["B"] + results["C"]}
+
+
+@task("wf_gate")
+def wf_gate(input: dict) -> str:
+    """Fails until the file named by input["flag"] exists."""
+    if not Path(input["flag"]).exists():
+        raise ValueError(f"gate closed: {input['flag']} is missing")
+    return "open"
+
+
+@task("wf_ledger")
+def wf_ledger(input: dict, key: str) -> str:
+    with open(input["ledger"], "a") as handle:
+        handle.write(f"{key} {os.getpid()}\n")
+    return key
+
+
+@task("wf_sleepy", timeout=120)
+def wf_sleepy(input: dict) -> int:
+    """Writes its pid; the first attempt then sleeps a minute (tests kill it)."""
+    with open(input["ledger"], "a") as handle:
+        handle.write(f"K {os.getpid()}\n")
+    attempts = sum(1 for line in Path(input["ledger"]).read_text().splitlines() if line.startswith("K "))
+    if attempts == 1:
+        time.sleep(60)
+    return attempts
+
+
+@workflow("diamond")
+def diamond(w: Workflow) -> None:
+    """A feeds B and C, which both feed D."""
+    w.step("A", "wf_start")
+    w.step("B", "wf_double", depends_on=["A"])
+    w.step("C", "wf_add_ten", depends_on=["A"])
+    w.step("D", "wf_merge", depends_on=["B", "C"])
+
+
+register_workflow(
+    Workflow("gated")
+    .step("A", "wf_start")
+    .step("G", "wf_gate", depends_on=["A"])
+    .step("E", "wf_ledger", kwargs={"key": "E"}, depends_on=["G"])
+    .step("side", "wf_ledger", kwargs={"key": "side"})
+)
+
+register_workflow(
+    Workflow("slow_chain")
+    .step("S", "long_steps", kwargs={"steps": 300, "step_seconds": 0.1})
+    .step("T", "noop", depends_on=["S"])
+)
+
+register_workflow(
+    Workflow("crashy")
+    .step("K", "wf_sleepy", retry=Retry(max=2, delay=0, jitter=0))
+    .step("L", "wf_ledger", kwargs={"key": "L"}, depends_on=["K"])
+)
+
+
+@task("record_tick")
+def record_tick(path: str) -> str:
+    """Append the running job's id (one line per run)."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    with open(path, "a") as handle:
+        handle.write(f"{job.id if job else '-'}\n")
+    return job.id if job else "-"

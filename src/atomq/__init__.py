@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from atomq.errors import AtomqError, Defer, PermanentError, RetryableError
+from atomq.longjobs import JobStopped, job_stopping, raise_if_stopping, report_progress
 from atomq.task_queue import Call, TaskQueue, cancel_job, get_job_status, task_queue
 from atomq.tasks import Retry, task
 
@@ -21,12 +22,16 @@ __all__ = [
     "AtomqError",
     "Call",
     "Defer",
+    "JobStopped",
     "PermanentError",
     "Retry",
     "RetryableError",
     "TaskQueue",
     "cancel_job",
     "get_job_status",
+    "job_stopping",
+    "raise_if_stopping",
+    "report_progress",
     "task",
     "task_queue",
 ]

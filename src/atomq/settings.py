@@ -112,6 +112,21 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(
         default=1_000_000, gt=0, description="Largest request body the API accepts."
     )
+    stop_grace_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="Seconds a running job gets to stop cleanly (job_stopping()) before it is killed.",
+    )
+    batch_chunk_size: int = Field(
+        default=1000, ge=1, le=100_000, description="Jobs written to Redis per round trip by enqueue_batch."
+    )
+    batch_ttl: int = Field(
+        default=7 * 86_400, gt=0, description="Seconds a batch's progress record is kept after it is created."
+    )
+    recurring_file: Path | None = Field(
+        default=None, description="YAML or JSON file of recurring jobs (cron or interval, timezone)."
+    )
     metrics_public: bool = Field(
         default=False,
         description="Serve /metrics without a token (for a Prometheus on a private network); "

@@ -26,7 +26,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from rq.command import send_command
@@ -53,6 +53,9 @@ from atomq.settings import Settings, load_settings
 from atomq.tasks import ENQUEUE_OPTIONS, Retry, TaskRegistry, TaskSpec, load_task_modules
 from atomq.tasks import registry as default_registry
 from atomq.timeutil import as_timedelta, to_aware, utcnow
+
+if TYPE_CHECKING:
+    from atomq.batches import Batch
 
 #: Job ids: RQ's alphabet, bounded so ids stay usable in keys, URLs and logs.
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -256,6 +259,30 @@ class TaskQueue:
                 queue._enqueue_job(job, pipeline=pipe, at_front=at_front)
             pipe.execute()
         return [job for _, job, _ in prepared]
+
+    def enqueue_batch(
+        self,
+        task: str,
+        items: Iterable[Mapping[str, Any]],
+        /,
+        *,
+        batch_id: str | None = None,
+        chunk_size: int | None = None,
+        description: str | None = None,
+        **options: Any,
+    ) -> Batch:
+        """Queue one job of ``task`` per item of ``items`` (each the task's keyword arguments)
+        as a batch: one Redis round trip per ``chunk_size`` items, progress counted per batch.
+
+        Options: ``queue``, ``timeout``, ``retry``, ``result_ttl``, ``failure_ttl``, ``ttl``,
+        ``at_front``. Follow it with :func:`atomq.batches.batch_progress`; cancel it with
+        :func:`atomq.batch_tracking.cancel_batch`. See :mod:`atomq.batches`.
+        """
+        from atomq.batches import enqueue_batch
+
+        return enqueue_batch(
+            self, task, items, batch_id=batch_id, chunk_size=chunk_size, description=description, **options
+        )
 
     def _split(
         self, task: str, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -49,7 +49,15 @@ ENQUEUE_OPTIONS = frozenset(
 )
 
 #: Modules whose tasks every atomq process registers.
-BUILTIN_TASK_MODULES: tuple[str, ...] = ("atomq.builtin_tasks", "atomq.posts.tasks")
+BUILTIN_TASK_MODULES: tuple[str, ...] = (
+    "atomq.builtin_tasks",
+    "atomq.posts.tasks",
+    # Issue 6: the workflow step job and the periodic reconcilers of workflows and batches.
+    "atomq.workflows.steps",
+    "atomq.workflows.reconcile",
+    "atomq.batch_tracking",
+    "atomq.recurring",
+)
 
 Isolation = Literal["inline", "fork"]
 

@@ -77,8 +77,15 @@ def cli() -> None:
 
 def _register_commands() -> None:
     from atomq.cli import backup, doctor, jobs, monitor, posts, serve, up, worker
+    from atomq.cli import batches as batch_commands
+    from atomq.cli import longjobs as longjob_commands
+    from atomq.cli import recurring as recurring_commands
+    from atomq.cli import workflows as workflow_commands
 
     for module in (worker, monitor, jobs, doctor, serve, up, backup, posts):
+        module.register(cli)
+    # Issue 6: long-running jobs, batches, workflows, recurring jobs.
+    for module in (longjob_commands, batch_commands, workflow_commands, recurring_commands):
         module.register(cli)
 
 

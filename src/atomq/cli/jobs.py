@@ -140,11 +140,15 @@ def _print_status(status: dict[str, Any]) -> None:
 @json_option
 def status(job_id: str, url: str | None, as_json: bool) -> None:
     """Show a job's status: the guide's dictionary (status, times, result, error)."""
-    data = Runtime(url).task_queue.get_job_status(job_id)
+    runtime = Runtime(url)
+    data = runtime.task_queue.get_job_status(job_id)
     if as_json:
         output.print_json(data)
     else:
         _print_status(data)
+        from atomq.cli.longjobs import print_progress_lines  # issue 6: progress and liveness
+
+        print_progress_lines(runtime, job_id, data)
 
 
 @click.command()

@@ -130,8 +130,11 @@ def scheduler(ctx: click.Context, url: str | None, queue: tuple[str, ...], limit
     names = _queues(runtime, queue)
     jobs = monitor.list_scheduled(runtime.connection, names, limit=limit)
     status = monitor.scheduler_status(runtime.connection)
+    from atomq.cli.recurring import listing, print_listing  # issue 6: recurring jobs
+
+    recurring_jobs = listing(runtime)
     if as_json:
-        output.print_json({"scheduler": status, "jobs": jobs})
+        output.print_json({"scheduler": status, "jobs": jobs, "recurring": recurring_jobs})
         return
     leader = status["leader"] or "none - scheduled jobs will not run until a scheduler starts"
     output.line(f"Scheduler leader: {leader}  ({len(status['schedulers'])} running)")
@@ -143,6 +146,8 @@ def scheduler(ctx: click.Context, url: str | None, queue: tuple[str, ...], limit
             for j in jobs
         ],
     )
+    if recurring_jobs:
+        print_listing(recurring_jobs)
 
 
 @scheduler.command("run")

@@ -36,7 +36,7 @@ logger = logging.getLogger("atomq.dashboard")
 
 #: Modules imported before the dashboard first renders, so their sources are registered.
 #: Scheduled posts, workflow runs and batches add their modules here.
-SOURCE_MODULES: tuple[str, ...] = ("atomq.dashboard.builtin", "atomq.posts.observe")
+SOURCE_MODULES: tuple[str, ...] = ("atomq.dashboard.builtin", "atomq.posts.observe", "atomq.dashboard.flows")
 
 
 @dataclass(frozen=True)

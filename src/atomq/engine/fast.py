@@ -50,6 +50,7 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import utcformat
 from rq.version import VERSION
 
+from atomq import job_hooks
 from atomq.connection import blocking_timeout, describe_client
 from atomq.engine import keys
 from atomq.engine.fast_scripts import FastScripts, pairs
@@ -58,6 +59,7 @@ from atomq.engine.queues import AtomqQueue, schedule_deferred, schedule_retry
 from atomq.engine.scripts import Scripts, decode
 from atomq.errors import Defer, PermanentError, RetryableError, UnknownTaskError
 from atomq.jobs import AtomqJob, error_summary
+from atomq.longjobs import JobStopped  # raised on a stop request, or by raise_if_stopping()
 from atomq.observability import stats
 from atomq.observability.logging import job_log_fields, log_context
 from atomq.settings import Settings
@@ -92,14 +94,6 @@ MAX_REDIS_BACKOFF_SECONDS = 30.0
 
 #: Bytes of shared memory holding the running job's id (job ids are at most 128 characters).
 RUNNING_ID_BYTES = 160
-
-
-class JobStopped(Exception):
-    """Raised inside a running job when it is stopped on request."""
-
-
-class WarmShutdown(Exception):
-    """Raised to leave the loop when a stop was asked while idle."""
 
 
 @dataclass
@@ -180,6 +174,7 @@ class FastWorker:
         self._stop_job: str | None = None
         self._stop_buffered: set[str] = set()
         self._timer_armed = False
+        self._in_job = False  # True only while a job's own code runs (signals may raise then)
         self._suspended = False  # `rq suspend`, checked by the background thread, not per batch
         self._background_stop = threading.Event()
         self._lock = threading.Lock()
@@ -218,8 +213,6 @@ class FastWorker:
                     if max_jobs is not None and done >= max_jobs:
                         logger.info("Worker %s: ran %d jobs (--max-jobs), quitting", self.name, done)
                         break
-                except WarmShutdown:
-                    break
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     self.wait_for_redis(exc)
         finally:
@@ -270,8 +263,8 @@ class FastWorker:
                 self._pubsub.close()
         try:
             self._flush()
-            given = self._give_back(list(self.buffer))
             self.buffer.clear()
+            given = self._give_back_claimed()
             returned = self.common_scripts.return_claimed(
                 keys=[self.claimed_key], args=[keys.JOB_KEY_PREFIX, keys.QUEUE_KEY_PREFIX]
             )
@@ -348,6 +341,7 @@ class FastWorker:
             job.worker_name = self.name
             job._status = JobStatus.STARTED
             self.buffer.append(Claimed(job, self.queues[int(reply[index])]))
+        job_hooks.jobs_claimed(self.connection, [c.job for c in list(self.buffer)[-(len(reply) // 3) :]])
         return True
 
     def _take(self) -> Claimed | None:
@@ -412,20 +406,26 @@ class FastWorker:
             if spec.isolation == "fork":
                 from atomq.engine.isolation import run_forked
 
+                self._in_job = True
                 forked: tuple[str, Any] = run_forked(self, job, timeout)
                 return forked
             signal.setitimer(signal.ITIMER_REAL, timeout)
             self._timer_armed = True
             try:
+                job_hooks.job_running(job, self.connection)
+                self._in_job = True
                 value = job.perform()
             except BaseException as exc:  # a job's SystemExit must not end the worker
                 self._disarm()
                 outcome = "stopped" if isinstance(exc, JobStopped) else "failed"
                 return outcome, (exc, "".join(traceback.format_exception(exc)))
             finally:
+                self._in_job = False
                 self._disarm()
             return "ok", value
         finally:
+            self._in_job = False
+            job_hooks.job_returned()
             with self._lock:
                 self.current = None
             self.shared.clear()
@@ -477,6 +477,7 @@ class FastWorker:
                 ended + result_ttl if result_ttl > 0 else 0,
             ]
         self.scripts.finish_many.queue(pipe, [self.key, self.claimed_key], args)
+        job_hooks.queue_job_ends(pipe, [(item.claimed.job, "finished") for item in finished])
         tally = stats.Tally()
         for item in finished:
             job = item.claimed.job
@@ -579,6 +580,7 @@ class FastWorker:
                 job.save(pipeline=pipe, include_meta=False, include_result=False)
                 pipe.zadd(f"rq:failed:{queue}", {job.id: ended.timestamp() + failure_ttl})
                 pipe.expire(job.key, failure_ttl)
+                job_hooks.queue_job_ends(pipe, [(job, "stopped" if stopped else "failed")])
             pipe.zrem(f"rq:wip:{queue}", f"{job.id}:{self.name}")
             pipe.lrem(self.claimed_key, 1, job.id)
             pipe.hincrby(self.key, "failed_job_count", 1)
@@ -620,6 +622,24 @@ class FastWorker:
             pipe.zrem(f"rq:wip:{claimed.queue}", f"{job.id}:{self.name}")
             pipe.lrem(self.claimed_key, 1, job.id)
             pipe.execute()
+
+    def _give_back_claimed(self) -> int:
+        """Return every job still in the claimed list that this worker started but did not run.
+
+        Covers the buffer and anything claimed whose reply never reached the buffer.
+        """
+        ids = [decode(job_id) for job_id in self.connection.lrange(self.claimed_key, 0, -1)]
+        if not ids:
+            return 0
+        with self.connection.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(keys.job_key(job_id), "origin")
+            origins = pipe.execute()
+        args = [self.name]
+        for job_id, origin in zip(ids, origins, strict=True):
+            if origin is not None:
+                args += [job_id, decode(origin)]
+        return int(self.scripts.revert([self.claimed_key], args)) if len(args) > 1 else 0
 
     def _give_back(self, claimed: list[Claimed]) -> int:
         """Return started-but-not-run jobs to the front of their queues."""
@@ -694,6 +714,8 @@ class FastWorker:
             logger.info("Worker %s: shutdown command received", self.name)
             os.kill(os.getpid(), signal.SIGTERM)
             return
+        if job_hooks.worker_command(self, payload, running=self._running, stop_now=self._stop_now):
+            return
         if command not in ("stop-job", "kill-horse"):
             return
         wanted = payload.get("job_id")
@@ -709,6 +731,13 @@ class FastWorker:
         else:
             logger.warning("Worker %s: not running job %s; stop ignored", self.name, wanted)
 
+    def _running(self) -> tuple[str | None, object]:
+        current = self.current
+        return (current.job.id, current) if current is not None else (None, None)
+
+    def _stop_now(self, job_id: str) -> None:
+        self._on_command({"data": json.dumps({"command": "stop-job", "job_id": job_id})})
+
     def _install_signals(self) -> None:
         signal.signal(signal.SIGALRM, self._on_alarm)
         signal.signal(signal.SIGUSR1, self._on_stop_job)
@@ -721,9 +750,13 @@ class FastWorker:
             self._timer_armed = False
             raise JobTimeoutException(f"Task exceeded maximum timeout value ({current.job.timeout} seconds)")
 
+    # Signal handlers raise only while a job's own code runs. Anywhere else (a Redis reply half
+    # read, jobs claimed but not yet buffered) an exception would lose track of work; the loop
+    # checks the stop flag instead, at most an idle poll (1 s) later.
+
     def _on_stop_job(self, signum: int, frame: FrameType | None) -> None:
         current = self.current
-        if current is not None and self._stop_job == current.job.id:
+        if self._in_job and current is not None and self._stop_job == current.job.id:
             raise JobStopped(f"job {current.job.id} stopped on request")
 
     def _on_shutdown(self, signum: int, frame: FrameType | None) -> None:
@@ -731,14 +764,11 @@ class FastWorker:
         self._stop_requested = True
         if self._signals == 1:
             logger.info("Worker %s: warm shutdown requested (running job finishes)", self.name)
-            if self.current is None:
-                raise WarmShutdown
             return
         logger.warning("Worker %s: cold shutdown: stopping the running job", self.name)
-        if self.current is not None:
+        if self._in_job and self.current is not None:
             self._stop_job = self.current.job.id
             raise JobStopped("worker shut down while the job ran")
-        raise WarmShutdown
 
     # -- outages ----------------------------------------------------------------------------
 
@@ -751,7 +781,10 @@ class FastWorker:
             "Worker %s: Redis at %s unreachable (%s); retrying in %.0f s", self.name, where, error, delay
         )
         while not self._stop_requested:
-            time.sleep(delay)
+            slept = 0.0
+            while slept < delay and not self._stop_requested:  # stay responsive to SIGTERM
+                time.sleep(0.2)
+                slept += 0.2
             try:
                 self.connection.ping()
                 break

@@ -148,8 +148,8 @@ local given = 0
 local suffix = ':' .. ARGV[1]
 for base = 2, #ARGV, 2 do
     local job_id, queue = ARGV[base], ARGV[base + 1]
-    redis.call('LREM', KEYS[1], -1, job_id)
     if redis.call('ZREM', 'rq:wip:' .. queue, job_id .. suffix) == 1 then
+        redis.call('LREM', KEYS[1], -1, job_id)
         redis.call('HSET', 'rq:job:' .. job_id, 'status', 'queued', 'started_at', '', 'worker_name', '')
         redis.call('LPUSH', 'rq:queue:' .. queue, job_id)
         redis.call('LPUSH', 'atomq:wake:' .. queue, 1)

@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any
 
 import redis
+from rq.command import parse_payload
 from rq.exceptions import DeserializationError, NoSuchJobError, StopRequested
 from rq.executions import Execution
 from rq.job import Job
@@ -37,6 +38,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import Worker as RQWorker
 from rq.worker import WorkerStatus
 
+from atomq import job_hooks
 from atomq.connection import blocking_timeout, describe_client
 from atomq.engine import keys
 from atomq.engine.process import die_with_parent
@@ -287,6 +289,7 @@ class Worker(RQWorker):
             job.prepare_for_execution(self.name, pipeline=pipeline)
             pipeline.persist(job.key)
             pipeline.lrem(self.claimed_key, -1, job.id)
+            job_hooks.execution_prepared(job, pipeline)
             stats.job_started(pipeline, job)
             pipeline.execute()
         return execution
@@ -297,7 +300,18 @@ class Worker(RQWorker):
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
         die_with_parent()
+        job_hooks.horse_started(job, self.connection)
         super().main_work_horse(job, queue)
+
+    def handle_payload(self, message: Any) -> None:
+        if not job_hooks.worker_command(self, parse_payload(message)):
+            super().handle_payload(message)
+
+    def handle_job_success(
+        self, job: Job, queue: Queue, started_job_registry: Any, execution: Execution
+    ) -> None:
+        super().handle_job_success(job, queue, started_job_registry, execution)
+        job_hooks.job_ended(self.connection, job)
 
     def _finalize_failure(
         self,
@@ -321,6 +335,7 @@ class Worker(RQWorker):
         execution: Execution | None = None,
     ) -> None:
         exc = self._failure_exc
+        job_hooks.job_raised(self, job, exc)
         if isinstance(exc, Defer) and self._stopped_job_id != job.id:
             self._defer(job, queue, exc, execution)
             return
@@ -344,6 +359,7 @@ class Worker(RQWorker):
             super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
         finally:
             self._failure_outcome = None
+        job_hooks.job_ended(self.connection, job)
 
     def _defer(self, job: Job, queue: Queue, exc: Defer, execution: Execution | None) -> None:
         """The job asked to run later: back to scheduled, no attempt counted, no failure kept."""
