@@ -53,8 +53,7 @@ BUILTIN_TASK_MODULES: tuple[str, ...] = (
     "atomq.builtin_tasks",
     "atomq.posts.tasks",
     # Issue 6: the workflow step job and the periodic reconcilers of workflows and batches.
-    "atomq.workflows.steps",
-    "atomq.workflows.reconcile",
+    "atomq.workflows.tasks",
     "atomq.batch_tracking",
     "atomq.recurring",
 )
@@ -122,6 +121,11 @@ class TaskSpec:
     failure_ttl: int | None = None
     isolation: Isolation | None = None
     description: str = ""
+    #: Modules the task's code needs, imported before a process forks per job (RQ's worker,
+    #: ``isolation="fork"``) so each forked process does not import them again. Persistent
+    #: workers import them lazily, on the task's first job, keeping workers that never run
+    #: the task small.
+    preload: tuple[str, ...] = ()
     signature: inspect.Signature = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -202,6 +206,7 @@ def task(
     result_ttl: int | None = None,
     failure_ttl: int | None = None,
     isolation: Isolation | None = None,
+    preload: tuple[str, ...] = (),
     registry: TaskRegistry | None = None,
 ) -> Callable[[F], F]: ...
 
@@ -215,6 +220,7 @@ def task(
     result_ttl: int | None = None,
     failure_ttl: int | None = None,
     isolation: Isolation | None = None,
+    preload: tuple[str, ...] = (),
     registry: TaskRegistry | None = None,
 ) -> F | Callable[[F], F]:
     """Register a function as a task under ``name`` (the function's name when omitted).
@@ -253,6 +259,7 @@ def task(
             failure_ttl=failure_ttl,
             isolation=isolation,
             description=inspect.getdoc(func) or "",
+            preload=tuple(preload),
         )
         target.register(spec)
         func.__atomq_task__ = spec  # type: ignore[attr-defined]
@@ -261,6 +268,16 @@ def task(
     if callable(name):
         return decorate(name)
     return decorate
+
+
+def preload(specs: Iterable[TaskSpec] | None = None) -> None:
+    """Import the ``preload`` modules of ``specs`` (every registered task by default)."""
+    for spec in registry if specs is None else specs:
+        for module in spec.preload:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                logger.warning("task %s: cannot preload %s: %s", spec.name, module, exc)
 
 
 def load_task_modules(modules: Iterable[str]) -> None:

@@ -6,22 +6,35 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from atomq.cli import exits, output
 from atomq.cli.common import Runtime, json_option, url_option
-from atomq.db.engine import Database
 from atomq.errors import ConfigurationError, InvalidInputError
 from atomq.tasks import load_task_modules
-from atomq.workflows import load_file, service
-from atomq.workflows.models import RUN_STATES
+from atomq.workflows.tasks import MAX_PAGE, RUN_STATES
+
+if TYPE_CHECKING:
+    from atomq.db.engine import Database
+
+# The workflow machinery (SQLAlchemy, the models) is imported inside the commands: every
+# `atomq` process (the worker supervisor too, whose workers it forks) imports this module.
+
+
+def _service() -> Any:
+    from atomq.workflows import service
+
+    return service
 
 
 @contextmanager
 def _database(runtime: Runtime) -> Iterator[Database]:
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from atomq.db.engine import Database
+
     database = Database.from_settings(runtime.settings)
     try:
         yield database
@@ -78,7 +91,7 @@ def list_cmd(url: str | None, as_json: bool) -> None:
     """Known workflows (defined in code or loaded from files)."""
     runtime = _runtime(url)
     with _database(runtime) as database:
-        found = service.list_definitions(database)
+        found = _service().list_definitions(database)
     if as_json:
         output.print_json([w.to_dict() for w in found.values()])
         return
@@ -99,6 +112,8 @@ def load(path: str, url: str | None, dry_run: bool) -> None:
     Unknown tasks, cycles and missing dependencies are refused with the step named.
     """
     runtime = _runtime(url)
+    from atomq.workflows import load_file
+
     found = [w.validate(runtime.task_queue.registry) for w in load_file(path)]
     if dry_run:
         for w in found:
@@ -106,7 +121,7 @@ def load(path: str, url: str | None, dry_run: bool) -> None:
         return
     with _database(runtime) as database:
         for w in found:
-            service.store_definition(database, w, source=path)
+            _service().store_definition(database, w, source=path)
             click.echo(f"loaded {w.name} ({len(w.steps)} steps)")
 
 
@@ -124,12 +139,12 @@ def run_cmd(name: str, url: str | None, input_json: str | None, wait: float | No
         raise InvalidInputError(f"--input is not JSON ({exc.msg})", field="input") from None
     runtime = _runtime(url)
     with _database(runtime) as database:
-        run = service.start_run(database, runtime.task_queue, name, data)
+        run = _service().start_run(database, runtime.task_queue, name, data)
         if wait is not None:
             deadline = time.monotonic() + wait
             while run["status"] == "running" and time.monotonic() < deadline:
                 time.sleep(0.2)
-                run = service.get_run(database, run["id"])
+                run = _service().get_run(database, run["id"])
     if as_json:
         output.print_json(run)
     elif wait is None:
@@ -148,7 +163,7 @@ def status(run_id: str, url: str | None, as_json: bool) -> None:
     """A run with each step's state, timings, result or error."""
     runtime = _runtime(url)
     with _database(runtime) as database:
-        run = service.get_run(database, run_id)
+        run = _service().get_run(database, run_id)
     if as_json:
         output.print_json(run)
     else:
@@ -159,7 +174,7 @@ def status(run_id: str, url: str | None, as_json: bool) -> None:
 @url_option
 @click.option("--workflow", "-w", help="Only runs of this workflow.")
 @click.option("--status", "-s", type=click.Choice(RUN_STATES), help="Only runs in this state.")
-@click.option("--limit", type=click.IntRange(1, service.MAX_PAGE), default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(1, MAX_PAGE), default=20, show_default=True)
 @click.option("--cursor", help="Continue after a previous page (printed at its end).")
 @json_option
 def runs(
@@ -168,7 +183,7 @@ def runs(
     """Runs, newest first."""
     runtime = _runtime(url)
     with _database(runtime) as database:
-        page = service.list_runs(database, workflow=workflow, status=status, limit=limit, cursor=cursor)
+        page = _service().list_runs(database, workflow=workflow, status=status, limit=limit, cursor=cursor)
     if as_json:
         output.print_json(page)
         return
@@ -199,7 +214,7 @@ def retry(run_id: str, url: str | None, as_json: bool) -> None:
     """Run the failed steps of a failed run again and continue from there."""
     runtime = _runtime(url)
     with _database(runtime) as database:
-        run = service.retry_run(database, runtime.task_queue, run_id)
+        run = _service().retry_run(database, runtime.task_queue, run_id)
     if as_json:
         output.print_json(run)
     else:
@@ -220,7 +235,7 @@ def cancel(run_id: str, url: str | None, grace: float | None, as_json: bool) -> 
     """Cancel a run: pending steps are canceled, running ones stopped."""
     runtime = _runtime(url)
     with _database(runtime) as database:
-        run = service.cancel_run(database, runtime.task_queue, run_id, grace=grace)
+        run = _service().cancel_run(database, runtime.task_queue, run_id, grace=grace)
     if as_json:
         output.print_json(run)
     else:

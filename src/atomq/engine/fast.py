@@ -63,7 +63,7 @@ from atomq.longjobs import JobStopped  # raised on a stop request, or by raise_i
 from atomq.observability import stats
 from atomq.observability.logging import job_log_fields, log_context
 from atomq.settings import Settings
-from atomq.tasks import registry
+from atomq.tasks import preload, registry
 from atomq.timeutil import utcnow
 
 logger = logging.getLogger("atomq.worker")
@@ -406,6 +406,7 @@ class FastWorker:
             if spec.isolation == "fork":
                 from atomq.engine.isolation import run_forked
 
+                preload([spec])  # once per process; the child starts with the imports done
                 self._in_job = True
                 forked: tuple[str, Any] = run_forked(self, job, timeout)
                 return forked

@@ -66,6 +66,18 @@ class Periodic:
 
 _registry: dict[str, Periodic] = {}
 
+#: Modules registering atomq's own periodic functions. They are imported only where a
+#: scheduler runs (they pull in SQLAlchemy and the domain models), never into workers.
+PERIODIC_MODULES: tuple[str, ...] = ("atomq.posts.reconciler", "atomq.workflows.reconcile")
+
+
+def load_periodic_modules() -> None:
+    """Import :data:`PERIODIC_MODULES` so their functions register (idempotent)."""
+    import importlib
+
+    for module in PERIODIC_MODULES:
+        importlib.import_module(module)
+
 
 def periodic(
     name: str, *, interval: float
@@ -86,13 +98,18 @@ def registered() -> list[Periodic]:
     return [_registry[name] for name in sorted(_registry)]
 
 
+def _with_builtins() -> list[Periodic]:
+    load_periodic_modules()
+    return registered()
+
+
 @dataclass
 class PeriodicRunner:
     """Runs registered periodic functions in a thread while ``is_leader()`` says so."""
 
     context: PeriodicContext
     is_leader: Callable[[], bool]
-    jobs: list[Periodic] = field(default_factory=registered)
+    jobs: list[Periodic] = field(default_factory=_with_builtins)
     _last: dict[str, float] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None

@@ -49,7 +49,7 @@ from atomq.jobs import AtomqJob
 from atomq.observability import stats
 from atomq.observability.logging import job_log_fields, log_context
 from atomq.settings import Settings
-from atomq.tasks import registry
+from atomq.tasks import preload, registry
 
 logger = logging.getLogger("atomq.worker")
 
@@ -109,6 +109,8 @@ class Worker(RQWorker):
         )
         self.scripts = Scripts(connection)
         self.claimed_key = keys.claimed_key(self.name)
+        # Work-horses are forked per job: import what tasks need once, here, not in every horse.
+        preload()
         self.wake_keys = [keys.wake_key(q.name) for q in self.queues]
 
     @property

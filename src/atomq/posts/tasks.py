@@ -1,32 +1,38 @@
 """The guide's task: ``process_scheduled_post(post_id, user_id)`` on the ``social_media`` queue.
 
-Importing this module (every atomq process does, through ``BUILTIN_TASK_MODULES``) registers
-the task and the posts reconciler. It also imports what publishing needs (SQLAlchemy, httpx,
-the publishers, cryptography) up front, so that a work-horse forked per job (RQ's worker
-class, or ``isolation="fork"``) starts publishing at once instead of spending most of a
-second on imports.
+Every atomq process imports this module (``BUILTIN_TASK_MODULES``), so it only registers the
+task: publishing's own imports (SQLAlchemy, httpx, the publishers, cryptography: ~30 MB) are
+made on the first post a process publishes, and preloaded before forking where a process forks
+per job (``preload``). The periodic reconciler registers where a scheduler runs
+(``atomq.engine.periodic.PERIODIC_MODULES``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import atomq.posts.credentials
-import atomq.posts.publishers.http
-import atomq.posts.publishers.mastodon
-import atomq.posts.publishers.outbox
-import atomq.posts.publishers.webhook  # noqa: F401 - preloaded for forked work-horses (see above)
-from atomq.posts import reconciler as _reconciler  # noqa: F401 - registers the periodic reconciler
-from atomq.posts.publishing import publish_post
-from atomq.posts.runtime import from_environment
 from atomq.tasks import Retry, task
 
-#: Retries cover waits (rate limits, a busy account) as well as failed sends; the post itself
-#: counts real attempts and gives up after ATOMQ_POSTS_MAX_ATTEMPTS.
+#: Retries cover failed sends; waits (rate limits, a busy account) defer without using one
+#: (atomq.Defer). The post itself counts real attempts and gives up after
+#: ATOMQ_POSTS_MAX_ATTEMPTS.
 POST_RETRY = Retry(max=30, delay=2, backoff=2, max_delay=600, jitter=0.25)
 
+#: What publishing imports, preloaded before a process forks per job.
+PUBLISHING_MODULES = (
+    "atomq.posts.publishing",
+    "atomq.posts.runtime",
+    "atomq.posts.credentials",
+    "atomq.posts.publishers.http",
+    "atomq.posts.publishers.mastodon",
+    "atomq.posts.publishers.outbox",
+    "atomq.posts.publishers.webhook",
+)
 
-@task("process_scheduled_post", queue="social_media", timeout=300, retry=POST_RETRY)
+
+@task(
+    "process_scheduled_post", queue="social_media", timeout=300, retry=POST_RETRY, preload=PUBLISHING_MODULES
+)
 def process_scheduled_post(post_id: str, user_id: str, revision: int | None = None) -> dict[str, Any]:
     """Publish scheduled post ``post_id`` of ``user_id``, at most once however often it runs.
 
@@ -34,6 +40,9 @@ def process_scheduled_post(post_id: str, user_id: str, revision: int | None = No
     directly for testing, as the guide shows.
     """
     from rq import get_current_job
+
+    from atomq.posts.publishing import publish_post
+    from atomq.posts.runtime import from_environment
 
     job = get_current_job()
     runtime = from_environment(job.connection if job is not None else None)

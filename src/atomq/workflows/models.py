@@ -10,13 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from atomq.db.base import Base, UTCDateTime, utcnow
 
-#: Run states. ``running`` until every step succeeded (``succeeded``), a step failed for good
-#: (``failed``; ``retry`` makes it ``running`` again) or it was canceled.
-RUN_STATES = ("running", "succeeded", "failed", "canceled")
-
-#: Step states. ``pending`` waits for its dependencies, ``queued`` has a job, ``running`` is
-#: executing (or waiting for a retry), then ``succeeded``, ``failed`` or ``canceled``.
-STEP_STATES = ("pending", "queued", "running", "succeeded", "failed", "canceled")
+# States are listed in atomq.workflows.tasks (RUN_STATES, STEP_STATES), free of SQLAlchemy.
 
 
 class WorkflowDefinitionRecord(Base):

@@ -22,12 +22,10 @@ from atomq.task_queue import TaskQueue, check_json
 from atomq.tasks import Retry
 from atomq.workflows.definitions import Workflow, WorkflowDefinitionError, registered_workflows
 from atomq.workflows.models import WorkflowDefinitionRecord, WorkflowRun, WorkflowStep
-from atomq.workflows.views import MAX_PAGE, RunNotFoundError, get_run, list_runs, run_view
+from atomq.workflows.tasks import MAX_PAGE, STEP_TASK
+from atomq.workflows.views import RunNotFoundError, get_run, list_runs, run_view
 
 logger = logging.getLogger("atomq.workflows")
-
-#: The task every step job runs (it calls the step's own task; see atomq.workflows.steps).
-STEP_TASK = "atomq.workflow_step"
 
 
 class WorkflowNotFoundError(NotFoundError):

@@ -23,9 +23,9 @@ from atomq.errors import AtomqError, PermanentError, UnknownTaskError
 from atomq.longjobs import JobStopped
 from atomq.settings import Settings, load_settings
 from atomq.task_queue import TaskQueue, check_json
-from atomq.tasks import registry, task
+from atomq.tasks import registry
 from atomq.workflows.models import WorkflowRun, WorkflowStep
-from atomq.workflows.service import STEP_TASK, advance, fail_step, note_retry
+from atomq.workflows.service import advance, fail_step, note_retry
 
 logger = logging.getLogger("atomq.workflows")
 
@@ -88,9 +88,8 @@ def _call_kwargs(run: WorkflowRun, step: WorkflowStep) -> tuple[str, dict[str, A
     return definition["task"], kwargs
 
 
-@task(STEP_TASK, queue="workflows")
-def workflow_step(run_id: str, step: str, attempt: int) -> Any:
-    """Run one step of a workflow run (see the module docstring)."""
+def run_step(run_id: str, step: str, attempt: int) -> Any:
+    """Run one step of a workflow run (the body of the ``atomq.workflow_step`` job)."""
     job = get_current_job()
     settings = load_settings()
     database = _database(settings)

@@ -12,10 +12,10 @@ from sqlalchemy import and_, or_, select
 from atomq.db.engine import Database
 from atomq.errors import InvalidInputError, NotFoundError
 from atomq.jobs import iso
-from atomq.workflows.models import RUN_STATES, WorkflowRun
+from atomq.workflows.models import WorkflowRun
+from atomq.workflows.tasks import MAX_PAGE, RUN_STATES
 
 #: Largest page of runs a list returns.
-MAX_PAGE = 200
 
 
 class RunNotFoundError(NotFoundError):
