@@ -23,6 +23,18 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: The keys of get_job_status(), in the guide's order.
+GUIDE_STATUS_KEYS = [
+    "job_id",
+    "status",
+    "created_at",
+    "enqueued_at",
+    "started_at",
+    "ended_at",
+    "result",
+    "error",
+]
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -189,25 +201,8 @@ class Processes:
             self.stop(process)
 
 
-def group_pids(pgid: int) -> list[int]:
-    """PIDs of live processes in process group ``pgid`` (zombies excluded)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp == pgid and state != "Z":
-            pids.append(int(entry.name))
-    return pids
-
-
-def children_of(pid: int) -> list[int]:
-    """Direct children of ``pid``."""
+def _live_processes() -> list[tuple[int, int, int]]:
+    """(pid, parent pid, process group) of every live process (zombies excluded), from /proc."""
     out = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -216,10 +211,21 @@ def children_of(pid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
+        # The command name may hold spaces and parentheses: fields start after the last ")".
         fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append(int(entry.name))
+        if fields[0] != "Z":
+            out.append((int(entry.name), int(fields[1]), int(fields[2])))
     return out
+
+
+def group_pids(pgid: int) -> list[int]:
+    """PIDs of live processes in process group ``pgid``."""
+    return [pid for pid, _, pgrp in _live_processes() if pgrp == pgid]
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid``."""
+    return [child for child, parent, _ in _live_processes() if parent == pid]
 
 
 POSTGRES_ADMIN_URL = os.environ.get(

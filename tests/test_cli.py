@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from atomq.cli import exits
 from atomq.engine import keys
-from tests.support import cli_env, free_port, run_cli, wait_for
+from tests.support import GUIDE_STATUS_KEYS, cli_env, free_port, run_cli, wait_for
 
 
 def test_enqueue_status_and_worker_round_trip(cli, burst):
@@ -23,16 +23,7 @@ def test_enqueue_status_and_worker_round_trip(cli, burst):
     assert "status: finished" in done.stdout
     assert "result: 42" in done.stdout
     as_json = json.loads(cli("status", job_id, "--json").stdout)
-    assert list(as_json) == [
-        "job_id",
-        "status",
-        "created_at",
-        "enqueued_at",
-        "started_at",
-        "ended_at",
-        "result",
-        "error",
-    ]
+    assert list(as_json) == GUIDE_STATUS_KEYS
 
 
 def test_enqueue_parses_json_values_and_options(cli, tq, connection):

@@ -11,6 +11,7 @@ import pytest
 from atomq.engine import keys
 from atomq.posts.publishing import publish_post
 from atomq.timeutil import utcnow
+from tests.support import GUIDE_STATUS_KEYS
 
 BASE = "/api/v1/tasks/scheduled-posts"
 
@@ -67,16 +68,7 @@ def test_create_show_and_job_at_the_exact_time(posts_api, connection):
     assert shown.json() == post
     status = posts_api.get(f"{BASE}/{post['id']}/status", headers=posts_api.auth("read")).json()
     # The guide's job status dictionary, with the post's state merged in.
-    assert {
-        "job_id",
-        "status",
-        "created_at",
-        "enqueued_at",
-        "started_at",
-        "ended_at",
-        "result",
-        "error",
-    } <= set(status)
+    assert set(GUIDE_STATUS_KEYS) <= set(status)
     assert status["job_id"] == post["job_id"]
     assert status["status"] == "scheduled"
     assert status["job_in_redis"] is True

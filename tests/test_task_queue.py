@@ -20,21 +20,20 @@ from atomq.errors import (
 )
 from atomq.settings import load_settings
 from atomq.task_queue import TaskQueue
-
-STATUS_KEYS = ["job_id", "status", "created_at", "enqueued_at", "started_at", "ended_at", "result", "error"]
+from tests.support import GUIDE_STATUS_KEYS
 
 
 def test_enqueue_runs_on_a_worker_and_reports_the_guides_status(tq, burst):
     job = tq.enqueue("add", a=2, b=3)
     queued = tq.get_job_status(job.id)
-    assert list(queued) == STATUS_KEYS
+    assert list(queued) == GUIDE_STATUS_KEYS
     assert queued["status"] == "queued"
     assert queued["started_at"] is None and queued["result"] is None
 
     burst()
 
     status = tq.get_job_status(job.id)
-    assert list(status) == STATUS_KEYS
+    assert list(status) == GUIDE_STATUS_KEYS
     assert status["job_id"] == job.id
     assert status["status"] == "finished"
     assert status["result"] == 5

@@ -13,13 +13,16 @@ It keeps RQ's hash layout, so ``Job.fetch``, ``rq info`` and rq-dashboard read a
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime, tzinfo
 from typing import Any
 
+from rq.exceptions import DeserializationError
 from rq.job import Job, JobStatus
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
+from atomq.errors import UnknownTaskError
 from atomq.observability.stats import due_time
 from atomq.tasks import TaskSpec, registry
 
@@ -220,3 +223,31 @@ def status_dict(job: Job, *, refresh: bool = False) -> dict[str, Any]:
         "result": result,
         "error": error,
     }
+
+
+def refusal_reason(job: Job) -> str | None:
+    """Why a worker must not run ``job`` (undecodable payload, unregistered task), or ``None``."""
+    try:
+        name = job.func_name
+    except DeserializationError:
+        return "its payload is not JSON (atomq never unpickles job data)"
+    try:
+        registry.get(name or "")
+    except UnknownTaskError as exc:
+        return str(exc)
+    return None
+
+
+def set_next_retry_delay(job: Job, delay: float) -> None:
+    """Make the job's next retry wait ``delay`` seconds (rounded up), keeping later intervals.
+
+    RQ reads the wait for retry n from ``retry_intervals[n]``; a task that knows better (a rate
+    limit's reset time) overrides just that slot.
+    """
+    intervals = list(job.retry_intervals or [0])
+    retries_left = job.retries_left or 0
+    index = max(len(intervals) - retries_left, 0)
+    while len(intervals) <= index:
+        intervals.append(intervals[-1])
+    intervals[index] = max(0, math.ceil(delay))
+    job.retry_intervals = intervals

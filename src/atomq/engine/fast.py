@@ -41,7 +41,6 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 from rq.defaults import UNSERIALIZABLE_RETURN_VALUE_PAYLOAD
-from rq.exceptions import DeserializationError
 from rq.job import JobStatus
 from rq.job_lifecycle import record_job_failure
 from rq.results import Result
@@ -58,7 +57,7 @@ from atomq.engine.process import set_process_title
 from atomq.engine.queues import AtomqQueue, schedule_deferred, schedule_retry
 from atomq.engine.scripts import Scripts, decode
 from atomq.errors import Defer, PermanentError, RetryableError, UnknownTaskError
-from atomq.jobs import AtomqJob, error_summary
+from atomq.jobs import AtomqJob, error_summary, refusal_reason, set_next_retry_delay
 from atomq.longjobs import JobStopped  # raised on a stop request, or by raise_if_stopping()
 from atomq.observability import stats
 from atomq.observability.logging import job_log_fields, log_context
@@ -365,7 +364,7 @@ class FastWorker:
     def _run(self, claimed: Claimed) -> None:
         """Run one claimed job; keep its success for the next round trip, record a failure now."""
         job, queue = claimed.job, claimed.queue
-        refusal = _refusal(job)
+        refusal = refusal_reason(job)
         if refusal:
             self.current = None
             self._refuse(claimed, refusal)
@@ -545,9 +544,7 @@ class FastWorker:
         if isinstance(exc, PermanentError | UnknownTaskError):
             job.retries_left = 0
         elif isinstance(exc, RetryableError) and exc.delay is not None and job.should_retry:
-            from atomq.engine.worker import _override_next_interval
-
-            _override_next_interval(job, exc.delay)
+            set_next_retry_delay(job, exc.delay)
         retry = job.should_retry and not stopped
         failure_ttl = job.failure_ttl or self.settings.failure_ttl
         level = logging.WARNING if retry else logging.ERROR
@@ -825,16 +822,3 @@ def _pubsub_error(exc: BaseException, pubsub: Any, thread: Any) -> None:
         return
     logger.warning("stop-command listener stopped: %s", exc)
     raise exc
-
-
-def _refusal(job: AtomqJob) -> str | None:
-    """Why ``job`` must not run (undecodable payload, unregistered task), or ``None``."""
-    try:
-        name = job.func_name
-    except DeserializationError:
-        return "its payload is not JSON (atomq never unpickles job data)"
-    try:
-        registry.get(name or "")
-    except UnknownTaskError as exc:
-        return str(exc)
-    return None

@@ -20,7 +20,6 @@ registries, results) and fixes where RQ loses or delays jobs:
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
 from types import TracebackType
@@ -28,7 +27,7 @@ from typing import Any
 
 import redis
 from rq.command import parse_payload
-from rq.exceptions import DeserializationError, NoSuchJobError, StopRequested
+from rq.exceptions import NoSuchJobError, StopRequested
 from rq.executions import Execution
 from rq.job import Job
 from rq.job_lifecycle import record_job_failure
@@ -45,11 +44,11 @@ from atomq.engine.process import die_with_parent
 from atomq.engine.queues import AtomqQueue, schedule_deferred
 from atomq.engine.scripts import Scripts, decode
 from atomq.errors import Defer, PermanentError, RetryableError, UnknownTaskError
-from atomq.jobs import AtomqJob
+from atomq.jobs import AtomqJob, refusal_reason, set_next_retry_delay
 from atomq.observability import stats
 from atomq.observability.logging import job_log_fields, log_context
 from atomq.settings import Settings
-from atomq.tasks import preload, registry
+from atomq.tasks import preload
 
 logger = logging.getLogger("atomq.worker")
 
@@ -217,7 +216,7 @@ class Worker(RQWorker):
             except NoSuchJobError:
                 self.connection.lrem(self.claimed_key, -1, job_id)
                 continue
-            refusal = _refusal(job)
+            refusal = refusal_reason(job)
             if refusal:
                 self._refuse(job, refusal)
                 continue
@@ -344,7 +343,7 @@ class Worker(RQWorker):
         if isinstance(exc, PermanentError | UnknownTaskError):
             job.retries_left = 0
         elif isinstance(exc, RetryableError) and exc.delay is not None and job.should_retry:
-            _override_next_interval(job, exc.delay)
+            set_next_retry_delay(job, exc.delay)
         stopped = self._stopped_job_id == job.id
         self._failure_outcome = "stopped" if stopped else "retried" if job.should_retry else "failed"
         if job.should_retry and self._stopped_job_id != job.id:
@@ -387,26 +386,3 @@ class Worker(RQWorker):
     def _stats_pipe(self, pipeline: Any) -> Any:
         # An empty pipeline is falsy (it has a length), hence no `pipeline or ...`.
         return pipeline if pipeline is not None else self.connection
-
-
-def _refusal(job: Job) -> str | None:
-    """Why ``job`` must not run (undecodable payload, unregistered task), or ``None``."""
-    try:
-        name = job.func_name
-    except DeserializationError:
-        return "its payload is not JSON (atomq never unpickles job data)"
-    try:
-        registry.get(name or "")
-    except UnknownTaskError as exc:
-        return str(exc)
-    return None
-
-
-def _override_next_interval(job: Job, delay: float) -> None:
-    intervals = list(job.retry_intervals or [0])
-    retries_left = job.retries_left or 0
-    index = max(len(intervals) - retries_left, 0)
-    while len(intervals) <= index:
-        intervals.append(intervals[-1])
-    intervals[index] = max(0, math.ceil(delay))
-    job.retry_intervals = intervals
