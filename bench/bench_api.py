@@ -146,6 +146,8 @@ def start_api(url: str, queues: int, directory: Path, **extra: str) -> tuple[sub
         ATOMQ_LOG_LEVEL="WARNING",  # no access log: measure the endpoints, not the log writer
         **extra,
     )
+    # The posts collector of /metrics reads the database: give it its tables.
+    subprocess.run([sys.executable, "-m", "atomq", "db", "upgrade"], env=env, check=True, capture_output=True)
     process = subprocess.Popen(
         [sys.executable, "-m", "atomq", "serve", "--port", str(port), "--log-level", "WARNING"],
         env=env,

@@ -160,6 +160,26 @@ def test_extra_collectors_plug_in_and_fail_alone(client):
     assert value(s, "atomq_queue_jobs", queue="default", status="queued") == 0
 
 
+def test_a_failing_collector_logs_once_not_on_every_scrape(caplog):
+    calls = []
+
+    def broken(ctx):
+        calls.append(1)
+        raise RuntimeError("no such table: scheduled_posts")
+
+    metrics.register_collector("broken", broken)
+    try:
+        with caplog.at_level("INFO", logger="atomq.metrics"):
+            for _ in range(5):
+                metrics.extra_metrics(None)
+    finally:
+        metrics.unregister_collector("broken")
+    assert len(calls) == 5
+    about_broken = [r for r in caplog.records if "collector broken" in r.getMessage()]
+    assert len(about_broken) == 1
+    assert about_broken[0].exc_info is not None
+
+
 def test_a_rendering_is_reused_for_the_cache_period(settings, connection, tmp_path, tq):
     with api_client(settings, connection, tmp_path, metrics_cache_seconds=0.5) as cached:
         first = scrape(cached)

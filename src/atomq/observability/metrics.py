@@ -132,8 +132,9 @@ def metrics_collector(name: str) -> Callable[[CollectorFunc], CollectorFunc]:
 
 
 def unregister_collector(name: str) -> None:
-    """Remove a collector (tests)."""
+    """Remove a collector (tests), and forget its failures."""
     _collectors.pop(name, None)
+    _failing_since.pop(name, None)
 
 
 def registered_collectors() -> dict[str, CollectorFunc]:
@@ -342,6 +343,28 @@ def _leadership(leader: Any, schedulers: int, job_stats: stats.JobStats) -> list
     return [present, running, last_ok, failures]
 
 
+#: Collector name -> when it last logged a failure. Prometheus scrapes every few seconds, and a
+#: collector that fails for a lasting reason (a database not migrated yet) would otherwise write
+#: a traceback per scrape; ``atomq_collector_up`` already tells the state on every scrape.
+_failing_since: dict[str, float] = {}
+
+#: Seconds between reminders while a collector keeps failing.
+FAILURE_LOG_INTERVAL = 300.0
+
+
+def _log_collector_failure(name: str, exc: Exception) -> None:
+    now = time.monotonic()
+    last = _failing_since.get(name)
+    if last is None:
+        logger.exception("metrics collector %s failed (atomq_collector_up is 0 until it works)", name)
+    elif now - last >= FAILURE_LOG_INTERVAL:
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+        logger.warning("metrics collector %s still failing: %s", name, first_line)
+    else:
+        return
+    _failing_since[name] = now
+
+
 def extra_metrics(context: MetricsContext) -> list[Metric]:
     """Metrics of the registered extra collectors, each isolated from the others' failures."""
     out: list[Metric] = []
@@ -351,10 +374,11 @@ def extra_metrics(context: MetricsContext) -> list[Metric]:
     for name, func in sorted(_collectors.items()):
         try:
             families = list(func(context))
-        except Exception:
-            logger.exception("metrics collector %s failed", name)
+        except Exception as exc:
+            _log_collector_failure(name, exc)
             up.add_metric([name], 0)
             continue
+        _failing_since.pop(name, None)
         out += families
         up.add_metric([name], 1)
     out.append(up)
