@@ -109,9 +109,8 @@ def read_pids(path: Path) -> list[int]:
     return [int(line) for line in path.read_text().split()] if path.exists() else []
 
 
-def kill_if_alive(pids: list[int]) -> list[int]:
-    """SIGKILL each of ``pids`` still running (a test cleaning up after a hostile job); returns
-    the ones that were (zombies excluded)."""
+def alive_pids(pids: list[int]) -> list[int]:
+    """Those of ``pids`` still running (zombies excluded)."""
     alive = []
     for pid in pids:
         try:
@@ -120,6 +119,28 @@ def kill_if_alive(pids: list[int]) -> list[int]:
             continue
         if state != "Z":
             alive.append(pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
     return alive
+
+
+def kill_if_alive(pids: list[int]) -> list[int]:
+    """SIGKILL each of ``pids`` still running (a test cleaning up after a hostile job); returns
+    the ones that were."""
+    alive = alive_pids(pids)
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return alive
+
+
+def record_times(ledger: Ledger, key: str) -> list[float]:
+    """Unix times at which ``key`` was recorded, oldest first (the ledger keeps them)."""
+    import sqlite3
+
+    connection = sqlite3.connect(ledger.path, timeout=30)
+    try:
+        rows = connection.execute(
+            "SELECT (at - 2440587.5) * 86400.0 FROM effects WHERE key = ? ORDER BY at", (key,)
+        ).fetchall()
+    finally:
+        connection.close()
+    return [float(at) for (at,) in rows]
