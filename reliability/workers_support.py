@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+from rq.job import Job
+from rq.results import Result
 from tests.support import children_of
 
 from atomq.engine import keys
@@ -67,9 +69,17 @@ class Killer:
         if self._thread is not None:
             self._thread.join(10)
 
+    @property
+    def ticks(self) -> int:
+        """Kill attempts so far (kills plus ticks that found no live worker)."""
+        return len(self.kills) + self.skipped
+
     def _loop(self) -> None:
         rng = random.Random(self.seed)  # noqa: S311 - chaos, not cryptography
-        while not self._stop.wait(self.interval):
+        next_at = time.monotonic() + self.interval
+        # A fixed cadence: the time spent finding a victim does not stretch the interval.
+        while not self._stop.wait(max(0.0, next_at - time.monotonic())):
+            next_at += self.interval
             pids = worker_pids(self.connection, self.supervisor_pid)
             if not pids:
                 self.skipped += 1
@@ -144,3 +154,13 @@ def record_times(ledger: Ledger, key: str) -> list[float]:
     finally:
         connection.close()
     return [float(at) for (at,) in rows]
+
+
+def attempt_seconds(job: Job) -> list[float]:
+    """How long each failed attempt of ``job`` ran, from the worker's start of the attempt to
+    the moment it recorded the failure (RQ keeps both in the job's results)."""
+    out = []
+    for result in reversed(Result.all(job)):  # newest first in RQ
+        if result.execution_started_at and result.execution_ended_at:
+            out.append((result.execution_ended_at - result.execution_started_at).total_seconds())
+    return out
