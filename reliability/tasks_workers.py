@@ -96,12 +96,15 @@ def segfault(key: str) -> None:
 
 
 @task("rel_w_hog", isolation="fork", retry=PROMPT_RETRY)
-def hog(key: str, step_mb: int = 64) -> int:
-    """Allocate (and touch) memory until something gives."""
+def hog(key: str, step_mb: int = 64, give_up_mb: int = 3072) -> int:
+    """Allocate (and touch) memory until refused. Past ``give_up_mb`` it stops on its own with
+    a RuntimeError, so a memory limit that was not applied fails the scenario rather than the
+    machine it runs on."""
     record(key)
     held: list[bytearray] = []
-    while True:
+    while len(held) * step_mb < give_up_mb:
         held.append(bytearray(os.urandom(1)) * (step_mb * 1024 * 1024))
+    raise RuntimeError(f"allocated {give_up_mb} MB and no memory limit stopped it")
 
 
 @task("rel_w_pid")
