@@ -155,3 +155,20 @@ def _first_line(error: str) -> str:
     """The last line of a traceback: the exception and its message."""
     lines = [line for line in error.strip().splitlines() if line.strip()]
     return lines[-1][:160] if lines else ""
+
+
+def test_the_memory_limit_holds_in_rq_work_horses_too(procs, tq, connection, env, ledger: Ledger):
+    """``--worker-class rq`` forks a work-horse per job; the limit applies there as well."""
+    procs.worker(
+        "--worker-class",
+        "rq",
+        "--name",
+        "horses",
+        env=worker_env(env, ledger, ATOMQ_JOB_MEMORY_LIMIT_MB=str(MEMORY_LIMIT_MB)),
+    )
+    hog = tq.enqueue("rel_w_hog", key="hog")
+    after = tq.enqueue("rel_w_ok", key="after")
+    wait_for(lambda: tq.get_job_status(hog.id)["status"] == "failed", 60, what="the hog to fail")
+    assert "MemoryError" in (tq.get_job_status(hog.id)["error"] or "")
+    assert len(record_times(ledger, "hog")) == ATTEMPTS
+    wait_for(lambda: tq.get_job_status(after.id)["status"] == "finished", 30, what="the next job")
