@@ -20,6 +20,7 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
+from tests.fakes.server import Plan
 from tests.posts_support import schedule
 from tests.support import wait_for
 
@@ -40,6 +41,8 @@ POSTS = int(size(40, 200))
 #: Seconds each job works before recording its effect: long enough that kills land mid-job.
 JOB_SECONDS = 0.02
 KILL_EVERY = 2.0
+#: Seconds the fake platform takes to answer a publish (under the 1 s publish timeout).
+PUBLISH_SECONDS = 0.25
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -56,6 +59,8 @@ def test_random_worker_kills_lose_no_job_and_publish_no_post_twice(
     # Posts fall due across the expected run time, through the scheduler and reconciler.
     spread = JOBS * JOB_SECONDS / 4
     masto = [accounts.mastodon(mastodon, handle=f"@chaos{i}@fake.social") for i in range(4)]
+    # Each publish takes PUBLISH_SECONDS at the platform, so some kills land mid-publish.
+    mastodon.plan(*(Plan(delay=PUBLISH_SECONDS) for _ in range(3 * POSTS)))
     first_due = utcnow() + timedelta(seconds=2)
     posts = [
         schedule(
@@ -106,6 +111,8 @@ def test_random_worker_kills_lose_no_job_and_publish_no_post_twice(
     assert duplicated_posts == {}
     assert sorted(published) == sorted(f"chaos post {i}" for i in range(POSTS))
     assert {p.platform_post_id for p in final} == {s["id"] for s in mastodon.statuses}
+    # A repeated request (a kill mid-publish) carried the key of the first one.
+    assert len({r.headers["idempotency-key"] for r in mastodon.requests}) == POSTS
 
     ran_twice = {key: n for key, n in ledger.duplicates().items() if key.startswith("job-")}
     kills = len(killer.kills)
@@ -138,6 +145,7 @@ def test_random_worker_kills_lose_no_job_and_publish_no_post_twice(
         posts=POSTS,
         posts_published=sum(1 for p in final if p.status == "published"),
         post_requests=len(mastodon.requests),
+        post_requests_repeated_after_a_kill=len(mastodon.requests) - POSTS,
         posts_published_twice=len(duplicated_posts),
         drain_seconds=round(drained, 1),
         jobs_per_second=round(JOBS / drained, 1),
