@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from atomq import Retry, task
 from reliability.ledger import record
@@ -105,10 +104,3 @@ def hog(key: str, step_mb: int = 64, give_up_mb: int = 3072) -> int:
     while len(held) * step_mb < give_up_mb:
         held.append(bytearray(os.urandom(1)) * (step_mb * 1024 * 1024))
     raise RuntimeError(f"allocated {give_up_mb} MB and no memory limit stopped it")
-
-
-@task("rel_w_pid")
-def pid_of_worker(path: str) -> int:
-    """Write the pid of the process running jobs (to tell whether a worker was replaced)."""
-    Path(path).write_text(str(os.getpid()))
-    return os.getpid()
