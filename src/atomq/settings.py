@@ -118,6 +118,14 @@ class Settings(BaseSettings):
         le=3600,
         description="Seconds a running job gets to stop cleanly (job_stopping()) before it is killed.",
     )
+    job_memory_limit_mb: int | None = Field(
+        default=None,
+        ge=16,
+        description="Address-space limit (RLIMIT_AS), in MB, of each process that runs one job: "
+        "tasks with isolation='fork' and the work-horses of --worker-class rq. A job growing past "
+        "it gets MemoryError (or dies) and is retried or failed like any error; the worker lives "
+        "on. Jobs running inside the fast worker's own process are not limited. Unset: no limit.",
+    )
     batch_chunk_size: int = Field(
         default=1000, ge=1, le=100_000, description="Jobs written to Redis per round trip by enqueue_batch."
     )

@@ -120,12 +120,15 @@ class Shared:
 
     deadline: Any = None  # c_double: monotonic time by which the running job must end (0: idle)
     running: Any = None  # c_char array: id of the running job (empty: idle)
+    jobs: Any = None  # c_long: jobs started since the process started (the supervisor resets it)
 
     def set(self, job_id: str, deadline: float) -> None:
         if self.running is not None:
             self.running.value = job_id.encode()[: RUNNING_ID_BYTES - 1]
         if self.deadline is not None:
             self.deadline.value = deadline
+        if self.jobs is not None:
+            self.jobs.value += 1
 
     def clear(self) -> None:
         if self.deadline is not None:

@@ -8,6 +8,7 @@ job failed or retried, while the worker carries on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from rq.timeouts import JobTimeoutException
 
-from atomq.engine.process import die_with_parent
+from atomq.engine.process import die_with_parent, limit_memory
 from atomq.errors import Defer, PermanentError, RetryableError
 
 if TYPE_CHECKING:
@@ -39,8 +40,10 @@ def run_forked(worker: FastWorker, job: AtomqJob, timeout: float) -> tuple[str, 
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
         os.close(read_fd)
-        _child(job, write_fd)
+        _child(job, write_fd, worker.settings.job_memory_limit_mb)
     os.close(write_fd)
+    with contextlib.suppress(OSError):  # also here, so a kill never races the child's own call
+        os.setpgid(pid, pid)
     worker.child_pid = pid
     deadline = time.monotonic() + timeout
     chunks: list[bytes] = []
@@ -80,8 +83,12 @@ def run_forked(worker: FastWorker, job: AtomqJob, timeout: float) -> tuple[str, 
     return "failed", (_rebuild(message), message["traceback"])
 
 
-def _child(job: AtomqJob, write_fd: int) -> None:  # pragma: no cover - child process
+def _child(job: AtomqJob, write_fd: int, memory_mb: int | None) -> None:  # pragma: no cover - child
+    # A process group of its own: the kill at the time limit takes whatever the job started
+    # too (a subprocess busy in a loop would otherwise outlive its job, unsupervised).
+    os.setpgid(0, 0)
     die_with_parent()
+    limit_memory(memory_mb)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGALRM):
         signal.signal(sig, signal.SIG_DFL)
     try:
@@ -119,10 +126,15 @@ def _kind(exc: BaseException) -> str:
 
 
 def _kill(pid: int) -> None:
+    """Kill the job's process and everything in its process group, then reap it."""
     try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        # Not (yet) a group leader: the child was killed before its setpgid ran.
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
     os.waitpid(pid, 0)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import resource
 import signal
 import sys
 
@@ -49,3 +50,19 @@ def alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def limit_memory(megabytes: int | None) -> None:
+    """Cap this process's address space (RLIMIT_AS) at ``megabytes``; ``None`` leaves it alone.
+
+    Called in a process that runs one job (a forked job, an RQ work-horse): a job that grows
+    past the cap gets ``MemoryError`` from its next allocation instead of waking the kernel's
+    OOM killer, which might pick the worker, Redis or anything else on the host.
+    """
+    if megabytes is None:
+        return
+    limit = megabytes * 1024 * 1024
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))

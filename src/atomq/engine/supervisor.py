@@ -1,7 +1,9 @@
 """The supervisor behind ``atomq worker``: N worker processes and a scheduler, kept alive.
 
 * A child that dies is restarted after a backoff (0.5 s doubling to 30 s, reset once it has
-  run a minute), and the jobs it held are recovered at once rather than after RQ's timeouts.
+  run a minute, or once a fast worker has started a job: a worker killed while it worked is
+  not failing to start, and must come back at once), and the jobs it held are recovered at
+  once rather than after RQ's timeouts.
 * SIGTERM or Ctrl-C asks every child for a warm shutdown: running jobs finish, nothing new
   starts; a second signal asks for a cold one (RQ kills the running work-horses).
 * A child that exits 0 (``--burst`` with empty queues, ``--max-jobs`` reached, a shutdown
@@ -145,6 +147,7 @@ class Supervisor:
         target = _scheduler_main if slot.role == "scheduler" else _worker_main
         if slot.shared is not None:
             slot.shared.clear()
+            slot.shared.jobs.value = 0
         slot.kill_reason = None
         process = _fork.Process(
             target=target, args=(self.settings, self.options, slot.name, slot.shared), name=slot.name
@@ -201,7 +204,11 @@ class Supervisor:
             logger.error("%s %s died (%s) after %.1f s", slot.role, slot.name, _describe(code), ran_for)
             if slot.role == "worker":
                 self._recover(slot, slot.kill_reason or f"worker process {_describe(code)}")
-            slot.failures = 1 if ran_for >= RESTART_RESET_AFTER else slot.failures + 1
+            # Backoff is for children that cannot start (a bad import, Redis refusing them); one
+            # that got as far as running a job was killed at work (OOM killer, an operator, a
+            # poison job, whose retries are bounded) and restarts after the first delay.
+            worked = slot.shared is not None and slot.shared.jobs.value > 0
+            slot.failures = 1 if ran_for >= RESTART_RESET_AFTER or worked else slot.failures + 1
             delay = min(RESTART_DELAY_MAX, RESTART_DELAY_FIRST * 2 ** (slot.failures - 1))
             slot.restart_at = time.monotonic() + delay
             logger.info("restarting %s %s in %.1f s", slot.role, slot.name, delay)
@@ -272,6 +279,7 @@ def _shared_memory() -> Shared:
     return Shared(
         deadline=_fork.Value("d", 0.0, lock=False),
         running=_fork.Array("c", RUNNING_ID_BYTES, lock=False),
+        jobs=_fork.Value("l", 0, lock=False),
     )
 
 

@@ -40,7 +40,7 @@ from rq.worker import WorkerStatus
 from atomq import job_hooks
 from atomq.connection import blocking_timeout, describe_client
 from atomq.engine import keys
-from atomq.engine.process import die_with_parent
+from atomq.engine.process import die_with_parent, limit_memory
 from atomq.engine.queues import AtomqQueue, schedule_deferred
 from atomq.engine.scripts import Scripts, decode
 from atomq.errors import Defer, PermanentError, RetryableError, UnknownTaskError
@@ -301,6 +301,7 @@ class Worker(RQWorker):
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
         die_with_parent()
+        limit_memory(self.settings.job_memory_limit_mb)
         job_hooks.horse_started(job, self.connection)
         super().main_work_horse(job, queue)
 
