@@ -93,10 +93,17 @@ def install(app: FastAPI) -> None:
             exc.status_code, "http_error"
         )
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        field = None
         if exc.status_code == 404 and message == "Not Found":
             message = f"no such endpoint: {request.method} {request.url.path}"
+        if exc.status_code == 400 and message == "There was an error parsing the body":
+            # FastAPI's words for a body that is not UTF-8 / not parseable at all.
+            code, field = "malformed_body", "body"
+            message = "the request body is not valid JSON (UTF-8 text expected)"
         return JSONResponse(
-            error_body(code, message), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+            error_body(code, message, field),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
         )
 
     @app.exception_handler(redis.ConnectionError)
