@@ -96,8 +96,10 @@ def install(app: FastAPI) -> None:
         if first.get("type") == "json_invalid":
             # Its location is a character position, not a field: name the body instead.
             position = tuple(first.get("loc") or ("?",))[-1]
-            context: dict[str, Any] = dict(first.get("ctx") or {})
-            reason = context.get("error", "cannot be parsed")
+            context = first.get("ctx")
+            reason = (
+                context.get("error", "cannot be parsed") if isinstance(context, dict) else "cannot be parsed"
+            )
             message = f"the request body is not valid JSON ({reason} at character {position})"
             return JSONResponse(error_body("invalid_json", message, "body"), status_code=422)
         field = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header"))
