@@ -134,7 +134,7 @@ def _posts(http: Http, receiver: FakeWebhookReceiver) -> None:
     http.call("PATCH", f"/api/v1/tasks/scheduled-posts/{later['id']}", {"content": "later, edited"})
     assert http.call("DELETE", f"/api/v1/tasks/scheduled-posts/{later['id']}/cancel")["status"] == "canceled"
     http.call("GET", "/api/v1/tasks/scheduled-posts")
-    assert sorted(p["text"] if "text" in p else p.get("content") for p in receiver.accepted) == ["now", "soon"]  # fmt: skip
+    assert sorted(p["content"] for p in receiver.accepted) == ["now", "soon"]
 
 
 def _batches_and_workflows(http: Http, tmp_path: Path) -> None:
