@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from tests.support import cli_env, run_cli
 
+pytestmark = pytest.mark.slow
+
 from atomq.connection import connect
 from atomq.errors import RedisUnavailableError
 from atomq.settings import load_settings
