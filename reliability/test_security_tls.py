@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 from tests.support import cli_env, run_cli
 
-pytestmark = pytest.mark.slow
-
 from atomq.connection import connect
 from atomq.errors import RedisUnavailableError
 from atomq.settings import load_settings
 from atomq.task_queue import TaskQueue
 from reliability.report import report
 from reliability.security_support import TlsRedis, issue_server_cert, make_ca
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
