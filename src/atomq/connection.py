@@ -148,7 +148,15 @@ def _reason(exc: BaseException) -> str:
     # redis-py prefixes "Error 111 connecting to host:port." - keep the useful tail only.
     if "connecting to" in text and ". " in text:
         text = text.split(". ", 1)[1]
-    return text.rstrip(".")
+    text = text.rstrip(".")
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        # OpenSSL's wording ("self-signed certificate in certificate chain") does not say what
+        # to change; name the two settings that decide it.
+        text += (
+            " (the server's certificate must be signed by the CA in ATOMQ_REDIS_SSL_CA_CERTS,"
+            " or a system CA when unset, and name the host in REDIS_URL)"
+        )
+    return text
 
 
 def _parse_url(url: str) -> Any:

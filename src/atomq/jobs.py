@@ -183,6 +183,14 @@ def error_summary(exc_string: str | None) -> str | None:
     return lines[-1] if lines else None
 
 
+def readable_meta(job: Job) -> dict[str, Any]:
+    """The job's meta, or a note when it is not JSON (RQ then keeps the raw bytes, which would
+    break any JSON reply and must never be unpickled)."""
+    if getattr(job, "_unreadable_meta", None) is not None:
+        return {"unreadable": "meta is stored in a form atomq cannot read (not JSON)"}
+    return dict(job.meta or {})
+
+
 def latest_result(job: Job) -> Result | None:
     """The job's newest Result, tolerating values that do not decode as JSON."""
     try:

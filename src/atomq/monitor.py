@@ -21,7 +21,16 @@ from atomq.engine.queues import AtomqQueue, validate_queue_name
 from atomq.engine.scheduler import leader
 from atomq.engine.scripts import decode
 from atomq.errors import JobNotFoundError, JobStateError
-from atomq.jobs import AtomqJob, error_summary, iso, latest_result, load_job, load_jobs, status_dict
+from atomq.jobs import (
+    AtomqJob,
+    error_summary,
+    iso,
+    latest_result,
+    load_job,
+    load_jobs,
+    readable_meta,
+    status_dict,
+)
 
 _RQ = keys.JOB_KEY_PREFIX.rsplit(":job:", 1)[0]
 
@@ -243,7 +252,7 @@ def job_details(connection: redis.Redis, job: AtomqJob, *, private: bool) -> dic
             {
                 "args": args,
                 "kwargs": kwargs,
-                "meta": job.meta or {},
+                "meta": readable_meta(job),
                 "traceback": latest.exc_string if latest and latest.exc_string else None,
             }
         )

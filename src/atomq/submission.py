@@ -10,14 +10,22 @@ means its own wall clock, and guessing the server's would schedule the post at t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from atomq.errors import InvalidJobOptionError, JobNotFoundError
 from atomq.jobs import AtomqJob
 from atomq.task_queue import TaskQueue
-from atomq.timeutil import to_aware
+from atomq.timeutil import to_aware, utcnow
+
+#: How far ahead a due time may be: the same ten years as the API's largest ``delay``. A time
+#: beyond it (year 9999) is a client's mistake, and would sit in Redis for ever.
+FARTHEST_AHEAD = timedelta(days=3650)
+
+#: How far in the past a due time may be. A time a little in the past runs at once (clocks
+#: differ, requests are slow); one from days or centuries ago is a wrong year or zone.
+FARTHEST_BEHIND = timedelta(days=1)
 
 
 def resolve_due_time(at: datetime, timezone: str | None) -> datetime:
@@ -33,11 +41,30 @@ def resolve_due_time(at: datetime, timezone: str | None) -> datetime:
     return to_aware(at, zone(timezone), field="at")
 
 
+def check_due_range(when: datetime) -> datetime:
+    """``when`` if it is at most a day ago and at most ten years ahead; else 422 on ``at``."""
+    now = utcnow()
+    if when.astimezone(UTC) > now + FARTHEST_AHEAD:
+        raise InvalidJobOptionError(
+            f"at ({when.isoformat()}) is more than ten years ahead; pick an earlier time", field="at"
+        )
+    if when.astimezone(UTC) < now - FARTHEST_BEHIND:
+        raise InvalidJobOptionError(
+            f"at ({when.isoformat()}) is more than a day in the past (wrong year or timezone?); "
+            "leave at out to run the job now",
+            field="at",
+        )
+    return when
+
+
 def zone(name: str) -> ZoneInfo:
     """The IANA zone ``name`` or :class:`InvalidJobOptionError` naming the field."""
     try:
+        # IANA names are short; a long one would only reach the filesystem as a bad path.
+        if len(name) > 64:
+            raise ValueError(name)
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise InvalidJobOptionError(
             f"unknown IANA timezone {name[:80]!r} (for example 'UTC' or 'Europe/Paris')", field="timezone"
         ) from None
@@ -66,7 +93,7 @@ def submit(
         raise InvalidJobOptionError("timezone only applies to at", field="timezone")
     try:
         if at is not None:
-            return task_queue.enqueue_at(resolve_due_time(at, timezone), task, **call)
+            return task_queue.enqueue_at(check_due_range(resolve_due_time(at, timezone)), task, **call)
         if delay is not None:
             return task_queue.enqueue_in(delay, task, **call)
         return task_queue.enqueue(task, **call)

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from atomq.api import errors
 from atomq.api.limits import BodySizeLimit
+from atomq.api.openapi_errors import document_errors
 from atomq.api.routes import ROUTERS
 from atomq.api.state import AppState
 from atomq.db.engine import Database
@@ -48,6 +49,7 @@ def create_app(
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     for router in ROUTERS:
         app.include_router(router)
+    document_errors(app)
     return app
 
 

@@ -6,6 +6,7 @@ Errors become HTTP statuses here and only here; routes and services raise atomq'
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import redis
@@ -53,7 +54,16 @@ class ApiError(Exception):
 
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
     """The error document every non-2xx response carries."""
-    return {"error": {"code": code, "message": message, "field": field}}
+    return {"error": {"code": code, "message": _shorten(message), "field": field}}
+
+
+#: A run of non-blank characters this long in a message is input echoed back (a 10 KB id).
+_LONG_WORD = re.compile(r"\S{120,}")
+
+
+def _shorten(message: str) -> str:
+    """The message with echoed-back input cut short, so an error never mirrors a huge value."""
+    return _LONG_WORD.sub(lambda m: f"{m.group(0)[:60]}...({len(m.group(0))} characters)", message)
 
 
 def status_for(exc: AtomqError) -> int:
@@ -83,6 +93,15 @@ def install(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":
+            # Its location is a character position, not a field: name the body instead.
+            position = tuple(first.get("loc") or ("?",))[-1]
+            context = first.get("ctx")
+            reason = (
+                context.get("error", "cannot be parsed") if isinstance(context, dict) else "cannot be parsed"
+            )
+            message = f"the request body is not valid JSON ({reason} at character {position})"
+            return JSONResponse(error_body("invalid_json", message, "body"), status_code=422)
         field = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header"))
         message = "; ".join(_describe(e) for e in errors[:5])
         return JSONResponse(error_body("invalid_request", message, field or None), status_code=422)
@@ -93,10 +112,17 @@ def install(app: FastAPI) -> None:
             exc.status_code, "http_error"
         )
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        field = None
         if exc.status_code == 404 and message == "Not Found":
             message = f"no such endpoint: {request.method} {request.url.path}"
+        if exc.status_code == 400 and message == "There was an error parsing the body":
+            # FastAPI's words for a body that is not UTF-8 / not parseable at all.
+            code, field = "malformed_body", "body"
+            message = "the request body is not valid JSON (UTF-8 text expected)"
         return JSONResponse(
-            error_body(code, message), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+            error_body(code, message, field),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
         )
 
     @app.exception_handler(redis.ConnectionError)

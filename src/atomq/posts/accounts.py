@@ -62,10 +62,10 @@ def create_account(database: Database, settings: Settings, data: AccountInput) -
             f"unknown platform {data.platform!r}: use one of {', '.join(PLATFORMS)}", field="platform"
         )
     spec = PLATFORMS[data.platform]
-    handle = check_text((data.handle or "").strip(), "handle")
+    handle = check_text((data.handle or "").strip(), "handle", single_line=True)
     if not handle or len(handle) > 255:
         raise InvalidInputError("handle must be 1-255 characters", field="handle")
-    check_text(data.user_id, "user_id", max_length=128)
+    check_text(data.user_id, "user_id", max_length=128, single_line=True)
     options = _check_options(data.platform, data.options or {})
     url = _account_url(data.platform, handle, data.url, settings)
     credentials = _check_credentials(spec.credentials, data.credentials or {})

@@ -100,7 +100,7 @@ class PostsService:
     def create(self, data: PostInput) -> ScheduledPost:
         """Validate and store a post, then give it its job if it is due within the horizon."""
         now = utcnow()
-        check_text(data.user_id, "user_id", max_length=128)
+        check_text(data.user_id, "user_id", max_length=128, single_line=True)
         account = self._account(data.account_id)
         when, tz_name = due_time(data.scheduled_for, data.timezone, now=now, publish_now=data.publish_now)
         content = check_content(data.content, account.platform, _max_chars(account))

@@ -14,6 +14,9 @@ from atomq.timeutil import to_aware
 #: How far in the past a due time may be and still count as "now" (clock skew, slow clients).
 PAST_TOLERANCE = timedelta(seconds=5)
 
+#: How far ahead a post may be scheduled: a time beyond it (year 9999) is a client's mistake.
+FARTHEST_AHEAD = timedelta(days=3650)
+
 #: Most media URLs one post may carry.
 MAX_MEDIA = 4
 
@@ -28,10 +31,13 @@ def is_id(value: str) -> bool:
     return bool(_ID.fullmatch(value))
 
 
-def check_text(value: str, field: str, *, max_length: int | None = None) -> str:
-    """Refuse NUL characters (PostgreSQL cannot store them) and overlong values."""
+def check_text(value: str, field: str, *, max_length: int | None = None, single_line: bool = False) -> str:
+    """Refuse NUL characters (PostgreSQL cannot store them) and overlong values; with
+    ``single_line``, any control character (a CR/LF in a name could forge a header or a log line)."""
     if "\x00" in value:
         raise InvalidInputError(f"{field} contains a NUL character", field=field)
+    if single_line and any(ch < " " or ch == "\x7f" for ch in value):
+        raise InvalidInputError(f"{field} contains a line break or control character", field=field)
     if max_length is not None and len(value) > max_length:
         raise InvalidInputError(f"{field} is longer than {max_length} characters", field=field)
     return value
@@ -42,10 +48,13 @@ def zone(name: str | None, *, field: str = "timezone") -> ZoneInfo | None:
     if name is None:
         return None
     try:
+        # IANA names are short; a long one would only reach the filesystem as a bad path.
+        if len(name) > 64:
+            raise ValueError(name)
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise InvalidInputError(
-            f"unknown timezone {name!r}: use an IANA name such as 'Europe/Paris' or 'UTC'", field=field
+            f"unknown timezone {name[:80]!r}: use an IANA name such as 'Europe/Paris' or 'UTC'", field=field
         ) from None
 
 
@@ -92,6 +101,11 @@ def due_time(
                 field="scheduled_for",
             )
         when = to_aware(when, tz, field="scheduled_for")
+    if when > now + FARTHEST_AHEAD:
+        raise InvalidInputError(
+            f"scheduled_for {when.isoformat()} is more than ten years ahead; pick an earlier time",
+            field="scheduled_for",
+        )
     if when < now - PAST_TOLERANCE:
         if not publish_now:
             raise InvalidInputError(

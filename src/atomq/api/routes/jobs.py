@@ -38,7 +38,9 @@ class EnqueueIn(BaseModel):
     job_id: str | None = Field(None, max_length=128, description="Your own id: letters, digits, _ and -.")
     delay: float | None = Field(None, ge=0, le=MAX_SECONDS, description="Run after this many seconds.")
     at: datetime | None = Field(
-        None, description="Run at this time: ISO-8601 with an offset, or without one plus `timezone`."
+        None,
+        description="Run at this time: ISO-8601 with an offset, or without one plus `timezone`. "
+        "At most ten years ahead; a time up to a day in the past runs at once, an older one is refused.",
     )
     timezone: str | None = Field(None, max_length=64, description="IANA zone for an `at` without offset.")
     timeout: int | None = Field(None, gt=0, le=7 * 86_400, description="Job timeout, seconds.")
