@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import redis
-
 from tests.support import RedisServer, free_port, wait_for
 
 # -- a Redis that persists with AOF ---------------------------------------------------------

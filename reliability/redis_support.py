@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 import redis
+from tests.posts_support import CREDENTIALS_KEY, POSTS_OVERRIDES
+from tests.support import Processes, cli_env, free_port, wait_for
 
 from atomq.db.engine import Database
 from atomq.db.migrate import upgrade
@@ -22,8 +24,6 @@ from atomq.settings import Settings, load_settings
 from atomq.task_queue import TaskQueue
 from reliability.ledger import Ledger
 from reliability.tasks_redis import RECORD
-from tests.posts_support import POSTS_OVERRIDES, CREDENTIALS_KEY
-from tests.support import Processes, cli_env, free_port, wait_for
 
 #: The module workers import for the scenarios' task.
 TASK_MODULES = "reliability.tasks_redis"
@@ -39,7 +39,9 @@ def sqlite_database(path: Path) -> Database:
     return database
 
 
-def scenario_settings(redis_url: str, data_dir: Path, database_url: str | None = None, **extra: Any) -> Settings:
+def scenario_settings(
+    redis_url: str, data_dir: Path, database_url: str | None = None, **extra: Any
+) -> Settings:
     """Settings of the test process: this Redis, the scenario's task, the posts fakes allowed."""
     values: dict[str, Any] = {"redis_url": redis_url, "task_modules": [TASK_MODULES], "data_dir": data_dir}
     if database_url:

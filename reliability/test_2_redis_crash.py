@@ -14,8 +14,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from tests.fakes.mastodon import FakeMastodon
+from tests.posts_support import Accounts, schedule
+from tests.support import Processes, wait_for
 
 from atomq.posts.service import PostsService
+from atomq.timeutil import utcnow
 from reliability.ledger import Ledger
 from reliability.redis_faults import AofRedis
 from reliability.redis_support import (
@@ -31,10 +35,6 @@ from reliability.redis_support import (
 from reliability.report import report
 from reliability.sizes import size
 from reliability.tasks_redis import RECORD
-from atomq.timeutil import utcnow
-from tests.fakes.mastodon import FakeMastodon
-from tests.posts_support import Accounts, schedule
-from tests.support import Processes, wait_for
 
 pytestmark = pytest.mark.slow
 
