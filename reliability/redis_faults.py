@@ -154,7 +154,7 @@ class SentinelCluster:
     """A primary and a replica on loopback ports, watched by ``sentinels`` Sentinel processes
     (the Debian ``redis-sentinel`` binary, or ``redis-server --sentinel`` without it)."""
 
-    def __init__(self, directory: Path, sentinels: int = 1, down_after_ms: int = 1000) -> None:
+    def __init__(self, directory: Path, sentinels: int = 1, down_after_ms: int = 2000) -> None:
         self.directory = directory
         self.count = sentinels
         self.down_after_ms = down_after_ms
