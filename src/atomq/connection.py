@@ -244,7 +244,7 @@ class FollowingSentinelPool(SentinelConnectionPool):
     """
 
     def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
-        super().__init__(service_name, sentinel_manager, **kwargs)
+        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
         self._checked_at = time.monotonic()
         self._check_lock = threading.Lock()
 
@@ -253,7 +253,7 @@ class FollowingSentinelPool(SentinelConnectionPool):
         if now - self._checked_at >= SENTINEL_RECHECK_SECONDS and self._check_lock.acquire(blocking=False):
             try:
                 self._checked_at = now
-                self.get_master_address()
+                self.get_master_address()  # type: ignore[no-untyped-call]
             except (redis.ConnectionError, redis.TimeoutError):
                 pass  # Sentinel unreachable: keep the connections we have; the next take retries
             finally:
