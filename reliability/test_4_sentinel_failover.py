@@ -100,6 +100,7 @@ def test_sentinel_failover(
         finally:
             jobs.stop()
 
+        stop_status = _stop_running_job(api)
         acked = list(jobs.acked)
         settled = [key for key in acked if jobs.acked[key] >= demoted]
         missing = wait_all_recorded(ledger, settled, 90)
@@ -130,12 +131,15 @@ def test_sentinel_failover(
         api_seconds_to_follow=round(api_follows, 2),
         workers_seconds_to_follow=round(workers_follow, 2),
         worker_processes_crashed=crashes,
+        stop_command_after_failover=stop_status,
     )
     assert new_port != old_port and on_new == "master"
     assert len(settled) > 0, "no enqueue was acknowledged after the failover"
     assert missing == [], missing[:10]
     assert supervisor.poll() is None and crashes == 0, Processes.log(supervisor)
     assert api_alive, Processes.log(api.process)
+    # Stop commands (pub/sub) reach workers through the new primary too.
+    assert stop_status == "stopped"
 
 
 def _followers(
@@ -160,6 +164,19 @@ def _followers(
         return api_at - promoted, ledger_times(ledger)["worker-probe"] - promoted
     finally:
         primary.close()
+
+
+def _stop_running_job(api: ApiServer) -> str:
+    """Start a long job, stop it through the API; the status it ends with."""
+    job_id = api.enqueue("long-job", seconds=60).json()["job_id"]
+    wait_for(
+        lambda: api.http.get(f"/api/v1/tasks/jobs/{job_id}").json()["status"] == "started",
+        30,
+        0.1,
+        "long job",
+    )
+    api.http.delete(f"/api/v1/tasks/jobs/{job_id}", params={"wait": 10})
+    return str(api.http.get(f"/api/v1/tasks/jobs/{job_id}").json()["status"])
 
 
 def _is_replica(port: int) -> bool:
