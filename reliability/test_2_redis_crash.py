@@ -82,6 +82,7 @@ def test_redis_sigkilled_under_load(
         time.sleep(DOWN)
         aof_redis.restart()
         restarted_at = time.time()
+        lost_post_jobs = _post_jobs_missing(service, aof_redis)
         time.sleep(AFTER)
     finally:
         jobs.stop()
@@ -91,6 +92,10 @@ def test_redis_sigkilled_under_load(
     tq.enqueue(RECORD, "after-restart")
     wait_for(lambda: not ledger.missing(["after-restart"]), 60, 0.1, "workers to run jobs after the restart")
     assert supervisor.poll() is None, Processes.log(supervisor)
+    # The restarted Redis had no Lua scripts; the workers loaded theirs again (NOSCRIPT handled).
+    probe = aof_redis.client()
+    scripts_back = all(probe.script_exists(*_worker_script_shas()))
+    probe.close()
     # ...and no process of it crashed on the way (the supervisor would hide that by restarting it).
     crashes = Processes.log(supervisor).count(" died (exit code")
     # Resumed: the first job recorded once Redis was back (a job held through the crash or
@@ -102,6 +107,7 @@ def test_redis_sigkilled_under_load(
     window = jobs.acked_between(crashed_at - AOF_WINDOW, crashed_at)
     after = jobs.acked_between(restarted_at, float("inf"))
     lost_safe = wait_all_recorded(ledger, safe + after, 60)
+    jobs_done_at = time.time()
     lost_window = ledger.missing(window)
     duplicates = {key: n for key, n in ledger.duplicates().items() if key.startswith("job-")}
 
@@ -116,6 +122,7 @@ def test_redis_sigkilled_under_load(
         wait_for(all_published, 60, 0.5, "every scheduled post to be published")
     except AssertionError:
         published_in_time = False
+    posts_done_at = time.time()
     final = service.list_posts(limit=500).items
     contents = [status["content"] for status in mastodon.statuses]
     posted_twice = sorted({c for c in contents if contents.count(c) > 1})
@@ -134,17 +141,37 @@ def test_redis_sigkilled_under_load(
         lost_after_restart=len([k for k in lost_safe if k in set(after)]),
         duplicate_job_runs=len(duplicates),
         seconds_to_resume=round(resume_seconds, 2),
+        seconds_until_all_jobs_ran=round(jobs_done_at - restarted_at, 2),
         worker_processes_crashed=crashes,
         posts=len(final),
+        post_jobs_missing_after_restart=lost_post_jobs,
         posts_refused_during_crash=len(posts.refused),
         posts_published=sum(1 for p in final if p.status == "published"),
         posts_published_twice=len(posted_twice),
+        seconds_until_all_posts_published=round(posts_done_at - restarted_at, 2),
     )
     assert len(safe) > RATE * (BEFORE - AOF_WINDOW) * 0.5, "the load fell far short of its rate"
     assert lost_safe == [], f"{len(lost_safe)} acknowledged jobs lost: {lost_safe[:10]}"
     assert resume_seconds < 60
     assert crashes == 0, Processes.log(supervisor)
+    assert scripts_back
     assert len(stored) >= POST_RATE * BEFORE * 0.5
     assert published_in_time, {p.id: p.status for p in final if p.status != "published"}
     assert posted_twice == []
     assert len(contents) == len(final)
+
+
+def _post_jobs_missing(service: PostsService, server: AofRedis) -> int:
+    """Scheduled posts whose job the restarted Redis does not have (the reconciler's work)."""
+    client = server.client()
+    try:
+        waiting = [p for p in service.list_posts(limit=500).items if p.status == "scheduled"]
+        return sum(1 for post in waiting if not client.exists(f"rq:job:{post.job_id}"))
+    finally:
+        client.close()
+
+
+def _worker_script_shas() -> list[str]:
+    from atomq.engine.fast_scripts import CLAIM_START, FINISH_MANY, Lua
+
+    return [Lua(None, source).sha for source in (CLAIM_START, FINISH_MANY)]  # type: ignore[arg-type]
