@@ -177,7 +177,7 @@ class SentinelCluster:
         wait_for(lambda: self._link_up(replica), 20, 0.1, "the replica to sync with the primary")
         for index in range(self.count):
             self._start_sentinel(index, primary.port)
-        wait_for(self._sees_replica, 30, 0.2, "the sentinels to discover the replica")
+        wait_for(self._sees_replica, 30, 0.2, "the sentinels to discover the replica and each other")
         return self
 
     def _start_sentinel(self, index: int, primary_port: int) -> None:
@@ -292,6 +292,14 @@ class SentinelCluster:
             finally:
                 client.close()
             if not any(_flags(entry) == "slave" for entry in replicas):
+                return False
+            # With several sentinels a failover needs a majority: each must know the others.
+            client = self.sentinel(index)
+            try:
+                peers = client.execute_command("SENTINEL", "SENTINELS", MASTER_NAME)
+            finally:
+                client.close()
+            if len(peers) < self.count - 1:
                 return False
         return True
 
