@@ -36,7 +36,7 @@ from reliability.report import report
 from reliability.sizes import size
 from reliability.tasks_redis import RECORD
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(int(size(120, 900)))]
 
 RATE = size(200, 500)  # enqueues a second through Sentinel
 BEFORE = size(1.5, 20.0)  # seconds of load before the failover
