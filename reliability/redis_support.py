@@ -181,9 +181,11 @@ class ApiServer:
         except httpx.HTTPError:
             return False
 
-    def enqueue(self, key: str, seconds: float = 0.0) -> httpx.Response:
+    def enqueue(self, key: str, seconds: float = 0.0, **options: Any) -> httpx.Response:
+        """POST /api/v1/tasks/jobs for the ledger task (``options``: at_front, queue...)."""
         return self.http.post(
-            "/api/v1/tasks/jobs", json={"task": RECORD, "kwargs": {"key": key, "seconds": seconds}}
+            "/api/v1/tasks/jobs",
+            json={"task": RECORD, "kwargs": {"key": key, "seconds": seconds}, **options},
         )
 
     def close(self) -> None:

@@ -104,7 +104,7 @@ def test_sentinel_failover(
         stop_status = _stop_running_job(api) if trigger == "sentinel-failover" else "stopped"
         acked = list(jobs.acked)
         settled = [key for key in acked if jobs.acked[key] >= demoted]
-        missing = wait_all_recorded(ledger, settled, 90)
+        missing = wait_all_recorded(ledger, settled, size(90, 300))
         # Let stragglers of the failover window run before counting losses.
         unsettled = [key for key in acked if jobs.acked[key] < demoted]
         lost = wait_all_recorded(ledger, unsettled, 3)
@@ -151,7 +151,7 @@ def _followers(
     primary = redis.Redis(port=new_port, socket_timeout=2)
     direct = TaskQueue(settings=settings, connection=primary)
     try:
-        direct.enqueue(RECORD, "worker-probe")
+        direct.enqueue(RECORD, "worker-probe", at_front=True)  # ahead of the backlog
         probes = iter(range(10_000))
 
         def api_lands() -> float | None:
@@ -169,7 +169,7 @@ def _followers(
 
 def _stop_running_job(api: ApiServer) -> str:
     """Start a long job, stop it through the API; the status it ends with."""
-    job_id = api.enqueue("long-job", seconds=60).json()["job_id"]
+    job_id = api.enqueue("long-job", seconds=60, at_front=True).json()["job_id"]
     wait_for(
         lambda: api.http.get(f"/api/v1/tasks/jobs/{job_id}").json()["status"] == "started",
         30,
