@@ -149,6 +149,11 @@ def _close(sock: socket.socket) -> None:
 #: The master name the scenario's sentinels monitor (what ATOMQ_REDIS_SENTINEL_MASTER names).
 MASTER_NAME = "atomq-primary"
 
+#: Options of both data nodes (either may be primary): a replica syncs at once instead of
+#: after the default 5 s wait for more replicas, and SIGTERM at the end of a test does not
+#: wait for replicas to catch up.
+NODE_OPTIONS = ("--repl-diskless-sync-delay", "0", "--shutdown-on-sigterm", "now")
+
 
 class SentinelCluster:
     """A primary and a replica on loopback ports, watched by ``sentinels`` Sentinel processes
@@ -168,10 +173,10 @@ class SentinelCluster:
         return ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
 
     def start(self) -> SentinelCluster:
-        primary = RedisServer(self.directory / "node-a").start()
+        primary = RedisServer(self.directory / "node-a", extra=list(NODE_OPTIONS)).start()
         self.servers.append(primary)
         replica = RedisServer(
-            self.directory / "node-b", extra=["--replicaof", "127.0.0.1", str(primary.port)]
+            self.directory / "node-b", extra=[*NODE_OPTIONS, "--replicaof", "127.0.0.1", str(primary.port)]
         ).start()
         self.servers.append(replica)
         wait_for(lambda: self._link_up(replica), 20, 0.1, "the replica to sync with the primary")
