@@ -57,6 +57,7 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._sockets: set[socket.socket] = set()
+        self._silent = threading.Event()
         self.accepted = 0
 
     @property
@@ -87,7 +88,23 @@ class TcpProxy:
         for sock in open_sockets:
             _close(sock)
 
-    stop = cut
+    def stop(self) -> None:
+        self._silent.clear()
+        self.cut()
+
+    def go_silent(self) -> None:
+        """A partition that drops packets: connections stay open and new ones are accepted,
+        but nothing crosses (clients wait out their timeouts) until :meth:`heal`."""
+        self._silent.set()
+
+    def heal(self) -> None:
+        """End :meth:`go_silent`. Nothing sent during the partition arrives: the connections
+        that lived through it are reset (both ends gave up on them), new ones work."""
+        with self._lock:
+            open_sockets, self._sockets = self._sockets, set()
+        for sock in open_sockets:
+            _close(sock)
+        self._silent.clear()
 
     @property
     def is_cut(self) -> bool:
@@ -125,6 +142,8 @@ class TcpProxy:
     def _pump(self, source: socket.socket, target: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                while self._silent.is_set() and source.fileno() != -1:
+                    time.sleep(0.02)  # nothing crosses a partition; heal() drops these bytes
                 target.sendall(data)
         except OSError:
             pass
