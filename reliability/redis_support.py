@@ -5,10 +5,9 @@ SQLite database, and an ``atomq serve`` process with a token.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,12 +190,3 @@ class ApiServer:
     def close(self) -> None:
         self.http.close()
         self.procs.stop(self.process)
-
-
-@contextlib.contextmanager
-def api_server(procs: Processes, env: dict[str, str]) -> Iterator[ApiServer]:
-    server = ApiServer(procs, env)
-    try:
-        yield server
-    finally:
-        server.close()

@@ -10,6 +10,7 @@ re-creates from the database whatever jobs Redis lost).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -47,11 +48,11 @@ AOF_WINDOW = 1.5  # acks older than this before the crash must survive it
 
 
 @pytest.fixture
-def aof_redis(tmp_path: Path) -> AofRedis:
+def aof_redis(tmp_path: Path) -> Iterator[AofRedis]:
     server = AofRedis(tmp_path / "redis")
     server.start()
     try:
-        yield server  # type: ignore[misc]
+        yield server
     finally:
         server.stop()
 
