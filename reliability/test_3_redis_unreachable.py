@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(int(size(120, 900)))]
 #: How Redis becomes unreachable, and for how many seconds: "refused" resets every connection
 #: and refuses new ones (Redis down, or a firewall that rejects); "silent" lets nothing through
 #: and answers nothing (a partition that drops packets), so every call waits out its timeout.
-OUTAGES = [("refused", size(3.0, 30.0)), ("refused", size(8.0, 120.0)), ("silent", size(6.0, 60.0))]
+OUTAGES = [("refused", size(3.0, 30.0)), ("refused", size(8.0, 120.0)), ("silent", size(2.0, 60.0))]
 BEFORE = 60  # quick jobs enqueued before the outage
 SLOW = 4  # jobs still running when the outage starts
 AFTER = 60  # quick jobs enqueued after it
