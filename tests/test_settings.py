@@ -69,7 +69,9 @@ def test_sentinel_settings_build_a_sentinel_client():
     target = parse_target(settings)
     assert "sentinel master 'queues'" in target.describe()
     client = connect(settings, check=False)
-    assert type(client.connection_pool).__name__ == "SentinelConnectionPool"
+    # redis-py's Sentinel pool, rechecking where the primary is (follows a failover at once).
+    assert type(client.connection_pool).__name__ == "FollowingSentinelPool"
+    assert type(client.connection_pool).__mro__[1].__name__ == "SentinelConnectionPool"
 
 
 @pytest.mark.parametrize(

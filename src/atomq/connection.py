@@ -8,18 +8,23 @@ password.
 from __future__ import annotations
 
 import ssl
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 import redis
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from atomq.errors import ConfigurationError, RedisUnavailableError
 from atomq.settings import Settings
 
 #: Seconds to wait for a TCP connection to Redis before giving up on one attempt.
 CONNECT_TIMEOUT = 5.0
+
+#: Seconds between asking Sentinel where the primary is (see :class:`FollowingSentinelPool`).
+SENTINEL_RECHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -225,8 +230,40 @@ def _sentinel_client(settings: Settings, options: dict[str, Any]) -> redis.Redis
     sentinel = Sentinel(addresses, sentinel_kwargs=sentinel_options, **options)
     client: redis.Redis = sentinel.master_for(
         settings.redis_sentinel_master,
+        connection_pool_class=FollowingSentinelPool,
         db=settings.redis_db,
         password=settings.redis_password or None,
         username=settings.redis_username or None,
     )
     return client
+
+
+class FollowingSentinelPool(SentinelConnectionPool):
+    """A Sentinel pool that notices a failover within a second, not when the old primary
+    finally refuses a write.
+
+    redis-py asks Sentinel where the primary is only when it opens a connection, and a demoted
+    primary refuses writes only once Sentinel gets round to reconfiguring it (about ten seconds
+    after a ``SENTINEL FAILOVER``). Until then open connections keep writing to the old
+    primary, and what they write is acknowledged and then lost when it resyncs from the new
+    one. Here taking a connection asks Sentinel again at most every
+    ``SENTINEL_RECHECK_SECONDS``; on a change redis-py drops the idle connections, and busy
+    ones are dropped when given back (``owns_connection`` compares addresses).
+    """
+
+    def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
+        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+        self._checked_at = time.monotonic()
+        self._check_lock = threading.Lock()
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        now = time.monotonic()
+        if now - self._checked_at >= SENTINEL_RECHECK_SECONDS and self._check_lock.acquire(blocking=False):
+            try:
+                self._checked_at = now
+                self.get_master_address()  # type: ignore[no-untyped-call]
+            except (redis.ConnectionError, redis.TimeoutError):
+                pass  # Sentinel unreachable: keep the connections we have; the next take retries
+            finally:
+                self._check_lock.release()
+        return super().get_connection(*args, **kwargs)

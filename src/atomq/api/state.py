@@ -14,6 +14,9 @@ from atomq.observability.metrics import CachedExposition
 from atomq.settings import Settings
 from atomq.task_queue import TaskQueue
 
+#: Seconds an API request waits on Redis before answering 503.
+API_REDIS_TIMEOUT = 5.0
+
 
 @dataclass
 class AppState:
@@ -30,7 +33,13 @@ class AppState:
     @cached_property
     def redis(self) -> redis.Redis:
         # No PING at start-up: the API must come up (and answer 503) while Redis is away.
-        return self.redis_client or connect(self.settings, check=False)
+        # Its commands are short (no blocking reads), so a Redis that stops answering - a
+        # partition that drops packets - gets a 503 after API_REDIS_TIMEOUT seconds, not after
+        # the workers' longer socket timeout.
+        timeout = min(self.settings.redis_socket_timeout, API_REDIS_TIMEOUT)
+        return self.redis_client or connect(
+            self.settings, check=False, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
 
     @cached_property
     def database(self) -> Database:

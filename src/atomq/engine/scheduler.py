@@ -139,13 +139,13 @@ class Scheduler:
         try:
             while not self._stop.is_set():
                 try:
-                    sleep_for = self._step()
+                    # The wait is a BLPOP too: a Redis that dies while we wait must not end
+                    # the scheduler (it would leave the jobs due meanwhile unmoved).
+                    self._sleep(self._step())
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     logger.error("scheduler %s: Redis unreachable (%s); retrying in 2 s", self.name, exc)
                     self.is_leader = False
                     self._stop.wait(2)
-                    continue
-                self._sleep(sleep_for)
         finally:
             if self.runner is not None:
                 self.runner.stop()
