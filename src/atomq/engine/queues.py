@@ -11,10 +11,12 @@ Differences from RQ, all through RQ's extension points:
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import redis
 from rq.exceptions import DuplicateJobError
 from rq.job import JobStatus
 from rq.queue import Queue
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
     from redis import Redis
     from redis.client import Pipeline
     from rq.job import Job
+
+logger = logging.getLogger("atomq.queues")
 
 #: Queue names: they become Redis keys, metric labels and URL segments.
 QUEUE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -125,8 +129,18 @@ class AtomqQueue(Queue):
         )
         if stored == 0:
             raise DuplicateJobError(f"Job with ID '{job.id}' already exists")
-        stats.mark_due(self.connection, job.key, due_timestamp(when))
-        self.connection.lpush(keys.SCHEDULER_WAKE, 1)
+        # The job is stored whole by now; what follows is a metric field and a wake-up hint.
+        # A Redis that fills up right here must not make the caller believe nothing was queued.
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                stats.mark_due(pipe, job.key, due_timestamp(when))
+                pipe.lpush(keys.SCHEDULER_WAKE, 1)
+                pipe.ltrim(keys.SCHEDULER_WAKE, 0, WAKE_TOKENS_KEPT - 1)
+                pipe.execute()
+        except redis.ResponseError as exc:
+            logger.warning(
+                "job %s is scheduled, but its due-time metric and wake-up were refused: %s", job.id, exc
+            )
 
 
 def schedule_retry(job: Job, queue: AtomqQueue, pipe: Any) -> None:
