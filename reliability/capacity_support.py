@@ -19,7 +19,9 @@ from typing import Any
 import redis
 from tests.support import RedisServer
 
+from atomq.db.engine import Database
 from atomq.engine import keys
+from atomq.timeutil import utcnow
 
 #: Keys the filler writes; everything else in the keyspace is atomq's.
 FILLER_PREFIX = "filler:"
@@ -184,3 +186,61 @@ def spread(count: int, start: datetime, span: timedelta) -> Iterator[datetime]:
     step = span / count
     for index in range(count):
         yield start + step * index
+
+
+def insert_posts(
+    database: Database,
+    account_id: str,
+    count: int,
+    start: datetime,
+    span: timedelta,
+    *,
+    chunk: int = 10_000,
+) -> int:
+    """Bulk-insert ``count`` scheduled posts due evenly over ``span`` from ``start``.
+
+    Rows are what :meth:`PostsService.create` stores (status ``scheduled``, revision 1, the job
+    id derived from the post), written with SQLAlchemy Core ``chunk`` rows per statement: a
+    million posts through the service would take hours, and what is measured is the reading
+    side. Returns how many were inserted.
+    """
+    from atomq.posts.jobs import job_id_for
+    from atomq.posts.models import ScheduledPost
+
+    table = ScheduledPost.__table__
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    inserted = 0
+
+    def flush() -> None:
+        nonlocal inserted
+        if rows:
+            with database.engine.begin() as connection:
+                connection.execute(table.insert(), rows)
+            inserted += len(rows)
+            rows.clear()
+
+    for index, due in enumerate(spread(count, start, span)):
+        post_id = f"post_{index:08d}{uuid.uuid4().hex[:16]}"
+        rows.append(
+            {
+                "id": post_id,
+                "user_id": f"user_{index % 1000}",
+                "account_id": account_id,
+                "content": f"scheduled post number {index}",
+                "media_urls": [],
+                "scheduled_for": due,
+                "timezone": "UTC",
+                "status": "scheduled",
+                "revision": 1,
+                "job_id": job_id_for(post_id, 1),
+                "attempts": 0,
+                "job_replacements": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        if len(rows) >= chunk:
+            flush()
+    flush()
+    return inserted

@@ -42,6 +42,9 @@ NEXT_PASS_KEY = "atomq:posts:reconcile:next"  # noqa: S105 - a Redis key name
 #: Posts read and checked per round trip.
 BATCH = 1000
 
+#: Ids per ``IN (...)`` when reading the posts that need action (SQLite's old limit is 999).
+IN_CHUNK = 500
+
 #: Times a post's job may end without publishing before the post is failed.
 MAX_JOB_REPLACEMENTS = 3
 
@@ -97,10 +100,15 @@ def reconcile(runtime: PostsRuntime, now: datetime | None = None) -> Report:
     report = Report()
     tq = TaskQueue(settings=runtime.settings, connection=runtime.connection)
     horizon = now + timedelta(seconds=runtime.settings.posts_horizon)
+    # Posts due after this entered the horizon since the previous pass (give or take a late
+    # pass): their job is made now by design. Earlier ones should have had one already.
+    entering = horizon - timedelta(seconds=2 * runtime.settings.posts_reconcile_interval)
     after: tuple[datetime, str] | None = None
     while True:
+        # Only what tells whether a post's job is live: a pass reads every post within the
+        # horizon, and whole ORM rows (content, media...) would cost more than the check.
         query = (
-            select(ScheduledPost)
+            select(ScheduledPost.id, ScheduledPost.revision, ScheduledPost.scheduled_for)
             .where(ScheduledPost.status == "scheduled", ScheduledPost.scheduled_for <= horizon)
             .order_by(ScheduledPost.scheduled_for, ScheduledPost.id)
             .limit(BATCH)
@@ -111,12 +119,11 @@ def reconcile(runtime: PostsRuntime, now: datetime | None = None) -> Report:
                 > tuple_(literal(after[0], UTCDateTime()), literal(after[1]))
             )
         with runtime.database.session() as session:
-            posts = list(session.scalars(query))
-            session.expunge_all()
-        if not posts:
+            rows = [(row.id, row.revision, row.scheduled_for) for row in session.execute(query)]
+        if not rows:
             break
-        _scheduled(runtime, tq, posts, report)
-        after = (posts[-1].scheduled_for, posts[-1].id)
+        _scheduled(runtime, tq, [(post_id, revision) for post_id, revision, _ in rows], report, entering)
+        after = (rows[-1][2], rows[-1][0])
     with runtime.database.session() as session:
         stuck = list(
             session.scalars(
@@ -132,56 +139,95 @@ def reconcile(runtime: PostsRuntime, now: datetime | None = None) -> Report:
     return report
 
 
-def _scheduled(runtime: PostsRuntime, tq: TaskQueue, posts: list[ScheduledPost], report: Report) -> None:
-    from atomq.posts.jobs import LIVE_STATUSES, delete_job, ensure_job, job_id_for, job_statuses
+def _scheduled(
+    runtime: PostsRuntime, tq: TaskQueue, rows: list[tuple[str, int]], report: Report, entering: datetime
+) -> None:
+    """Check one page of ``(post id, revision)``: one round trip for all their jobs' statuses,
+    then act on the few whose job is missing or ended (read whole only then)."""
+    from sqlalchemy import select
+
+    from atomq.posts.jobs import LIVE_STATUSES, job_id_for, job_statuses
+    from atomq.posts.models import ScheduledPost
+
+    statuses = job_statuses(runtime.connection, [job_id_for(post_id, revision) for post_id, revision in rows])
+    report.checked += len(rows)
+    pending = {
+        post_id: (revision, status)
+        for (post_id, revision), status in zip(rows, statuses, strict=True)
+        if status not in LIVE_STATUSES
+    }
+    if not pending:
+        return
+    wanted = list(pending)
+    posts: list[ScheduledPost] = []
+    with runtime.database.session() as session:
+        for start in range(0, len(wanted), IN_CHUNK):
+            chunk = wanted[start : start + IN_CHUNK]
+            posts.extend(session.scalars(select(ScheduledPost).where(ScheduledPost.id.in_(chunk))))
+        session.expunge_all()
+    for post in posts:
+        revision, status = pending[post.id]
+        if post.status != "scheduled" or post.revision != revision:
+            continue  # it moved on since the page was read; the next pass sees it as it is now
+        _check_scheduled(runtime, tq, post, job_id_for(post.id, revision), status, report, entering)
+
+
+def _check_scheduled(
+    runtime: PostsRuntime,
+    tq: TaskQueue,
+    post: ScheduledPost,
+    job_id: str,
+    status: str | None,
+    report: Report,
+    entering: datetime,
+) -> None:
+    """Act on a scheduled post whose job is missing (``status`` None) or ended."""
+    from atomq.posts.jobs import delete_job, ensure_job
     from atomq.posts.models import ScheduledPost
     from atomq.posts.records import update_post
     from atomq.timeutil import utcnow
 
-    ids = [job_id_for(post.id, post.revision) for post in posts]
-    statuses = job_statuses(runtime.connection, ids)
-    for post, job_id, status in zip(posts, ids, statuses, strict=True):
-        report.checked += 1
-        still = [ScheduledPost.status == "scheduled", ScheduledPost.revision == post.revision]
-        if status is None:
-            if ensure_job(tq, post, job_id):
-                report.created += 1
+    still = [ScheduledPost.status == "scheduled", ScheduledPost.revision == post.revision]
+    if status is None:
+        if ensure_job(tq, post, job_id):
+            report.created += 1
+            if post.scheduled_for > entering:
+                logger.debug("post %s entered the horizon; created %s", post.id, job_id)
+            else:
                 logger.warning("post %s had no job in Redis; created %s", post.id, job_id)
-            if post.job_id != job_id:
-                update_post(runtime.database, post.id, still, {"job_id": job_id})
-        elif status in LIVE_STATUSES:
-            continue
-        elif status == "canceled":
-            if update_post(
-                runtime.database,
-                post.id,
-                still,
-                {
-                    "status": "canceled",
-                    "canceled_at": utcnow(),
-                    "last_error": f"its job {job_id} was canceled",
-                },
-            ):
-                report.canceled += 1
-        elif post.job_replacements < MAX_JOB_REPLACEMENTS:
-            # Claim the replacement on the post first: if the post moved on meanwhile, leave the job be.
-            if update_post(
-                runtime.database, post.id, [*still], {"job_replacements": ScheduledPost.job_replacements + 1}
-            ):
-                delete_job(runtime.connection, job_id)
-                ensure_job(tq, post, job_id)
-                report.replaced += 1
-                logger.warning("post %s: its job ended (%s) without publishing; replaced it", post.id, status)
-        elif update_post(
+        if post.job_id != job_id:
+            update_post(runtime.database, post.id, still, {"job_id": job_id})
+    elif status == "canceled":
+        if update_post(
             runtime.database,
             post.id,
             still,
             {
-                "status": "failed",
-                "last_error": f"its job ended ({status}) {MAX_JOB_REPLACEMENTS + 1} times without publishing",
+                "status": "canceled",
+                "canceled_at": utcnow(),
+                "last_error": f"its job {job_id} was canceled",
             },
         ):
-            report.failed += 1
+            report.canceled += 1
+    elif post.job_replacements < MAX_JOB_REPLACEMENTS:
+        # Claim the replacement on the post first: if the post moved on meanwhile, leave the job be.
+        if update_post(
+            runtime.database, post.id, [*still], {"job_replacements": ScheduledPost.job_replacements + 1}
+        ):
+            delete_job(runtime.connection, job_id)
+            ensure_job(tq, post, job_id)
+            report.replaced += 1
+            logger.warning("post %s: its job ended (%s) without publishing; replaced it", post.id, status)
+    elif update_post(
+        runtime.database,
+        post.id,
+        still,
+        {
+            "status": "failed",
+            "last_error": f"its job ended ({status}) {MAX_JOB_REPLACEMENTS + 1} times without publishing",
+        },
+    ):
+        report.failed += 1
 
 
 def _publishing(
