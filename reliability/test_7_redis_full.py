@@ -67,6 +67,7 @@ class FullRedis:
     api: Any
     env: dict[str, str]
     parent_id: str
+    database: Database
 
 
 @pytest.fixture
@@ -93,9 +94,8 @@ def full_redis(tmp_path: Path) -> Iterator[FullRedis]:
         app = create_app(settings, redis_client=client, database=database)
         try:
             with TestClient(app, raise_server_exceptions=False) as api:
-                yield FullRedis(
-                    client, server.url, settings, tq, api, cli_env(server.url, tmp_path / "var"), parent.id
-                )
+                env = cli_env(server.url, tmp_path / "var")
+                yield FullRedis(client, server.url, settings, tq, api, env, parent.id, database)
         finally:
             client.close()
             database.dispose()
@@ -250,4 +250,39 @@ def requeue_after_freeing(full: FullRedis, filler_keys: int) -> None:
     # 2 before filling; library: 1 + 1 + 10 (many) + 10 (batch); API: 1 + 1 + 5; CLI: 2.
     assert queued == 2 + 1 + 1 + 10 + 10 + 1 + 1 + 5 + 1 + 1, queued
     assert scheduled == 3 + 1 + 1, scheduled  # library 3, API 1, CLI 1
+    assert half_written_jobs(full.client) == []
+
+
+def test_a_post_scheduled_while_redis_is_full_is_kept_and_gets_its_job_later(full_redis: FullRedis) -> None:
+    """Scheduled posts live in the database first: a full Redis delays their job, never the post."""
+    from tests.posts_support import POSTS_OVERRIDES
+
+    from atomq.posts.accounts import AccountInput, create_account
+    from atomq.posts.jobs import job_id_for
+    from atomq.posts.reconciler import reconcile
+    from atomq.posts.runtime import PostsRuntime
+    from atomq.posts.service import PostInput, PostsService
+
+    full = full_redis
+    settings = full.settings.model_copy(update=POSTS_OVERRIDES)
+    account = create_account(full.database, settings, AccountInput("outbox", "local", "user_1"))
+    service = PostsService(full.database, TaskQueue(settings=settings, connection=full.client), settings)
+    fill_up(full.client)
+    before = keyspace(full.client)
+
+    post = service.create(
+        PostInput(
+            account.id, "written while Redis is full", "user_1", scheduled_for=utcnow() + timedelta(hours=1)
+        )
+    )
+    assert service.get(post.id).status == "scheduled"
+    assert keyspace_changes(before, keyspace(full.client)) == {"added": [], "removed": [], "changed": []}
+
+    free(full.client)
+    runtime = PostsRuntime(settings, full.database, full.client)
+    try:
+        assert reconcile(runtime).created == 1
+    finally:
+        runtime.close()
+    assert full.client.hget(f"rq:job:{job_id_for(post.id, 1)}", "status") == b"scheduled"
     assert half_written_jobs(full.client) == []
