@@ -39,7 +39,7 @@ RECONCILE_TICK = 1.0
 #: Redis key whose expiry spaces the passes.
 NEXT_PASS_KEY = "atomq:posts:reconcile:next"  # noqa: S105 - a Redis key name
 
-#: Posts read and checked per round trip.
+#: Posts whose jobs are checked per round trip to Redis.
 BATCH = 1000
 
 #: Ids per ``IN (...)`` when reading the posts that need action (SQLite's old limit is 999).
@@ -89,9 +89,8 @@ def reconcile_posts(ctx: PeriodicContext) -> None:
 
 def reconcile(runtime: PostsRuntime, now: datetime | None = None) -> Report:
     """One pass over the database; see the module documentation."""
-    from sqlalchemy import literal, or_, select, tuple_
+    from sqlalchemy import or_, select
 
-    from atomq.db.base import UTCDateTime
     from atomq.posts.models import ScheduledPost
     from atomq.task_queue import TaskQueue
     from atomq.timeutil import utcnow
@@ -103,27 +102,19 @@ def reconcile(runtime: PostsRuntime, now: datetime | None = None) -> Report:
     # Posts due after this entered the horizon since the previous pass (give or take a late
     # pass): their job is made now by design. Earlier ones should have had one already.
     entering = horizon - timedelta(seconds=2 * runtime.settings.posts_reconcile_interval)
-    after: tuple[datetime, str] | None = None
-    while True:
-        # Only what tells whether a post's job is live: a pass reads every post within the
-        # horizon, and whole ORM rows (content, media...) would cost more than the check.
-        query = (
-            select(ScheduledPost.id, ScheduledPost.revision, ScheduledPost.scheduled_for)
-            .where(ScheduledPost.status == "scheduled", ScheduledPost.scheduled_for <= horizon)
-            .order_by(ScheduledPost.scheduled_for, ScheduledPost.id)
-            .limit(BATCH)
-        )
-        if after is not None:
-            query = query.where(
-                tuple_(ScheduledPost.scheduled_for, ScheduledPost.id)
-                > tuple_(literal(after[0], UTCDateTime()), literal(after[1]))
-            )
-        with runtime.database.session() as session:
-            rows = [(row.id, row.revision, row.scheduled_for) for row in session.execute(query)]
-        if not rows:
-            break
-        _scheduled(runtime, tq, [(post_id, revision) for post_id, revision, _ in rows], report, entering)
-        after = (rows[-1][2], rows[-1][0])
+    # Only what tells whether a post's job is live, in one query: a pass reads every post
+    # within the horizon, and whole ORM rows (content, media, times to convert) or one query
+    # per page would cost more than the check itself. The list is as long as the horizon is
+    # full, which is also what Redis holds.
+    query = (
+        select(ScheduledPost.id, ScheduledPost.revision)
+        .where(ScheduledPost.status == "scheduled", ScheduledPost.scheduled_for <= horizon)
+        .order_by(ScheduledPost.scheduled_for, ScheduledPost.id)
+    )
+    with runtime.database.session() as session:
+        rows: list[tuple[str, int]] = [(post_id, revision) for post_id, revision in session.execute(query)]
+    for start in range(0, len(rows), BATCH):
+        _scheduled(runtime, tq, rows[start : start + BATCH], report, entering)
     with runtime.database.session() as session:
         stuck = list(
             session.scalars(
