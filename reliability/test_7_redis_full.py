@@ -286,3 +286,30 @@ def test_a_post_scheduled_while_redis_is_full_is_kept_and_gets_its_job_later(ful
         runtime.close()
     assert full.client.hget(f"rq:job:{job_id_for(post.id, 1)}", "status") == b"scheduled"
     assert half_written_jobs(full.client) == []
+
+
+def test_a_batch_that_fills_redis_midway_keeps_whole_chunks_and_says_what_it_queued(
+    full_redis: FullRedis,
+) -> None:
+    """Redis fills up during a batch of many chunks: each chunk is written whole or not at all,
+    and the error says which items were queued (they run; the rest can be sent again)."""
+    import re
+
+    full = full_redis
+    fill_up(full.client)
+    used = int(full.client.info("memory")["used_memory"])
+    full.client.config_set("maxmemory", used + 300 * 1024)  # room for a few chunks only
+    total, chunk = 2000, 50
+    with pytest.raises(RedisFullError) as refused:
+        full.tq.enqueue_batch(
+            "echo", [{"value": f"{i}:" + "x" * 500} for i in range(total)], chunk_size=chunk
+        )
+    match = re.search(r"batch (\S+) has items 0-(\d+) of 2000 queued", refused.value.message)
+    assert match, refused.value.message
+    batch_id, queued = match.group(1), int(match.group(2)) + 1
+    assert 0 < queued < total and queued % chunk == 0, queued
+    assert full.client.llen("rq:queue:high_priority") == queued
+    stored = sum(1 for _ in full.client.scan_iter(match=f"rq:job:{batch_id}-*", count=1000))
+    assert stored == queued
+    assert full.client.hget(f"atomq:batch:{batch_id}", "total") == str(total).encode()
+    assert half_written_jobs(full.client) == []
