@@ -6,6 +6,7 @@ database (scenario 8).
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 import uuid
@@ -165,8 +166,9 @@ class Timings:
             self.samples.append(time.perf_counter() - started)
 
     def percentile(self, fraction: float) -> float:
+        """Nearest-rank percentile: the smallest sample at or above ``fraction`` of them."""
         ordered = sorted(self.samples)
-        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+        return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
     def summary(self) -> dict[str, float | int]:
         """Count, p50, p99 and max, in milliseconds."""
