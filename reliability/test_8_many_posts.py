@@ -114,7 +114,7 @@ def test_redis_holds_only_the_horizon_and_ticks_stay_fast(
         gc.unfreeze()
 
     figures = report(
-        "8_many_posts",
+        f"8_many_posts_{database.dialect}",
         database=database.dialect,
         posts=POSTS,
         span_days=SPAN.days,
