@@ -157,6 +157,17 @@ def api_calls(full: FullRedis) -> dict[str, Callable[[], Any]]:
     }
 
 
+#: What the API answers from Redis without writing; a full Redis must not break them.
+READ_PATHS = (
+    "/api/v1/tasks/jobs/{job_id}",
+    "/api/v1/tasks/queues",
+    "/api/v1/tasks/scheduled",
+    "/api/v1/tasks/workers",
+    "/api/v1/tasks/failed",
+    "/ready",
+    "/metrics",
+)
+
 CLI_CALLS: dict[str, tuple[str, ...]] = {
     "cli_enqueue": ("enqueue", "add", "a=1", "b=2"),
     "cli_enqueue_in": ("enqueue", "add", "a=1", "b=2", "--in", "30m"),
@@ -210,6 +221,12 @@ def refuse_everything(full: FullRedis, filler_keys: int) -> None:
             result.stderr
         )
         assert result.stdout == ""
+
+    # Reads still work (and write nothing either): status, the API's views, readiness, metrics.
+    assert full.tq.get_job_status(full.parent_id)["status"] == "queued"
+    for path in READ_PATHS:
+        response = full.api.get(path.format(job_id=full.parent_id), headers=AUTH)
+        assert response.status_code == 200, (path, response.status_code, response.text)
 
     # Nothing half-written: not one key added, removed or changed, and every job whole.
     assert keyspace_changes(before, keyspace(full.client)) == {"added": [], "removed": [], "changed": []}
