@@ -527,8 +527,9 @@ class _RedisErrors:
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is Redis refusing a write because ``maxmemory`` is reached.
 
-    redis-py raises ``OutOfMemoryError`` and strips Redis's ``OOM`` prefix from the message;
-    a script's refused write comes back as a plain ``ResponseError`` that keeps it.
+    redis-py raises ``OutOfMemoryError`` and strips Redis's ``OOM`` prefix from the message
+    (so looking for "OOM" in the text never matched); a plain ``ResponseError`` that still
+    carries the prefix (another client library, a relayed script error) counts too.
     """
     if isinstance(exc, redis.exceptions.OutOfMemoryError):
         return True
