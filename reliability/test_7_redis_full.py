@@ -233,7 +233,10 @@ def refuse_everything(full: FullRedis, filler_keys: int) -> None:
     assert half_written_jobs(full.client) == []
 
     summaries = {name: timing.summary() for name, timing in timings.items()}
-    all_samples = Timings([s for timing in timings.values() for s in timing.samples])
+    all_samples = Timings(
+        [s for timing in timings.values() for s in timing.samples],
+        [s for timing in timings.values() for s in timing.cpu],
+    )
     overall = all_samples.summary()
     report(
         "7_redis_full",
