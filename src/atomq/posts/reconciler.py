@@ -17,6 +17,7 @@ the key that spaces the runs is lost with it. Each pass:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -118,7 +119,7 @@ def reconcile(runtime: PostsRuntime, now: datetime | None = None) -> Report:
     # Plain reads on a connection (no ORM session): this runs every pass.
     with runtime.database.engine.connect() as connection:
         # fetchall at once: iterating a result fetches row by row, several times slower.
-        rows = list(connection.execute(query).tuples().all())
+        rows = list(connection.execute(query).all())
         stuck_ids = list(connection.scalars(stuck_query))
     for start in range(0, len(rows), BATCH):
         _scheduled(runtime, tq, rows[start : start + BATCH], report, entering)
@@ -134,7 +135,7 @@ def reconcile(runtime: PostsRuntime, now: datetime | None = None) -> Report:
 
 
 def _scheduled(
-    runtime: PostsRuntime, tq: TaskQueue, rows: list[tuple[str, int]], report: Report, entering: datetime
+    runtime: PostsRuntime, tq: TaskQueue, rows: Sequence[tuple[str, int]], report: Report, entering: datetime
 ) -> None:
     """Check one page of ``(post id, revision)``: one round trip for all their jobs' statuses,
     then act on the few whose job is missing or ended (read whole only then)."""
