@@ -175,6 +175,7 @@ CLI_CALLS: dict[str, tuple[str, ...]] = {
 }
 
 
+@pytest.mark.slow
 def test_a_full_redis_refuses_every_enqueue_fast_and_whole(full_redis: FullRedis) -> None:
     full = full_redis
     filler_keys = fill_up(full.client)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import redis
@@ -52,10 +52,12 @@ BYTES_PER_JOB = 4096
 
 
 def used_memory(connection: redis.Redis) -> int:
+    """Redis's ``used_memory`` (bytes)."""
     return int(connection.info("memory")["used_memory"])
 
 
-def in_horizon(database: Database, until: object) -> int:
+def in_horizon(database: Database, until: datetime) -> int:
+    """Scheduled posts due by ``until``."""
     query = select(func.count()).where(
         ScheduledPost.status == "scheduled", ScheduledPost.scheduled_for <= until
     )
