@@ -37,7 +37,14 @@ from rq.utils import utcformat
 
 from atomq.engine import keys
 from atomq.engine.queues import wake_workers
-from atomq.errors import AtomqError, DuplicateJobError, InvalidInputError, NotFoundError, TaskArgumentsError
+from atomq.errors import (
+    AtomqError,
+    DuplicateJobError,
+    InvalidInputError,
+    NotFoundError,
+    RedisFullError,
+    TaskArgumentsError,
+)
 from atomq.timeutil import utcnow
 
 if TYPE_CHECKING:
@@ -158,10 +165,16 @@ def enqueue_batch(
     batch = Batch(batch_id, task, queue.name, len(calls))
     payloads = _serialize(template_job.serializer, task, calls)
     with tq._redis_errors():
-        _create_record(tq, batch, description)
+        if tq.connection.exists(batch_key(batch.id)):
+            raise DuplicateJobError(f"a batch with id {batch.id!r} already exists", field="batch_id")
         index = 0
         for chunk in chunked(payloads, chunk_size):
             with tq.connection.pipeline() as pipe:
+                if index == 0:
+                    # The record rides with the first chunk: a batch of one chunk is written
+                    # whole or not at all (a full Redis refuses it entirely), and no record
+                    # ever exists without jobs.
+                    _create_record(tq, pipe, batch, description)
                 ids = _write_chunk(pipe, template_job, batch, index, chunk)
                 pipe.sadd(keys.QUEUES_SET, queue.key)
                 if at_front:
@@ -169,9 +182,26 @@ def enqueue_batch(
                 else:
                     pipe.rpush(queue.key, *ids)
                 wake_workers(pipe, queue.name)
-                pipe.execute()
+                try:
+                    pipe.execute()
+                except redis.RedisError as exc:
+                    if index:
+                        _refused_midway(exc, batch, index)
+                    raise
             index += len(chunk)
     return batch
+
+
+def _refused_midway(exc: redis.RedisError, batch: Batch, queued: int) -> None:
+    """Redis filled up after some chunks were written: say exactly what was queued."""
+    from atomq.task_queue import is_out_of_memory
+
+    if is_out_of_memory(exc):
+        raise RedisFullError(
+            f"Redis is out of memory (maxmemory reached): batch {batch.id} has items 0-{queued - 1} "
+            f"of {batch.total} queued (they run); the rest were not queued. Free memory or raise "
+            "maxmemory, then queue the remaining items as a new batch."
+        ) from None
 
 
 def _check_batch(tq: TaskQueue, task: str, calls: list[Any], batch_id: str | None, chunk_size: int) -> str:
@@ -205,31 +235,27 @@ def _check_batch(tq: TaskQueue, task: str, calls: list[Any], batch_id: str | Non
     return batch_id
 
 
-def _create_record(tq: TaskQueue, batch: Batch, description: str | None) -> None:
-    connection = tq.connection
-    if connection.exists(batch_key(batch.id)):
-        raise DuplicateJobError(f"a batch with id {batch.id!r} already exists", field="batch_id")
+def _create_record(tq: TaskQueue, pipe: Any, batch: Batch, description: str | None) -> None:
+    """Queue the batch's record, bitmaps and active entry on ``pipe``."""
     created = time.time()
     batch_ttl = tq.settings.batch_ttl
-    with connection.pipeline() as pipe:
-        pipe.hset(
-            batch_key(batch.id),
-            mapping={
-                "task": batch.task,
-                "queue": batch.queue,
-                "total": batch.total,
-                "created_at": repr(created),
-                "state": "running",
-                "description": description or "",
-            },
-        )
-        pipe.expire(batch_key(batch.id), batch_ttl)
-        for outcome in (*OUTCOMES, "started"):
-            # Allocated now so that each bitmap carries the batch's expiry from the start.
-            pipe.setbit(bits_key(batch.id, outcome), batch.total - 1, 0)
-            pipe.expire(bits_key(batch.id, outcome), batch_ttl)
-        pipe.zadd(ACTIVE_BATCHES, {batch.id: created})
-        pipe.execute()
+    pipe.hset(
+        batch_key(batch.id),
+        mapping={
+            "task": batch.task,
+            "queue": batch.queue,
+            "total": batch.total,
+            "created_at": repr(created),
+            "state": "running",
+            "description": description or "",
+        },
+    )
+    pipe.expire(batch_key(batch.id), batch_ttl)
+    for outcome in (*OUTCOMES, "started"):
+        # Allocated now so that each bitmap carries the batch's expiry from the start.
+        pipe.setbit(bits_key(batch.id, outcome), batch.total - 1, 0)
+        pipe.expire(bits_key(batch.id, outcome), batch_ttl)
+    pipe.zadd(ACTIVE_BATCHES, {batch.id: created})
 
 
 def _serialize(serializer: Any, task: str, calls: list[Any]) -> list[bytes]:

@@ -6,6 +6,7 @@ The tree (HTTP status in brackets, as the API reports it)::
     ├── ConfigurationError              a setting is missing or malformed                  [500]
     ├── UnavailableError                a backing service cannot be reached                [503]
     │   ├── RedisUnavailableError       names host, port and db, never the password
+    │   │   └── RedisFullError          Redis refused a write: maxmemory reached (noeviction)
     │   └── DatabaseUnavailableError    never shows the password
     ├── InvalidInputError               the caller sent something unusable                 [422]
     │   ├── TaskError
@@ -67,6 +68,17 @@ class RedisUnavailableError(UnavailableError):
     """Redis cannot be reached. The message names host, port and db, never the password."""
 
     code = "redis_unavailable"
+
+
+class RedisFullError(RedisUnavailableError):
+    """Redis refused a write because it reached ``maxmemory`` (policy ``noeviction``).
+
+    Raised only when Redis refused the *whole* write: atomq writes a job (hash, queue or
+    schedule entry, dependency and batch records) in one transaction or script, so nothing
+    of it was stored. Retry once memory is freed or ``maxmemory`` raised.
+    """
+
+    code = "redis_full"
 
 
 class DatabaseUnavailableError(UnavailableError):

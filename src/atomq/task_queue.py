@@ -45,6 +45,7 @@ from atomq.errors import (
     InvalidJobOptionError,
     JobNotFoundError,
     JobStateError,
+    RedisFullError,
     RedisUnavailableError,
     TaskArgumentsError,
 )
@@ -501,7 +502,8 @@ class TaskQueue:
 
 
 class _RedisErrors:
-    """Turn redis-py connection failures into :class:`RedisUnavailableError`."""
+    """Turn redis-py connection failures into :class:`RedisUnavailableError`, and a write
+    refused by a full Redis into :class:`RedisFullError`."""
 
     def __init__(self, owner: TaskQueue) -> None:
         self.owner = owner
@@ -510,16 +512,36 @@ class _RedisErrors:
         return None
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc is not None and isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-            from atomq.connection import describe_client
+        if exc is None:
+            return
+        from atomq.connection import describe_client
 
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
             where = describe_client(self.owner.connection)
             raise RedisUnavailableError(f"lost the connection to Redis at {where}: {exc}") from None
-        if exc is not None and isinstance(exc, redis.ResponseError) and "OOM" in str(exc):
-            raise RedisUnavailableError(
-                "Redis is out of memory (maxmemory reached); nothing was queued. "
-                "Free memory or raise maxmemory."
-            ) from None
+        if is_out_of_memory(exc):
+            where = describe_client(self.owner.connection)
+            raise RedisFullError(full_message(where)) from None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis refusing a write because ``maxmemory`` is reached.
+
+    redis-py raises ``OutOfMemoryError`` and strips Redis's ``OOM`` prefix from the message
+    (so looking for "OOM" in the text never matched); a plain ``ResponseError`` that still
+    carries the prefix (another client library, a relayed script error) counts too.
+    """
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).lstrip().startswith("OOM")
+
+
+def full_message(where: str) -> str:
+    """The one message every front end gives for a write refused by a full Redis."""
+    return (
+        f"Redis at {where} is out of memory (maxmemory reached, policy noeviction) and refused "
+        "the write; nothing was queued. Free memory or raise maxmemory, then retry."
+    )
 
 
 def _ttl(value: Any, default: int | None, name: str) -> int | None:

@@ -20,6 +20,7 @@ from atomq.errors import (
     ConflictError,
     InvalidInputError,
     NotFoundError,
+    RedisFullError,
     UnavailableError,
 )
 
@@ -66,6 +67,20 @@ def _shorten(message: str) -> str:
     return _LONG_WORD.sub(lambda m: f"{m.group(0)[:60]}...({len(m.group(0))} characters)", message)
 
 
+#: Seconds a client should wait before retrying a write Redis refused for lack of memory
+#: (someone has to free memory or raise maxmemory first).
+FULL_RETRY_AFTER = 30
+
+
+def _retry_after(exc: AtomqError) -> dict[str, str] | None:
+    """A ``Retry-After`` header for errors that pass once Redis is back or has room again."""
+    if isinstance(exc, RedisFullError):
+        return {"Retry-After": str(FULL_RETRY_AFTER)}
+    if isinstance(exc, UnavailableError):
+        return {"Retry-After": "5"}
+    return None
+
+
 def status_for(exc: AtomqError) -> int:
     for kind, status in _STATUS:
         if isinstance(exc, kind):
@@ -81,7 +96,9 @@ def install(app: FastAPI) -> None:
         status = status_for(exc)
         if status >= 500:
             logger.error("%s %s failed: %s", request.method, request.url.path, exc)
-        return JSONResponse(error_body(exc.code, exc.message, exc.field), status_code=status)
+        return JSONResponse(
+            error_body(exc.code, exc.message, exc.field), status_code=status, headers=_retry_after(exc)
+        )
 
     @app.exception_handler(ApiError)
     async def _api(request: Request, exc: ApiError) -> JSONResponse:
@@ -137,12 +154,17 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(redis.ResponseError)
     async def _redis_refused(request: Request, exc: redis.ResponseError) -> JSONResponse:
-        text = str(exc)
-        if text.startswith("OOM"):
+        from atomq.connection import describe_client
+        from atomq.task_queue import full_message, is_out_of_memory
+
+        if is_out_of_memory(exc):
+            # A write outside TaskQueue (which raises RedisFullError itself): same answer.
+            where = describe_client(request.app.state.atomq.redis)
+            logger.error("%s %s: Redis is full: %s", request.method, request.url.path, exc)
             return JSONResponse(
-                error_body("redis_full", "Redis is out of memory; nothing was written"),
+                error_body(RedisFullError.code, full_message(where)),
                 status_code=503,
-                headers={"Retry-After": "30"},
+                headers={"Retry-After": str(FULL_RETRY_AFTER)},
             )
         logger.error("%s %s: Redis refused a command: %s", request.method, request.url.path, exc)
         return JSONResponse(error_body("redis_error", "Redis refused the operation"), status_code=503)

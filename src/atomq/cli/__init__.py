@@ -56,6 +56,12 @@ class AtomqGroup(click.Group):
             click.echo(f"error: lost the connection to Redis: {exc}", err=True)
             ctx.exit(exits.UNAVAILABLE)
         except redis.ResponseError as exc:
+            from atomq.task_queue import is_out_of_memory
+
+            if is_out_of_memory(exc):
+                # Outside TaskQueue (which raises RedisFullError): the same line, the same code.
+                click.echo(f"error: Redis is out of memory (maxmemory reached) and refused: {exc}", err=True)
+                ctx.exit(exits.UNAVAILABLE)
             click.echo(f"error: Redis refused the command: {exc}", err=True)
             ctx.exit(exits.FAILURE)
         except KeyboardInterrupt:

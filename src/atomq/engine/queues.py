@@ -11,10 +11,13 @@ Differences from RQ, all through RQ's extension points:
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import redis
+from redis.exceptions import WatchError
 from rq.exceptions import DuplicateJobError
 from rq.job import JobStatus
 from rq.queue import Queue
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
     from redis import Redis
     from redis.client import Pipeline
     from rq.job import Job
+
+logger = logging.getLogger("atomq.queues")
 
 #: Queue names: they become Redis keys, metric labels and URL segments.
 QUEUE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -69,8 +74,17 @@ class AtomqQueue(Queue):
     ) -> Job:
         """Queue ``job`` in one round trip (RQ takes two: the queue set, then the job).
 
-        Jobs with dependencies, uniqueness or a caller's pipeline take RQ's own path.
+        Jobs with uniqueness or a caller's pipeline take RQ's own path; jobs with dependencies
+        take it inside one transaction (:meth:`_enqueue_with_dependencies`).
         """
+        if (
+            job._dependency_ids
+            and pipeline is None
+            and not unique
+            and not job.has_rate_limit
+            and self._is_async
+        ):
+            return self._enqueue_with_dependencies(job, at_front)
         if unique or job._dependency_ids or job.has_rate_limit or pipeline is not None or not self._is_async:
             return super().enqueue_job(job, pipeline=pipeline, at_front=at_front, unique=unique)
         job.origin = self.name
@@ -80,6 +94,21 @@ class AtomqQueue(Queue):
             self._enqueue_job(job, pipeline=pipe, at_front=at_front)
             pipe.execute()
         return job
+
+    def _enqueue_with_dependencies(self, job: Job, at_front: bool) -> Job:
+        """RQ stores a job with dependencies in one round trip and adds its queue to the queue
+        set in another; a Redis that fills up in between refuses the call after the job was
+        stored. Given a pipeline, RQ puts both in one WATCHed transaction instead: retried here
+        when a dependency changes meanwhile, as RQ retries its own."""
+        status = job.get_status(refresh=False)
+        while True:
+            with self.connection.pipeline() as pipe:
+                try:
+                    super().enqueue_job(job, pipeline=pipe, at_front=at_front)
+                    pipe.execute()
+                    return job
+                except WatchError:
+                    job._status = status
 
     def push_job_id(self, job_id: str, pipeline: Pipeline | None = None, at_front: bool = False) -> None:
         """Push the id as RQ does, then wake an idle worker."""
@@ -125,8 +154,18 @@ class AtomqQueue(Queue):
         )
         if stored == 0:
             raise DuplicateJobError(f"Job with ID '{job.id}' already exists")
-        stats.mark_due(self.connection, job.key, due_timestamp(when))
-        self.connection.lpush(keys.SCHEDULER_WAKE, 1)
+        # The job is stored whole by now; what follows is a metric field and a wake-up hint.
+        # A Redis that fills up right here must not make the caller believe nothing was queued.
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                stats.mark_due(pipe, job.key, due_timestamp(when))
+                pipe.lpush(keys.SCHEDULER_WAKE, 1)
+                pipe.ltrim(keys.SCHEDULER_WAKE, 0, WAKE_TOKENS_KEPT - 1)
+                pipe.execute()
+        except redis.ResponseError as exc:
+            logger.warning(
+                "job %s is scheduled, but its due-time metric and wake-up were refused: %s", job.id, exc
+            )
 
 
 def schedule_retry(job: Job, queue: AtomqQueue, pipe: Any) -> None:

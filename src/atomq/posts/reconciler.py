@@ -17,6 +17,7 @@ the key that spaces the runs is lost with it. Each pass:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -39,8 +40,11 @@ RECONCILE_TICK = 1.0
 #: Redis key whose expiry spaces the passes.
 NEXT_PASS_KEY = "atomq:posts:reconcile:next"  # noqa: S105 - a Redis key name
 
-#: Posts read and checked per round trip.
+#: Posts whose jobs are checked per round trip to Redis.
 BATCH = 1000
+
+#: Ids per ``IN (...)`` when reading the posts that need action (SQLite's old limit is 999).
+IN_CHUNK = 500
 
 #: Times a post's job may end without publishing before the post is failed.
 MAX_JOB_REPLACEMENTS = 3
@@ -86,9 +90,8 @@ def reconcile_posts(ctx: PeriodicContext) -> None:
 
 def reconcile(runtime: PostsRuntime, now: datetime | None = None) -> Report:
     """One pass over the database; see the module documentation."""
-    from sqlalchemy import literal, or_, select, tuple_
+    from sqlalchemy import or_, select
 
-    from atomq.db.base import UTCDateTime
     from atomq.posts.models import ScheduledPost
     from atomq.task_queue import TaskQueue
     from atomq.timeutil import utcnow
@@ -97,91 +100,129 @@ def reconcile(runtime: PostsRuntime, now: datetime | None = None) -> Report:
     report = Report()
     tq = TaskQueue(settings=runtime.settings, connection=runtime.connection)
     horizon = now + timedelta(seconds=runtime.settings.posts_horizon)
-    after: tuple[datetime, str] | None = None
-    while True:
-        query = (
-            select(ScheduledPost)
-            .where(ScheduledPost.status == "scheduled", ScheduledPost.scheduled_for <= horizon)
-            .order_by(ScheduledPost.scheduled_for, ScheduledPost.id)
-            .limit(BATCH)
-        )
-        if after is not None:
-            query = query.where(
-                tuple_(ScheduledPost.scheduled_for, ScheduledPost.id)
-                > tuple_(literal(after[0], UTCDateTime()), literal(after[1]))
-            )
-        with runtime.database.session() as session:
-            posts = list(session.scalars(query))
-            session.expunge_all()
-        if not posts:
-            break
-        _scheduled(runtime, tq, posts, report)
-        after = (posts[-1].scheduled_for, posts[-1].id)
+    # Posts due after this entered the horizon since the previous pass (give or take a late
+    # pass): their job is made now by design. Earlier ones should have had one already.
+    entering = horizon - timedelta(seconds=2 * runtime.settings.posts_reconcile_interval)
+    # Only what tells whether a post's job is live, in one query: a pass reads every post
+    # within the horizon, and whole ORM rows (content, media, times to convert) or one query
+    # per page would cost more than the check itself. The list is as long as the horizon is
+    # full, which is also what Redis holds.
+    query = (
+        select(ScheduledPost.id, ScheduledPost.revision)
+        .where(ScheduledPost.status == "scheduled", ScheduledPost.scheduled_for <= horizon)
+        .order_by(ScheduledPost.scheduled_for, ScheduledPost.id)
+    )
+    stuck_query = select(ScheduledPost.id).where(
+        ScheduledPost.status == "publishing",
+        or_(ScheduledPost.attempt_id.is_(None), ScheduledPost.lease_until < now),
+    )
+    # Plain reads on a connection (no ORM session): this runs every pass.
+    with runtime.database.engine.connect() as connection:
+        # fetchall at once: iterating a result fetches row by row, several times slower.
+        rows = list(connection.execute(query).all())
+        stuck_ids = list(connection.scalars(stuck_query))
+    for start in range(0, len(rows), BATCH):
+        _scheduled(runtime, tq, rows[start : start + BATCH], report, entering)
+    if not stuck_ids:
+        return report
     with runtime.database.session() as session:
-        stuck = list(
-            session.scalars(
-                select(ScheduledPost).where(
-                    ScheduledPost.status == "publishing",
-                    or_(ScheduledPost.attempt_id.is_(None), ScheduledPost.lease_until < now),
-                )
-            )
-        )
+        stuck = list(session.scalars(select(ScheduledPost).where(ScheduledPost.id.in_(stuck_ids[:IN_CHUNK]))))
         session.expunge_all()
     for post in stuck:
-        _publishing(runtime, tq, post, now, report)
+        if post.status == "publishing":
+            _publishing(runtime, tq, post, now, report)
     return report
 
 
-def _scheduled(runtime: PostsRuntime, tq: TaskQueue, posts: list[ScheduledPost], report: Report) -> None:
-    from atomq.posts.jobs import LIVE_STATUSES, delete_job, ensure_job, job_id_for, job_statuses
+def _scheduled(
+    runtime: PostsRuntime, tq: TaskQueue, rows: Sequence[tuple[str, int]], report: Report, entering: datetime
+) -> None:
+    """Check one page of ``(post id, revision)``: one round trip for all their jobs' statuses,
+    then act on the few whose job is missing or ended (read whole only then)."""
+    from sqlalchemy import select
+
+    from atomq.posts.jobs import LIVE_STATUSES, job_id_for, job_statuses
+    from atomq.posts.models import ScheduledPost
+
+    statuses = job_statuses(runtime.connection, [job_id_for(post_id, revision) for post_id, revision in rows])
+    report.checked += len(rows)
+    pending = {
+        post_id: (revision, status)
+        for (post_id, revision), status in zip(rows, statuses, strict=True)
+        if status not in LIVE_STATUSES
+    }
+    if not pending:
+        return
+    wanted = list(pending)
+    posts: list[ScheduledPost] = []
+    with runtime.database.session() as session:
+        for start in range(0, len(wanted), IN_CHUNK):
+            chunk = wanted[start : start + IN_CHUNK]
+            posts.extend(session.scalars(select(ScheduledPost).where(ScheduledPost.id.in_(chunk))))
+        session.expunge_all()
+    for post in posts:
+        revision, status = pending[post.id]
+        if post.status != "scheduled" or post.revision != revision:
+            continue  # it moved on since the page was read; the next pass sees it as it is now
+        _check_scheduled(runtime, tq, post, job_id_for(post.id, revision), status, report, entering)
+
+
+def _check_scheduled(
+    runtime: PostsRuntime,
+    tq: TaskQueue,
+    post: ScheduledPost,
+    job_id: str,
+    status: str | None,
+    report: Report,
+    entering: datetime,
+) -> None:
+    """Act on a scheduled post whose job is missing (``status`` None) or ended."""
+    from atomq.posts.jobs import delete_job, ensure_job
     from atomq.posts.models import ScheduledPost
     from atomq.posts.records import update_post
     from atomq.timeutil import utcnow
 
-    ids = [job_id_for(post.id, post.revision) for post in posts]
-    statuses = job_statuses(runtime.connection, ids)
-    for post, job_id, status in zip(posts, ids, statuses, strict=True):
-        report.checked += 1
-        still = [ScheduledPost.status == "scheduled", ScheduledPost.revision == post.revision]
-        if status is None:
-            if ensure_job(tq, post, job_id):
-                report.created += 1
+    still = [ScheduledPost.status == "scheduled", ScheduledPost.revision == post.revision]
+    if status is None:
+        if ensure_job(tq, post, job_id):
+            report.created += 1
+            if post.scheduled_for > entering:
+                logger.debug("post %s entered the horizon; created %s", post.id, job_id)
+            else:
                 logger.warning("post %s had no job in Redis; created %s", post.id, job_id)
-            if post.job_id != job_id:
-                update_post(runtime.database, post.id, still, {"job_id": job_id})
-        elif status in LIVE_STATUSES:
-            continue
-        elif status == "canceled":
-            if update_post(
-                runtime.database,
-                post.id,
-                still,
-                {
-                    "status": "canceled",
-                    "canceled_at": utcnow(),
-                    "last_error": f"its job {job_id} was canceled",
-                },
-            ):
-                report.canceled += 1
-        elif post.job_replacements < MAX_JOB_REPLACEMENTS:
-            # Claim the replacement on the post first: if the post moved on meanwhile, leave the job be.
-            if update_post(
-                runtime.database, post.id, [*still], {"job_replacements": ScheduledPost.job_replacements + 1}
-            ):
-                delete_job(runtime.connection, job_id)
-                ensure_job(tq, post, job_id)
-                report.replaced += 1
-                logger.warning("post %s: its job ended (%s) without publishing; replaced it", post.id, status)
-        elif update_post(
+        if post.job_id != job_id:
+            update_post(runtime.database, post.id, still, {"job_id": job_id})
+    elif status == "canceled":
+        if update_post(
             runtime.database,
             post.id,
             still,
             {
-                "status": "failed",
-                "last_error": f"its job ended ({status}) {MAX_JOB_REPLACEMENTS + 1} times without publishing",
+                "status": "canceled",
+                "canceled_at": utcnow(),
+                "last_error": f"its job {job_id} was canceled",
             },
         ):
-            report.failed += 1
+            report.canceled += 1
+    elif post.job_replacements < MAX_JOB_REPLACEMENTS:
+        # Claim the replacement on the post first: if the post moved on meanwhile, leave the job be.
+        if update_post(
+            runtime.database, post.id, [*still], {"job_replacements": ScheduledPost.job_replacements + 1}
+        ):
+            delete_job(runtime.connection, job_id)
+            ensure_job(tq, post, job_id)
+            report.replaced += 1
+            logger.warning("post %s: its job ended (%s) without publishing; replaced it", post.id, status)
+    elif update_post(
+        runtime.database,
+        post.id,
+        still,
+        {
+            "status": "failed",
+            "last_error": f"its job ended ({status}) {MAX_JOB_REPLACEMENTS + 1} times without publishing",
+        },
+    ):
+        report.failed += 1
 
 
 def _publishing(
