@@ -23,11 +23,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
-from tests.support import RedisServer  # noqa: E402
 
 from atomq.ops.backup import create_backup, restore_backup  # noqa: E402
 from atomq.settings import load_settings  # noqa: E402
 from atomq.task_queue import Call, TaskQueue  # noqa: E402
+from tests.support import RedisServer  # noqa: E402
 
 
 def main() -> None:

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from tests.support import RedisServer
 
 from atomq.db.engine import Database
 from atomq.engine import keys
 from atomq.timeutil import utcnow
+from tests.support import RedisServer
 
 #: Keys the filler writes; everything else in the keyspace is atomq's.
 FILLER_PREFIX = "filler:"

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from reliability.ledger import Ledger
+
 # Re-exported so pytest finds them here too (tests/conftest.py only applies under tests/).
 from tests.conftest import (  # noqa: F401
     api,
@@ -24,8 +26,6 @@ from tests.conftest import (  # noqa: F401
     settings,
     tq,
 )
-
-from reliability.ledger import Ledger
 
 pytest_plugins = ["tests.posts_support"]
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import redis
+
 from tests.support import RedisServer, free_port, wait_for
 
 # -- a Redis that persists with AOF ---------------------------------------------------------

@@ -14,8 +14,6 @@ from typing import Any
 
 import httpx
 import redis
-from tests.posts_support import CREDENTIALS_KEY, POSTS_OVERRIDES
-from tests.support import Processes, cli_env, free_port, wait_for
 
 from atomq.db.engine import Database
 from atomq.db.migrate import upgrade
@@ -23,6 +21,8 @@ from atomq.settings import Settings, load_settings
 from atomq.task_queue import TaskQueue
 from reliability.ledger import Ledger
 from reliability.tasks_redis import RECORD
+from tests.posts_support import CREDENTIALS_KEY, POSTS_OVERRIDES
+from tests.support import Processes, cli_env, free_port, wait_for
 
 #: The module workers import for the scenarios' task.
 TASK_MODULES = "reliability.tasks_redis"

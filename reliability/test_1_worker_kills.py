@@ -20,9 +20,6 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from tests.fakes.server import Plan
-from tests.posts_support import schedule
-from tests.support import wait_for
 
 import reliability.tasks_workers  # noqa: F401 - registers the tasks in this process too
 from atomq.engine.supervisor import RESTART_DELAY_FIRST
@@ -31,6 +28,9 @@ from reliability.ledger import Ledger
 from reliability.report import report
 from reliability.sizes import size
 from reliability.workers_support import Killer, leftovers, statuses, worker_env
+from tests.fakes.server import Plan
+from tests.posts_support import schedule
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 

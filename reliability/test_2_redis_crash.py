@@ -15,9 +15,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from tests.fakes.mastodon import FakeMastodon
-from tests.posts_support import Accounts, schedule
-from tests.support import Processes, wait_for
 
 from atomq.posts.service import PostsService
 from atomq.timeutil import utcnow
@@ -36,6 +33,9 @@ from reliability.redis_support import (
 from reliability.report import report
 from reliability.sizes import size
 from reliability.tasks_redis import RECORD
+from tests.fakes.mastodon import FakeMastodon
+from tests.posts_support import Accounts, schedule
+from tests.support import Processes, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(int(size(120, 900)))]
 

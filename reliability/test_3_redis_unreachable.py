@@ -18,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.support import Processes, RedisServer, wait_for
 
 from atomq.api.state import API_REDIS_TIMEOUT
 from reliability.ledger import Ledger
@@ -26,6 +25,7 @@ from reliability.redis_faults import TcpProxy
 from reliability.redis_support import ApiServer, ledger_times, process_env, sqlite_database, wait_all_recorded
 from reliability.report import report
 from reliability.sizes import size
+from tests.support import Processes, RedisServer, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(int(size(120, 900)))]
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import redis
-from tests.support import Processes, wait_for
 
 from atomq.connection import connect
 from atomq.settings import Settings, load_settings
@@ -35,6 +34,7 @@ from reliability.redis_support import (
 from reliability.report import report
 from reliability.sizes import size
 from reliability.tasks_redis import RECORD
+from tests.support import Processes, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(int(size(120, 900)))]
 
@@ -87,7 +87,11 @@ def test_sentinel_failover(
                 failover_seconds = cluster.failover()
             promoted = time.time()
             new_port = cluster.master_port()
-            api_follows, workers_follow = _followers(api, ledger, settings, new_port, promoted)
+            try:
+                api_follows, workers_follow = _followers(api, ledger, settings, new_port, promoted)
+            except AssertionError as exc:  # say why: the workers' own account of the failover
+                tail = "\n".join(Processes.log(supervisor).splitlines()[-40:])
+                raise AssertionError(f"{exc}\n--- workers' log (last 40 lines) ---\n{tail}") from None
             # Writes are safe once the old primary no longer accepts them (demoted, or dead).
             demoted = (
                 promoted

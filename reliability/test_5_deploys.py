@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.support import ROOT, wait_for
 
 import reliability.tasks_workers  # noqa: F401 - registers the tasks in this process too
 from atomq.engine import keys
@@ -29,6 +28,7 @@ from reliability.ledger import Ledger
 from reliability.report import report
 from reliability.sizes import FULL, size
 from reliability.workers_support import leftovers, statuses, worker_env
+from tests.support import ROOT, wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 

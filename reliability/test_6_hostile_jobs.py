@@ -21,7 +21,6 @@ import time
 from typing import Any
 
 import pytest
-from tests.support import wait_for
 
 import reliability.tasks_workers  # noqa: F401 - registers the tasks in this process too
 from atomq.engine.fast import HARD_KILL_GRACE
@@ -38,6 +37,7 @@ from reliability.workers_support import (
     statuses,
     worker_env,
 )
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 

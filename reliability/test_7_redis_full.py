@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 import redis
-from tests.support import cli_env, run_cli
 
 from atomq.api.auth import entry_for
 from atomq.cli import exits
@@ -42,6 +41,7 @@ from reliability.capacity_support import (
 )
 from reliability.report import report
 from reliability.sizes import size
+from tests.support import cli_env, run_cli
 
 #: The issue's bound on how long a refused enqueue may take: 99% of all refusals meet it.
 #: The rest may not exceed WORST_S: on the 2 shared cores this runs on, a process that is
@@ -275,13 +275,12 @@ def requeue_after_freeing(full: FullRedis, filler_keys: int) -> None:
 
 def test_a_post_scheduled_while_redis_is_full_is_kept_and_gets_its_job_later(full_redis: FullRedis) -> None:
     """Scheduled posts live in the database first: a full Redis delays their job, never the post."""
-    from tests.posts_support import POSTS_OVERRIDES
-
     from atomq.posts.accounts import AccountInput, create_account
     from atomq.posts.jobs import job_id_for
     from atomq.posts.reconciler import reconcile
     from atomq.posts.runtime import PostsRuntime
     from atomq.posts.service import PostInput, PostsService
+    from tests.posts_support import POSTS_OVERRIDES
 
     full = full_redis
     settings = full.settings.model_copy(update=POSTS_OVERRIDES)

@@ -18,7 +18,6 @@ from datetime import datetime, timedelta
 import pytest
 import redis
 from sqlalchemy import func, select
-from tests.posts_support import Accounts
 
 from atomq.db.engine import Database
 from atomq.engine import keys
@@ -32,6 +31,7 @@ from atomq.timeutil import utcnow
 from reliability.capacity_support import Timings, insert_posts
 from reliability.report import report
 from reliability.sizes import FULL, size
+from tests.posts_support import Accounts
 
 POSTS = int(size(30_000, 1_000_000))
 SPAN = timedelta(days=size(15, 365))

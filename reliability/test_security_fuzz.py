@@ -26,11 +26,11 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from tests.conftest import TOKENS
 
 from atomq.api.app import create_app
 from reliability.report import report
 from reliability.sizes import size
+from tests.conftest import TOKENS
 
 pytestmark = pytest.mark.slow
 

@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 import redis
-from tests.conftest import TOKENS
 
 from atomq.engine import keys
 from reliability.report import report
+from tests.conftest import TOKENS
 
 pytestmark = pytest.mark.slow
 

@@ -21,12 +21,12 @@ from urllib.parse import quote
 import pytest
 import redis
 import sqlalchemy
-from tests.conftest import TOKENS
 
 from atomq.db.base import Base
 from atomq.db.engine import Database
 from atomq.timeutil import utcnow
 from reliability.report import report
+from tests.conftest import TOKENS
 
 KB10 = "x" * 10_240
 SQL = "x' OR '1'='1'; DROP TABLE scheduled_posts; --"

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.support import cli_env, run_cli
 
 from atomq.connection import connect
 from atomq.errors import RedisUnavailableError
@@ -19,6 +18,7 @@ from atomq.settings import load_settings
 from atomq.task_queue import TaskQueue
 from reliability.report import report
 from reliability.security_support import TlsRedis, issue_server_cert, make_ca
+from tests.support import cli_env, run_cli
 
 pytestmark = pytest.mark.slow
 

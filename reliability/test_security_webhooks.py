@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.fakes.webhook import FakeWebhookReceiver
-from tests.posts_support import POSTS_OVERRIDES
-from tests.support import run_cli
 
 from atomq.api.app import create_app
 from reliability import security_resolver
 from reliability.report import report
+from tests.fakes.webhook import FakeWebhookReceiver
+from tests.posts_support import POSTS_OVERRIDES
+from tests.support import run_cli
 
 pytestmark = pytest.mark.slow
 

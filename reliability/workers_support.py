@@ -16,11 +16,11 @@ from pathlib import Path
 import redis
 from rq.job import Job
 from rq.results import Result
-from tests.support import children_of
 
 from atomq.engine import keys
 from atomq.engine.scripts import decode
 from reliability.ledger import Ledger
+from tests.support import children_of
 
 #: What the worker processes of these scenarios import.
 TASK_MODULES = "reliability.tasks_workers"

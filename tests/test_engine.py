@@ -16,6 +16,7 @@ from atomq.engine import keys
 from atomq.engine.fast_scripts import FastScripts
 from atomq.engine.recovery import recover_worker
 from atomq.jobs import load_job
+from reliability.sizes import size
 from tests.support import wait_for
 
 
@@ -70,12 +71,16 @@ def test_scheduled_jobs_never_start_early(tq, procs, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(size(120, 300))
 def test_several_schedulers_one_paused_enqueue_each_job_once(tq, env, procs, tmp_path):
+    # The leader stays frozen past its lease: 2 s in CI, the 90 s under
+    # ATOMQ_RELIABILITY=full. Jobs fall due before, during and after the pause.
+    pause = size(2, 90)
     ledger = tmp_path / "ledger"
     now = time.time()
     total = 120
     for index in range(total):
-        due = now + 1 + index * (22 / total)
+        due = now + 1 + index * ((pause + 20) / total)
         tq.enqueue_at(datetime.fromtimestamp(due, UTC), "record", path=str(ledger), key=f"job-{index}")
     schedulers = [procs.start("scheduler", "run", name=f"scheduler-{i}") for i in range(3)]
     procs.worker("--no-scheduler", "--count", "2")
@@ -84,10 +89,10 @@ def test_several_schedulers_one_paused_enqueue_each_job_once(tq, env, procs, tmp
     os.kill(paused.pid, signal.SIGSTOP)
     # Its lease runs out and a standby takes over while it is frozen...
     wait_for(lambda: (tq.connection.get(keys.SCHEDULER_LEADER) or leader.encode()).decode() != leader, 30)
-    time.sleep(2)
+    time.sleep(pause)
     # ...then it wakes up still believing it leads; the atomic move keeps every job single.
     os.kill(paused.pid, signal.SIGCONT)
-    wait_for(lambda: ledger.exists() and len(ledger.read_text().split()) >= total, 30, what="every job")
+    wait_for(lambda: ledger.exists() and len(ledger.read_text().split()) >= total, 40, what="every job")
     time.sleep(1)
     runs = ledger.read_text().split()
     assert sorted(runs) == sorted(f"job-{i}" for i in range(total)), "each job ran exactly once"

@@ -26,6 +26,11 @@ CONNECT_TIMEOUT = 5.0
 #: Seconds between asking Sentinel where the primary is (see :class:`FollowingSentinelPool`).
 SENTINEL_RECHECK_SECONDS = 1.0
 
+#: Longest wait between a worker's attempts to reach Redis again. Short enough that a worker
+#: picks up a Sentinel failover or a restarted Redis within seconds; a PING every 10 s is
+#: nothing to a Redis that is back.
+MAX_RECONNECT_BACKOFF_SECONDS = 10.0
+
 
 @dataclass(frozen=True)
 class RedisTarget:

@@ -50,7 +50,7 @@ from rq.utils import utcformat
 from rq.version import VERSION
 
 from atomq import job_hooks
-from atomq.connection import blocking_timeout, describe_client
+from atomq.connection import MAX_RECONNECT_BACKOFF_SECONDS, blocking_timeout, describe_client
 from atomq.engine import keys
 from atomq.engine.fast_scripts import FastScripts, pairs
 from atomq.engine.process import set_process_title
@@ -88,8 +88,6 @@ HARD_KILL_GRACE = 5.0
 #: Margin added to a job's time limit for its entry in RQ's started registry.
 REGISTRY_MARGIN = 60
 
-#: Longest wait between attempts to reach Redis again.
-MAX_REDIS_BACKOFF_SECONDS = 30.0
 
 #: Bytes of shared memory holding the running job's id (job ids are at most 128 characters).
 RUNNING_ID_BYTES = 160
@@ -790,7 +788,7 @@ class FastWorker:
                 self.connection.ping()
                 break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                delay = min(delay * 2, MAX_REDIS_BACKOFF_SECONDS)
+                delay = min(delay * 2, MAX_RECONNECT_BACKOFF_SECONDS)
                 logger.warning(
                     "Worker %s: Redis still unreachable (%s); retrying in %.0f s", self.name, exc, delay
                 )

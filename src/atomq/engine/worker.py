@@ -38,7 +38,7 @@ from rq.worker import Worker as RQWorker
 from rq.worker import WorkerStatus
 
 from atomq import job_hooks
-from atomq.connection import blocking_timeout, describe_client
+from atomq.connection import MAX_RECONNECT_BACKOFF_SECONDS, blocking_timeout, describe_client
 from atomq.engine import keys
 from atomq.engine.process import die_with_parent, limit_memory
 from atomq.engine.queues import AtomqQueue, schedule_deferred
@@ -65,9 +65,6 @@ JOB_MONITORING_INTERVAL = 10
 
 #: Seconds between heartbeats while idle.
 IDLE_HEARTBEAT_SECONDS = 5.0
-
-#: Longest wait between attempts to reach Redis again.
-MAX_REDIS_BACKOFF_SECONDS = 30.0
 
 
 class Worker(RQWorker):
@@ -258,7 +255,7 @@ class Worker(RQWorker):
                 self.connection.ping()
                 break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                delay = min(delay * 2, MAX_REDIS_BACKOFF_SECONDS)
+                delay = min(delay * 2, MAX_RECONNECT_BACKOFF_SECONDS)
                 self.log.warning(
                     "Worker %s: Redis still unreachable (%s); retrying in %.0f s", self.name, exc, delay
                 )
