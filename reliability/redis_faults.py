@@ -18,7 +18,7 @@ from pathlib import Path
 
 import redis
 
-from tests.support import RedisServer, free_port, wait_for
+from tests.support import RedisServer, answers, free_port, wait_for
 
 # -- a Redis that persists with AOF ---------------------------------------------------------
 
@@ -330,13 +330,7 @@ class SentinelCluster:
 
     @staticmethod
     def _ping(port: int) -> bool:
-        client = redis.Redis(port=port, socket_connect_timeout=0.5)
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
+        return answers(redis.Redis(port=port, socket_connect_timeout=0.5))
 
 
 def _flags(entry: object) -> str:

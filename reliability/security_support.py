@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.support import free_port, wait_for
+from tests.support import answers, free_port, wait_for
 
 
 @dataclass(frozen=True)
@@ -149,13 +149,7 @@ class TlsRedis:
         assert self.process is not None and self.process.poll() is None, (
             "redis-server exited: " + (self.directory / "redis.log").read_text(errors="replace")[-2000:]
         )
-        client = self.client(check_host)
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
+        return answers(self.client(check_host))
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -56,6 +56,16 @@ def wait_for(
         time.sleep(interval)
 
 
+def answers(client: redis.Redis) -> bool:
+    """Whether ``client``'s Redis answers a PING (any Redis error is a no); closes the client."""
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
 @dataclass
 class RedisServer:
     """A redis-server process owned by a test or session."""
