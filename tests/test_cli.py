@@ -6,9 +6,12 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
+import redis
+
 from atomq.cli import exits
 from atomq.engine import keys
-from tests.support import GUIDE_STATUS_KEYS, cli_env, free_port, run_cli, wait_for
+from tests.support import GUIDE_STATUS_KEYS, RedisServer, cli_env, free_port, run_cli, wait_for
 
 
 def test_enqueue_status_and_worker_round_trip(cli, burst):
@@ -88,6 +91,31 @@ def test_bad_input_gets_one_line_and_a_named_exit_code(cli, env):
         assert len(result.stderr.strip().splitlines()) <= 3, (args, result.stderr)
 
 
+@pytest.mark.slow
+def test_a_unix_socket_url_works_end_to_end(tmp_path):
+    socket_path = tmp_path / "redis.sock"
+    server = RedisServer(tmp_path / "redis", extra=["--unixsocket", str(socket_path)]).start()
+    try:
+        env = cli_env(f"unix://{socket_path}?db=2", tmp_path / "var")
+        queued = run_cli(env, "enqueue", "add", "a=2", "b=3")
+        assert queued.returncode == 0, queued.stderr
+        job_id = queued.stdout.strip()
+        assert run_cli(env, "worker", "--burst").returncode == 0
+        status = json.loads(run_cli(env, "status", job_id, "--json").stdout)
+        assert status["status"] == "finished" and status["result"] == 5
+        direct = redis.Redis(unix_socket_path=str(socket_path), db=2)
+        assert direct.exists(f"rq:job:{job_id}")  # db 2, as the URL asked
+        direct.close()
+    finally:
+        server.stop()
+    gone = run_cli(cli_env(f"unix://{socket_path}", tmp_path / "var"), "info")
+    assert gone.returncode == exits.UNAVAILABLE
+    assert (
+        gone.stderr.strip()
+        == f"error: cannot connect to Redis at unix://{socket_path} db 0: No such file or directory"
+    )
+
+
 def test_unreachable_or_malformed_redis_is_one_clear_line(tmp_path):
     port = free_port()
     env = cli_env(f"redis://:s3cret@127.0.0.1:{port}/3", tmp_path)
@@ -107,7 +135,7 @@ def test_unreachable_or_malformed_redis_is_one_clear_line(tmp_path):
     env = cli_env("http://example.com", tmp_path)
     result = run_cli(env, "info")
     assert result.returncode == exits.CONFIG
-    assert "REDIS_URL must start with redis://" in result.stderr
+    assert "REDIS_URL must start with redis://, rediss:// or unix://" in result.stderr
     env = cli_env(
         "", tmp_path, REDIS_HOST="127.0.0.1", REDIS_PORT=str(port), REDIS_DB="2", REDIS_PASSWORD="pw"
     )

@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import redis
 from redis.sentinel import Sentinel, SentinelConnectionPool
@@ -41,9 +41,13 @@ class RedisTarget:
     db: int
     tls: bool = False
     sentinel_master: str | None = None
+    #: A ``unix://`` URL's socket path (then host and port mean nothing).
+    socket_path: str | None = None
 
     def describe(self) -> str:
         """``host:port db N`` (plus TLS or Sentinel), safe to print."""
+        if self.socket_path:
+            return f"unix://{self.socket_path} db {self.db}"
         scheme = "rediss" if self.tls else "redis"
         where = f"{scheme}://{self.host}:{self.port} db {self.db}"
         if self.sentinel_master:
@@ -60,6 +64,12 @@ def parse_target(settings: Settings) -> RedisTarget:
         )
     if settings.redis_url:
         parsed = _parse_url(settings.redis_url)
+        if parsed.scheme == "unix":
+            # unix:///run/redis.sock?db=2: the path is the socket, the db is a query parameter.
+            db_values = parse_qs(parsed.query).get("db", ["0"])
+            return RedisTarget(
+                "localhost", 0, _db_from_path(db_values[-1], settings.redis_url), socket_path=parsed.path
+            )
         db = _db_from_path(parsed.path, settings.redis_url)
         try:
             port = parsed.port or 6379
@@ -86,6 +96,8 @@ def connect(settings: Settings, *, check: bool = True, **extra: Any) -> redis.Re
         "socket_keepalive": True,
     }
     options.update(extra)
+    if target.socket_path:
+        options.pop("socket_keepalive")  # a TCP option; Unix sockets take none
     if settings.redis_sentinels:
         client = _sentinel_client(settings, options)
     elif settings.redis_url:
@@ -150,6 +162,8 @@ def _where(client: redis.Redis, target: RedisTarget | None) -> str:
     if target is not None:
         return target.describe()
     kwargs = client.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']} db {kwargs.get('db', 0)}"
     return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')} db {kwargs.get('db', 0)}"
 
 
@@ -173,7 +187,7 @@ def _parse_url(url: str) -> Any:
     parsed = urlparse(url)
     if parsed.scheme not in ("redis", "rediss", "unix"):
         raise ConfigurationError(
-            f"REDIS_URL must start with redis:// or rediss://, got {_redact(url)}", field="REDIS_URL"
+            f"REDIS_URL must start with redis://, rediss:// or unix://, got {_redact(url)}", field="REDIS_URL"
         )
     return parsed
 
