@@ -31,7 +31,7 @@ def _start_up(env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[byt
 
 def _env_file(var: Path) -> dict[str, str]:
     text = (var / "atomq.env").read_text() if (var / "atomq.env").exists() else ""
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    return dict(line.removeprefix("export ").split("=", 1) for line in text.splitlines() if "=" in line)
 
 
 def _redis_url(var: Path) -> str:
@@ -48,6 +48,15 @@ def test_up_runs_everything_stops_cleanly_and_keeps_jobs(tmp_path):
     try:
         url = _redis_url(var)
         wait_for(lambda: "atomq is up" in log.read_text(), 30, what="the banner")
+        # The banner's advice, `source var/atomq.env`, points commands run afterwards at this Redis.
+        outside = {k: v for k, v in env.items() if k not in ("REDIS_URL", "ATOMQ_API_TOKEN")}
+        sourced = subprocess.run(
+            ["bash", "-c", f"source {var / 'atomq.env'} && {sys.executable} -c "
+             "'import os; print(os.environ[\"REDIS_URL\"], os.environ[\"ATOMQ_API_TOKEN\"])'"],
+            env=outside, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert sourced.returncode == 0, sourced.stderr
+        assert sourced.stdout.split() == [url, (var / "api-token").read_text().strip()]
         import httpx
 
         token = (var / "api-token").read_text().strip()

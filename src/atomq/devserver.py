@@ -173,7 +173,9 @@ class DevServer:
         self._migrate()
         token = self._local_token(env)
         api_port = self.settings.api_port if _port_free(self.settings.api_port) else free_port()
-        (data_dir / "atomq.env").write_text(f"REDIS_URL={redis_url}\nATOMQ_API_TOKEN={token}\n")
+        # `export` so that `source var/atomq.env` reaches the atomq commands run afterwards,
+        # not just the shell's own variables.
+        (data_dir / "atomq.env").write_text(f"export REDIS_URL={redis_url}\nexport ATOMQ_API_TOKEN={token}\n")
         atomq = [sys.executable, "-m", "atomq"]
         self.services = [
             Service("api", [*atomq, "serve", "--host", "127.0.0.1", "--port", str(api_port)]),
