@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import redis
@@ -89,6 +92,32 @@ def test_bad_input_gets_one_line_and_a_named_exit_code(cli, env):
         assert message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr, args
         assert len(result.stderr.strip().splitlines()) <= 3, (args, result.stderr)
+
+
+def test_the_atomq_command_finds_task_modules_in_the_current_directory(redis_url, tmp_path):
+    # What a user does: tasks in their project, `atomq` run from there, no PYTHONPATH.
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "welcome.py").write_text(
+        "from atomq import task\n\n\n"
+        "@task('send_welcome_email')\n"
+        "def send_welcome_email(user_id: str) -> dict:\n"
+        "    return {'sent_to': user_id}\n"
+    )
+    env = cli_env(redis_url, tmp_path / "var", ATOMQ_TASK_MODULES="welcome")
+    env.pop("PYTHONPATH")
+    atomq = str(Path(sys.executable).with_name("atomq"))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [atomq, *args], cwd=project, env=env, capture_output=True, text=True, timeout=60
+        )
+
+    queued = run("enqueue", "send_welcome_email", "user_id=user_456")
+    assert queued.returncode == 0, queued.stderr
+    assert run("worker", "--burst").returncode == 0
+    status = json.loads(run("status", queued.stdout.strip(), "--json").stdout)
+    assert status["status"] == "finished" and status["result"] == {"sent_to": "user_456"}
 
 
 @pytest.mark.slow

@@ -15,8 +15,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import os
 import random
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, overload
@@ -281,7 +283,15 @@ def preload(specs: Iterable[TaskSpec] | None = None) -> None:
 
 
 def load_task_modules(modules: Iterable[str]) -> None:
-    """Import atomq's built-in task modules and ``modules`` so their tasks are registered."""
+    """Import atomq's built-in task modules and ``modules`` so their tasks are registered.
+
+    The current directory is searched too (after everything else, so it shadows nothing), as
+    ``rq worker`` does: ``ATOMQ_TASK_MODULES=myapp.tasks atomq worker`` run from the project
+    works without setting PYTHONPATH, although a console script does not put it on the path.
+    """
+    modules = list(modules)
+    if modules and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     for module in (*BUILTIN_TASK_MODULES, *modules):
         try:
             importlib.import_module(module)
