@@ -68,10 +68,17 @@ BACKOFF_CAP = 300.0
 WINDOW_SAFETY = 0.1
 
 
-def lease_seconds(runtime: PostsRuntime) -> float:
-    """How long one attempt may hold a post (and its account's in-flight lock)."""
+def lease_seconds(runtime: PostsRuntime, media: int = 0) -> float:
+    """How long one attempt may hold a post (and its account's in-flight lock).
+
+    Each of ``media`` files adds its download, upload and the wait for the platform to
+    process it (all before the post itself is sent).
+    """
+    from atomq.posts.publishers.mastodon import MEDIA_PROCESSING_WAIT
+
     timeout = runtime.settings.posts_publish_timeout
-    return 2 * timeout + max(LEASE_MARGIN, timeout / 4)
+    per_media = 3 * timeout + MEDIA_PROCESSING_WAIT
+    return 2 * timeout + max(LEASE_MARGIN, timeout / 4) + media * per_media
 
 
 def idempotency_key(post_id: str, revision: int) -> str:
@@ -150,7 +157,7 @@ def resumable(post: ScheduledPost, account: Account, runtime: PostsRuntime, now:
         return False
     if post.first_sent_at is None:
         return True
-    usable = window * (1 - WINDOW_SAFETY) - lease_seconds(runtime)
+    usable = window * (1 - WINDOW_SAFETY) - lease_seconds(runtime, len(post.media_urls or []))
     return (now - post.first_sent_at).total_seconds() < usable
 
 
@@ -168,7 +175,7 @@ def _attempt(
     runtime: PostsRuntime, post: ScheduledPost, account: Account, *, resuming: bool
 ) -> dict[str, Any]:
     token = new_id("att")
-    lease = lease_seconds(runtime)
+    lease = lease_seconds(runtime, len(post.media_urls or []))
     limiter = runtime.limiter
     limit = limit_for(account.platform, dict(account.options or {}), runtime.settings)
     request_name = f"{post.id}:{post.revision}:{post.attempts + 1}"

@@ -58,7 +58,7 @@ class PlatformSpec:
 
 #: Every supported platform.
 PLATFORMS: dict[str, PlatformSpec] = {
-    "mastodon": PlatformSpec("mastodon", 500, ("access_token",), True, False, (300, 300.0)),
+    "mastodon": PlatformSpec("mastodon", 500, ("access_token",), True, True, (300, 300.0)),
     "webhook": PlatformSpec("webhook", 100_000, ("secret",), True, True, None),
     "outbox": PlatformSpec("outbox", 100_000, (), False, True, None),
 }
@@ -105,7 +105,12 @@ def build_publisher(
     if platform == "mastodon":
         from atomq.posts.publishers.mastodon import MastodonPublisher
 
-        return MastodonPublisher(client, owns_client=owned)
+        return MastodonPublisher(
+            client,
+            owns_client=owned,
+            media_max_bytes=settings.posts_media_max_bytes,
+            media_timeout=settings.posts_publish_timeout,
+        )
     if platform == "webhook":
         from atomq.posts.publishers.webhook import WebhookPublisher
 
