@@ -15,6 +15,7 @@ import pytest
 from atomq.errors import Defer, PermanentError, RetryableError
 from atomq.posts.publishers.mastodon import MastodonPublisher
 from atomq.posts.publishing import idempotency_key, publish_post
+from atomq.posts.ratelimit import AccountLimiter, Limit
 from atomq.posts.runtime import PostsRuntime
 from tests.fakes.mastodon import MediaHost, rate_limited, server_error
 from tests.fakes.server import Plan
@@ -259,3 +260,27 @@ def test_upload_server_error_is_retried_because_nothing_was_published(
     assert statuses_sent(mastodon) == []
     assert run(runtime, post)["status"] == "published"
     assert len(mastodon.statuses) == 1
+
+
+def test_limiter_counts_every_request_of_a_publish(connection):
+    limiter = AccountLimiter(connection)
+    limit = Limit(3, 2.0)
+    assert limiter.acquire("acct_m", limit, request="with-2-media", token="t1", lease=5, cost=3).ok
+    limiter.release("acct_m", "t1")
+    after = limiter.acquire("acct_m", limit, request="next", token="t2", lease=5)
+    assert after.outcome == "wait" and 0 < after.wait <= 2.0  # the window is full
+    # A cost above the whole limit still gets through, once the window is empty.
+    assert limiter.acquire("acct_n", limit, request="big", token="t3", lease=5, cost=10).ok
+
+
+def test_media_uploads_count_against_the_accounts_rate_limit(
+    runtime, service, accounts, mastodon, media_host
+):
+    account = accounts.mastodon(mastodon, rate_limit="3/60")
+    urls = [media_host.add("/a.png", PNG), media_host.add("/b.png", JPEG)]
+    first = schedule(service, account, "two uploads and a status", media_urls=urls)
+    assert run(runtime, first)["status"] == "published"
+    second = schedule(service, account, "no media")
+    with pytest.raises(Defer, match="rate limit"):
+        run(runtime, second)  # 3 requests already made in this window
+    assert len(statuses_sent(mastodon)) == 1

@@ -42,6 +42,7 @@ from atomq.posts.publishers import (
     PublishRequest,
     RateLimited,
     idempotency_of,
+    requests_per_post,
 )
 from atomq.posts.ratelimit import limit_for
 from atomq.posts.records import load_post, update_post
@@ -179,9 +180,12 @@ def _attempt(
     limiter = runtime.limiter
     limit = limit_for(account.platform, dict(account.options or {}), runtime.settings)
     request_name = f"{post.id}:{post.revision}:{post.attempts + 1}"
+    cost = requests_per_post(account.platform, len(post.media_urls or []))
     deadline = time.monotonic() + BUSY_WAIT
     while True:
-        decision = limiter.acquire(account.id, limit, request=request_name, token=token, lease=lease)
+        decision = limiter.acquire(
+            account.id, limit, request=request_name, token=token, lease=lease, cost=cost
+        )
         if decision.ok:
             break
         if decision.outcome == "busy" and time.monotonic() < deadline:

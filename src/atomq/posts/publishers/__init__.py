@@ -36,6 +36,7 @@ __all__ = [
     "build_publisher",
     "idempotency_of",
     "outbox_path",
+    "requests_per_post",
 ]
 
 
@@ -78,6 +79,13 @@ def idempotency_of(platform: str, options: dict[str, Any]) -> tuple[bool, float]
 
         return True, float(options.get("idempotency_window", DEFAULT_IDEMPOTENCY_WINDOW))
     return False, 0.0
+
+
+def requests_per_post(platform: str, media: int) -> int:
+    """Requests publishing one post with ``media`` files makes to the platform, for its rate
+    limit (Mastodon: one upload per file, then the status; polls of a file still being
+    processed are not counted)."""
+    return 1 + media if platform == "mastodon" else 1
 
 
 def outbox_path(settings: Settings) -> Path:
