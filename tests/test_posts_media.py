@@ -17,7 +17,7 @@ from atomq.posts.publishers.mastodon import MastodonPublisher
 from atomq.posts.publishing import idempotency_key, publish_post
 from atomq.posts.ratelimit import AccountLimiter, Limit
 from atomq.posts.runtime import PostsRuntime
-from tests.fakes.mastodon import MediaHost, rate_limited, server_error
+from tests.fakes.mastodon import MediaHost, rate_limited, server_error, slow
 from tests.fakes.server import Plan
 from tests.posts_support import schedule
 
@@ -213,7 +213,7 @@ def test_media_redirecting_to_an_internal_address_is_refused(
 def test_upload_refused_by_mastodon_fails_the_post_with_its_reason(
     runtime, service, accounts, mastodon, media_host
 ):
-    mastodon.plan(
+    mastodon.plan_media(
         Plan(status=422, body={"error": "Validation failed: File content type is invalid"}, act=False)
     )
     post = schedule(
@@ -230,7 +230,7 @@ def test_upload_refused_by_mastodon_fails_the_post_with_its_reason(
 
 def test_upload_rate_limited_waits_then_publishes_once(runtime, service, accounts, mastodon, media_host):
     post = schedule(service, accounts.mastodon(mastodon), media_urls=[media_host.add("/a.png", PNG)])
-    mastodon.plan(rate_limited(retry_after="2"))
+    mastodon.plan_media(rate_limited(retry_after="2"))
     with pytest.raises(RetryableError) as info:
         run(runtime, post)
     assert info.value.delay is not None and info.value.delay >= 2
@@ -251,7 +251,7 @@ def test_upload_server_error_is_retried_because_nothing_was_published(
     runtime, service, accounts, mastodon, media_host
 ):
     post = schedule(service, accounts.mastodon(mastodon), media_urls=[media_host.add("/a.png", PNG)])
-    mastodon.plan(server_error())
+    mastodon.plan_media(server_error())
     with pytest.raises(RetryableError):
         run(runtime, post)
     stored = service.get(post.id)
@@ -284,3 +284,26 @@ def test_media_uploads_count_against_the_accounts_rate_limit(
     with pytest.raises(Defer, match="rate limit"):
         run(runtime, second)  # 3 requests already made in this window
     assert len(statuses_sent(mastodon)) == 1
+
+
+def test_a_repeat_whose_media_fails_stays_unknown(runtime, service, accounts, mastodon, media_host):
+    # The first attempt's status call times out after Mastodon created the status...
+    url = media_host.add("/a.png", PNG)
+    post = schedule(service, accounts.mastodon(mastodon), media_urls=[url])
+    mastodon.plan(slow(5))
+    with pytest.raises(RetryableError):
+        run(runtime, post)
+    assert service.get(post.id).status == "publishing"
+    assert len(mastodon.statuses) == 1
+    # ...then the media vanishes. The repeat cannot get to the status call, but that says nothing
+    # about the first one: the post must not become "failed" (it was published) nor editable.
+    del media_host.files["/a.png"]
+    with pytest.raises(RetryableError):
+        run(runtime, post)
+    stored = service.get(post.id)
+    assert stored.status == "publishing"
+    assert "earlier attempt may have published it" in stored.last_error
+    media_host.add("/a.png", PNG)
+    assert run(runtime, post)["status"] == "published"
+    assert len(mastodon.statuses) == 1  # the repeat carried the same key: no second post
+    assert service.get(post.id).platform_post_id == mastodon.statuses[0]["id"]

@@ -27,6 +27,7 @@ class FakeMastodon(FakeServer):
         self.media: dict[str, dict[str, Any]] = {}
         #: Polls answered 206 before an upload is processed; 0 = answered 200 at once.
         self.processing_polls = 0
+        self.media_plans: list[Plan] = []
         self._media_ids = itertools.count(110_000_000_000)
 
     def handle(self, request: Recorded) -> tuple[int, dict[str, str], Any]:
@@ -64,8 +65,14 @@ class FakeMastodon(FakeServer):
             return plan.status, plan.headers, plan.body or {"error": f"planned {plan.status}"}
         return 200, plan.headers, created
 
+    def plan_media(self, *plans: Plan) -> None:
+        """Answer the next uploads with ``plans`` (statuses keep their own queue, :meth:`plan`)."""
+        with self.lock:
+            self.media_plans.extend(plans)
+
     def upload(self, request: Recorded) -> tuple[int, dict[str, str], Any]:
-        plan = self.next_plan()
+        with self.lock:
+            plan = self.media_plans.pop(0) if self.media_plans else Plan()
         if plan.status != 200:
             return plan.status, plan.headers, plan.body or {"error": f"planned {plan.status}"}
         content_type = request.headers.get("content-type", "")

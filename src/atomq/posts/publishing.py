@@ -211,7 +211,7 @@ def _attempt(
         try:
             published = publisher.publish(request)
         except PublishError as exc:
-            return _after_failure(runtime, post, account, token, exc)
+            return _after_failure(runtime, post, account, token, exc, resuming=resuming)
         done = _finish(
             runtime,
             post.id,
@@ -292,12 +292,28 @@ def _request(runtime: PostsRuntime, post: ScheduledPost, account: Account) -> Pu
 
 
 def _after_failure(
-    runtime: PostsRuntime, post: ScheduledPost, account: Account, token: str, exc: PublishError
+    runtime: PostsRuntime,
+    post: ScheduledPost,
+    account: Account,
+    token: str,
+    exc: PublishError,
+    *,
+    resuming: bool = False,
 ) -> dict[str, Any]:
     """Record what a failed send means and tell the worker whether to retry."""
     settings = runtime.settings
     message = exc.message[:2000]
     logger.warning("post %s: attempt %d failed: %s", post.id, post.attempts, message)
+    if resuming and (isinstance(exc, NotSent) or exc.preparing):
+        # This attempt repeats one whose outcome is unknown. That this one never reached the
+        # platform (or failed on the media before the post) says nothing about the earlier
+        # one: the post stays unknown - repeated while the key is remembered, else unconfirmed.
+        if isinstance(exc, RateLimited) and exc.retry_after:
+            runtime.limiter.block(account.id, exc.retry_after)
+        exc = OutcomeUnknown(
+            f"{message} (an earlier attempt may have published it)", retry_after=exc.retry_after
+        )
+        message = exc.message[:2000]
     if isinstance(exc, NotSent):
         if isinstance(exc, RateLimited):
             if exc.retry_after:

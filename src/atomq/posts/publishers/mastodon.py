@@ -25,6 +25,7 @@ from atomq.posts.publishers.base import (
     NotSent,
     OutcomeUnknown,
     Published,
+    PublishError,
     PublishRequest,
     RateLimited,
     Rejected,
@@ -89,10 +90,14 @@ class MastodonPublisher:
         if request.options.get("language"):
             body["language"] = request.options["language"]
         auth = {"Authorization": f"Bearer {token}"}
-        media_ids = [
-            self._attach(base, auth, url, f"media {number}")
-            for number, url in enumerate(request.media_urls, start=1)
-        ]
+        try:
+            media_ids = [
+                self._attach(base, auth, url, f"media {number}")
+                for number, url in enumerate(request.media_urls, start=1)
+            ]
+        except PublishError as exc:
+            exc.preparing = True
+            raise
         if media_ids:
             body["media_ids"] = media_ids
         response = send(
