@@ -167,6 +167,12 @@ class Settings(BaseSettings):
     posts_publish_timeout: float = Field(
         default=30, gt=0, description="Seconds a publisher's outside call may take (connect, send, read)."
     )
+    posts_media_max_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        gt=0,
+        description="Largest media file (bytes) a post may attach; bigger downloads are refused and "
+        "the post fails.",
+    )
     posts_max_attempts: int = Field(
         default=5, ge=1, description="Publish attempts (sends) before a post is marked failed."
     )

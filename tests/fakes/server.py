@@ -45,7 +45,8 @@ class Plan:
 class FakeServer:
     """Base of the fakes: subclasses implement :meth:`handle`."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.port = free_port()
         self.requests: list[Recorded] = []
         self.plans: list[Plan] = []
@@ -56,7 +57,7 @@ class FakeServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def plan(self, *plans: Plan) -> None:
         """Answer the next requests with ``plans``, in order; after that, normally."""
@@ -80,11 +81,14 @@ class FakeServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:
+            def do_GET(self) -> None:
+                self.do_POST("GET")
+
+            def do_POST(self, method: str = "POST") -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 request = Recorded(
-                    "POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time()
+                    method, self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time()
                 )
                 with fake.lock:
                     fake.requests.append(request)
@@ -94,10 +98,12 @@ class FakeServer:
                     return
                 if fake._stopping.is_set():
                     return
-                data = json.dumps(payload).encode() if payload is not None else b""
+                raw = isinstance(payload, bytes)  # served as it is (media files)
+                data = payload if raw else json.dumps(payload).encode() if payload is not None else b""
                 try:
                     self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
+                    if not raw:
+                        self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     for key, value in headers.items():
                         self.send_header(key, value)
@@ -109,7 +115,7 @@ class FakeServer:
             def log_message(self, format: str, *args: Any) -> None:
                 return None
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

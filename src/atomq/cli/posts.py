@@ -251,7 +251,7 @@ def posts_show(url: str | None, post_id: str, as_json: bool) -> None:
 @click.option("--at", "at", metavar="DATETIME", help="When: ISO-8601, with an offset or with --timezone.")
 @click.option("--timezone", help="IANA zone a time without offset is in (Europe/Paris).")
 @click.option("--now", "publish_now", is_flag=True, help="Publish at once.")
-@click.option("--media", multiple=True, metavar="URL", help="A media URL (repeatable; webhook and outbox).")
+@click.option("--media", multiple=True, metavar="URL", help="A media URL (repeatable, up to 4).")
 @click.option("--user", "user_id", default="cli", show_default=True, help="Whose post this is.")
 @json_option
 def posts_create(

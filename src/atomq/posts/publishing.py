@@ -42,6 +42,7 @@ from atomq.posts.publishers import (
     PublishRequest,
     RateLimited,
     idempotency_of,
+    requests_per_post,
 )
 from atomq.posts.ratelimit import limit_for
 from atomq.posts.records import load_post, update_post
@@ -68,10 +69,17 @@ BACKOFF_CAP = 300.0
 WINDOW_SAFETY = 0.1
 
 
-def lease_seconds(runtime: PostsRuntime) -> float:
-    """How long one attempt may hold a post (and its account's in-flight lock)."""
+def lease_seconds(runtime: PostsRuntime, media: int = 0) -> float:
+    """How long one attempt may hold a post (and its account's in-flight lock).
+
+    Each of ``media`` files adds its download, upload and the wait for the platform to
+    process it (all before the post itself is sent).
+    """
+    from atomq.posts.publishers.mastodon import MEDIA_PROCESSING_WAIT
+
     timeout = runtime.settings.posts_publish_timeout
-    return 2 * timeout + max(LEASE_MARGIN, timeout / 4)
+    per_media = 3 * timeout + MEDIA_PROCESSING_WAIT
+    return 2 * timeout + max(LEASE_MARGIN, timeout / 4) + media * per_media
 
 
 def idempotency_key(post_id: str, revision: int) -> str:
@@ -150,7 +158,7 @@ def resumable(post: ScheduledPost, account: Account, runtime: PostsRuntime, now:
         return False
     if post.first_sent_at is None:
         return True
-    usable = window * (1 - WINDOW_SAFETY) - lease_seconds(runtime)
+    usable = window * (1 - WINDOW_SAFETY) - lease_seconds(runtime, len(post.media_urls or []))
     return (now - post.first_sent_at).total_seconds() < usable
 
 
@@ -168,13 +176,16 @@ def _attempt(
     runtime: PostsRuntime, post: ScheduledPost, account: Account, *, resuming: bool
 ) -> dict[str, Any]:
     token = new_id("att")
-    lease = lease_seconds(runtime)
+    lease = lease_seconds(runtime, len(post.media_urls or []))
     limiter = runtime.limiter
     limit = limit_for(account.platform, dict(account.options or {}), runtime.settings)
     request_name = f"{post.id}:{post.revision}:{post.attempts + 1}"
+    cost = requests_per_post(account.platform, len(post.media_urls or []))
     deadline = time.monotonic() + BUSY_WAIT
     while True:
-        decision = limiter.acquire(account.id, limit, request=request_name, token=token, lease=lease)
+        decision = limiter.acquire(
+            account.id, limit, request=request_name, token=token, lease=lease, cost=cost
+        )
         if decision.ok:
             break
         if decision.outcome == "busy" and time.monotonic() < deadline:
@@ -200,7 +211,7 @@ def _attempt(
         try:
             published = publisher.publish(request)
         except PublishError as exc:
-            return _after_failure(runtime, post, account, token, exc)
+            return _after_failure(runtime, post, account, token, exc, resuming=resuming)
         done = _finish(
             runtime,
             post.id,
@@ -281,12 +292,28 @@ def _request(runtime: PostsRuntime, post: ScheduledPost, account: Account) -> Pu
 
 
 def _after_failure(
-    runtime: PostsRuntime, post: ScheduledPost, account: Account, token: str, exc: PublishError
+    runtime: PostsRuntime,
+    post: ScheduledPost,
+    account: Account,
+    token: str,
+    exc: PublishError,
+    *,
+    resuming: bool = False,
 ) -> dict[str, Any]:
     """Record what a failed send means and tell the worker whether to retry."""
     settings = runtime.settings
     message = exc.message[:2000]
     logger.warning("post %s: attempt %d failed: %s", post.id, post.attempts, message)
+    if resuming and (isinstance(exc, NotSent) or exc.preparing):
+        # This attempt repeats one whose outcome is unknown. That this one never reached the
+        # platform (or failed on the media before the post) says nothing about the earlier
+        # one: the post stays unknown - repeated while the key is remembered, else unconfirmed.
+        if isinstance(exc, RateLimited) and exc.retry_after:
+            runtime.limiter.block(account.id, exc.retry_after)
+        exc = OutcomeUnknown(
+            f"{message} (an earlier attempt may have published it)", retry_after=exc.retry_after
+        )
+        message = exc.message[:2000]
     if isinstance(exc, NotSent):
         if isinstance(exc, RateLimited):
             if exc.retry_after:

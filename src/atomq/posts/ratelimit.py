@@ -5,10 +5,11 @@ For each account, :meth:`AccountLimiter.acquire` atomically
 1. refuses while the platform told us to back off (a 429 stored by :meth:`block`);
 2. refuses while another publish for the account is in flight (a lock with a lease, so a
    killed worker cannot hold it forever);
-3. counts requests in a sliding window (Mastodon allows 300 per 5 minutes per account). When
-   the window is full it *reserves* the earliest free slot for this request and says how
-   long to wait, so posts queued behind a full window each come back once, at their own
-   time, instead of all retrying together;
+3. counts requests in a sliding window (Mastodon allows 300 per 5 minutes per account; a
+   publish counts as ``cost`` requests, e.g. one per media upload plus the status). When the
+   window is full it *reserves* the earliest free slots for this request and says how long
+   to wait, so posts queued behind a full window each come back once, at their own time,
+   instead of all retrying together;
 4. takes the in-flight lock and consumes the slot.
 
 A sorted set per account holds the window's request times (at most ``limit`` entries plus
@@ -32,7 +33,7 @@ _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-local member, token, lease = ARGV[3], ARGV[4], tonumber(ARGV[5])
+local member, token, lease, cost = ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local blocked = redis.call('PTTL', KEYS[3])
 if blocked > 0 then return {'blocked', blocked} end
 local holder = redis.call('GET', KEYS[2])
@@ -40,6 +41,7 @@ if holder and holder ~= token then
   return {'busy', math.max(redis.call('PTTL', KEYS[2]), 1)}
 end
 if limit > 0 then
+  cost = math.min(cost, limit)
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
   local mine = redis.call('ZSCORE', KEYS[1], member)
   if mine then
@@ -48,11 +50,13 @@ if limit > 0 then
   else
     local count = redis.call('ZCARD', KEYS[1])
     local at = now
-    if count >= limit then
-      local entry = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
+    if count + cost > limit then
+      local index = count + cost - 1 - limit
+      local entry = redis.call('ZRANGE', KEYS[1], index, index, 'WITHSCORES')
       at = math.max(now, tonumber(entry[2]) + window)
     end
     redis.call('ZADD', KEYS[1], at, member)
+    for i = 2, cost do redis.call('ZADD', KEYS[1], at, member .. '#' .. i) end
     local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
     redis.call('PEXPIRE', KEYS[1], math.max(tonumber(last[2]) - now, 0) + window + 1000)
     if at > now then return {'wait', at - now} end
@@ -133,12 +137,22 @@ class AccountLimiter:
         base = f"{PREFIX}{account_id}"
         return [f"{base}:window", f"{base}:inflight", f"{base}:blocked", f"{base}:released"]
 
-    def acquire(self, account_id: str, limit: Limit, *, request: str, token: str, lease: float) -> Decision:
+    def acquire(
+        self, account_id: str, limit: Limit, *, request: str, token: str, lease: float, cost: int = 1
+    ) -> Decision:
         """Try to start request ``request`` (unique per send) as ``token``, holding the account's
-        in-flight lock for at most ``lease`` seconds."""
+        in-flight lock for at most ``lease`` seconds. ``cost`` is how many requests to the
+        platform it makes (a Mastodon post with media: one per upload, plus the status)."""
         outcome, wait_ms = self._acquire(
             keys=self.keys(account_id)[:3],
-            args=[limit.requests, int(limit.seconds * 1000), request, token, max(1, int(lease * 1000))],
+            args=[
+                limit.requests,
+                int(limit.seconds * 1000),
+                request,
+                token,
+                max(1, int(lease * 1000)),
+                max(1, cost),
+            ],
         )
         name = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
         return Decision(name, int(wait_ms) / 1000)

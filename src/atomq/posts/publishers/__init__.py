@@ -36,6 +36,7 @@ __all__ = [
     "build_publisher",
     "idempotency_of",
     "outbox_path",
+    "requests_per_post",
 ]
 
 
@@ -58,7 +59,7 @@ class PlatformSpec:
 
 #: Every supported platform.
 PLATFORMS: dict[str, PlatformSpec] = {
-    "mastodon": PlatformSpec("mastodon", 500, ("access_token",), True, False, (300, 300.0)),
+    "mastodon": PlatformSpec("mastodon", 500, ("access_token",), True, True, (300, 300.0)),
     "webhook": PlatformSpec("webhook", 100_000, ("secret",), True, True, None),
     "outbox": PlatformSpec("outbox", 100_000, (), False, True, None),
 }
@@ -78,6 +79,13 @@ def idempotency_of(platform: str, options: dict[str, Any]) -> tuple[bool, float]
 
         return True, float(options.get("idempotency_window", DEFAULT_IDEMPOTENCY_WINDOW))
     return False, 0.0
+
+
+def requests_per_post(platform: str, media: int) -> int:
+    """Requests publishing one post with ``media`` files makes to the platform, for its rate
+    limit (Mastodon: one upload per file, then the status; polls of a file still being
+    processed are not counted)."""
+    return 1 + media if platform == "mastodon" else 1
 
 
 def outbox_path(settings: Settings) -> Path:
@@ -105,7 +113,12 @@ def build_publisher(
     if platform == "mastodon":
         from atomq.posts.publishers.mastodon import MastodonPublisher
 
-        return MastodonPublisher(client, owns_client=owned)
+        return MastodonPublisher(
+            client,
+            owns_client=owned,
+            media_max_bytes=settings.posts_media_max_bytes,
+            media_timeout=settings.posts_publish_timeout,
+        )
     if platform == "webhook":
         from atomq.posts.publishers.webhook import WebhookPublisher
 

@@ -50,6 +50,9 @@ class PublishError(Exception):
         self.message = message
         #: Seconds the platform asked us to wait (Retry-After, X-RateLimit-Reset), if any.
         self.retry_after = retry_after
+        #: Set when it happened while preparing the post (fetching or uploading media), before
+        #: the platform was asked to publish it: it says nothing about an earlier attempt.
+        self.preparing = False
 
 
 class NotSent(PublishError):
