@@ -307,3 +307,33 @@ def test_a_repeat_whose_media_fails_stays_unknown(runtime, service, accounts, ma
     assert run(runtime, post)["status"] == "published"
     assert len(mastodon.statuses) == 1  # the repeat carried the same key: no second post
     assert service.get(post.id).platform_post_id == mastodon.statuses[0]["id"]
+
+
+def test_a_post_with_media_gets_a_job_timeout_covering_its_whole_attempt(
+    service, accounts, mastodon, media_host, connection, database, posts_settings
+):
+    from atomq.jobs import load_job
+    from atomq.posts.jobs import job_timeout
+    from atomq.posts.models import ScheduledPost
+    from atomq.posts.publishing import attempt_seconds
+    from atomq.settings import load_settings
+
+    account = accounts.mastodon(mastodon)
+    plain = schedule(service, account, "no media")
+    assert load_job(plain.job_id, connection).timeout == 300  # the task's own
+    # With the default 30 s publish timeout, four media make an attempt longer than 300 s: the
+    # job must outlast it, or a job killed at its timeout leaves the post leased.
+    settings = load_settings()
+    heavy = ScheduledPost(media_urls=[f"https://media.example/{i}.png" for i in range(4)])
+    assert attempt_seconds(settings, 4) > 300
+    assert job_timeout(settings, heavy) > attempt_seconds(settings, 4)
+    assert job_timeout(settings, ScheduledPost(media_urls=[])) is None
+    # A post with media created under such settings gets that timeout on its job.
+    from atomq.posts.service import PostsService
+    from atomq.task_queue import TaskQueue
+
+    slow = posts_settings.model_copy(update={"posts_publish_timeout": 30.0})
+    slow_service = PostsService(database, TaskQueue(settings=slow, connection=connection), slow)
+    urls = [media_host.add(f"/{i}.png", PNG) for i in range(4)]
+    post = schedule(slow_service, account, "four pictures", media_urls=urls)
+    assert load_job(post.job_id, connection).timeout == job_timeout(slow, post) > 300

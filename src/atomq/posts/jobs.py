@@ -9,7 +9,9 @@ job, if it still runs, finds a revision mismatch and does nothing.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
+from typing import Any
 
 import redis
 from rq.exceptions import NoSuchJobError
@@ -19,11 +21,15 @@ from atomq.engine import keys
 from atomq.errors import DuplicateJobError
 from atomq.jobs import load_job
 from atomq.posts.models import ScheduledPost
+from atomq.posts.tasks import DEFAULT_JOB_TIMEOUT
 from atomq.settings import Settings
 from atomq.task_queue import TaskQueue
 
 #: The task that publishes a post, and its queue (the guide's names).
 TASK = "process_scheduled_post"
+
+#: What a post job's timeout keeps beyond its attempt's lease.
+JOB_TIMEOUT_MARGIN = 30
 QUEUE = "social_media"
 
 #: Job statuses in which the job will still run (or is running).
@@ -41,8 +47,25 @@ def within_horizon(post: ScheduledPost, settings: Settings, now: datetime) -> bo
     return post.scheduled_for <= now + timedelta(seconds=settings.posts_horizon)
 
 
+def job_timeout(settings: Settings, post: ScheduledPost) -> int | None:
+    """A job timeout covering the post's longest attempt, or None when the task's default
+    (DEFAULT_JOB_TIMEOUT) already does.
+
+    Media uploads lengthen an attempt; a job killed at its timeout while its attempt still
+    holds the lease would leave the post waiting for that lease to run out.
+    """
+    from atomq.posts.publishing import attempt_seconds
+
+    needed = math.ceil(attempt_seconds(settings, len(post.media_urls or []))) + JOB_TIMEOUT_MARGIN
+    return needed if needed > DEFAULT_JOB_TIMEOUT else None
+
+
 def ensure_job(tq: TaskQueue, post: ScheduledPost, job_id: str) -> bool:
     """Create ``job_id`` for ``post`` at its due time unless it exists; True when created."""
+    options: dict[str, Any] = {}
+    timeout = job_timeout(tq.settings, post)
+    if timeout is not None:
+        options["timeout"] = timeout
     try:
         tq.enqueue_at(
             post.scheduled_for,
@@ -52,6 +75,7 @@ def ensure_job(tq: TaskQueue, post: ScheduledPost, job_id: str) -> bool:
             unique=True,
             queue=QUEUE,
             description=f"publish {post.id} (revision {post.revision})",
+            **options,
         )
     except DuplicateJobError:
         return False

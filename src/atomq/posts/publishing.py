@@ -47,6 +47,7 @@ from atomq.posts.publishers import (
 from atomq.posts.ratelimit import limit_for
 from atomq.posts.records import load_post, update_post
 from atomq.posts.runtime import PostsRuntime
+from atomq.settings import Settings
 from atomq.timeutil import utcnow
 
 logger = logging.getLogger("atomq.posts")
@@ -70,14 +71,19 @@ WINDOW_SAFETY = 0.1
 
 
 def lease_seconds(runtime: PostsRuntime, media: int = 0) -> float:
-    """How long one attempt may hold a post (and its account's in-flight lock).
+    """How long one attempt may hold a post (and its account's in-flight lock)."""
+    return attempt_seconds(runtime.settings, media)
+
+
+def attempt_seconds(settings: Settings, media: int = 0) -> float:
+    """The longest one publishing attempt can take: its lease.
 
     Each of ``media`` files adds its download, upload and the wait for the platform to
     process it (all before the post itself is sent).
     """
     from atomq.posts.publishers.mastodon import MEDIA_PROCESSING_WAIT
 
-    timeout = runtime.settings.posts_publish_timeout
+    timeout = settings.posts_publish_timeout
     per_media = 3 * timeout + MEDIA_PROCESSING_WAIT
     return 2 * timeout + max(LEASE_MARGIN, timeout / 4) + media * per_media
 

@@ -30,8 +30,17 @@ PUBLISHING_MODULES = (
 )
 
 
+#: process_scheduled_post's timeout when a post has no media to lengthen its attempt
+#: (posts/jobs.py gives those a longer one).
+DEFAULT_JOB_TIMEOUT = 300
+
+
 @task(
-    "process_scheduled_post", queue="social_media", timeout=300, retry=POST_RETRY, preload=PUBLISHING_MODULES
+    "process_scheduled_post",
+    queue="social_media",
+    timeout=DEFAULT_JOB_TIMEOUT,
+    retry=POST_RETRY,
+    preload=PUBLISHING_MODULES,
 )
 def process_scheduled_post(post_id: str, user_id: str, revision: int | None = None) -> dict[str, Any]:
     """Publish scheduled post ``post_id`` of ``user_id``, at most once however often it runs.
