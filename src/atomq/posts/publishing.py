@@ -44,7 +44,7 @@ from atomq.posts.publishers import (
     idempotency_of,
     requests_per_post,
 )
-from atomq.posts.ratelimit import limit_for
+from atomq.posts.ratelimit import AccountLimiter, limit_for
 from atomq.posts.records import load_post, update_post
 from atomq.posts.runtime import PostsRuntime
 from atomq.settings import Settings
@@ -241,9 +241,40 @@ def _attempt(
         )
         return _result(post)
     finally:
-        limiter.release(account.id, token)
+        _release(limiter, account.id, token)
         if publisher is not None:
             publisher.close()
+
+
+#: Seconds a finished attempt keeps trying to give its account's in-flight lock back while
+#: Redis is away (a restart, a failover).
+RELEASE_PATIENCE = 30.0
+
+
+def _release(limiter: AccountLimiter, account_id: str, token: str) -> None:
+    """Give the account's in-flight lock back, riding out a short Redis outage.
+
+    A lock left behind blocks the account's other posts until its lease ends (a minute or
+    more), so the attempt keeps trying for a while; failing that, the lease frees it. Either
+    way the attempt's own outcome stands: it is already in the database.
+    """
+    import redis
+
+    delay, deadline = 0.5, time.monotonic() + RELEASE_PATIENCE
+    while True:
+        try:
+            limiter.release(account_id, token)
+            return
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError) as exc:
+            if time.monotonic() + delay > deadline:
+                logger.warning(
+                    "account %s: in-flight lock not released (%s); it frees itself when its lease ends",
+                    account_id,
+                    exc,
+                )
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _claim(
