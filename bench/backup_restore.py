@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
+from atomq.core.settings import load_settings  # noqa: E402
+from atomq.engine.task_queue import Call, TaskQueue  # noqa: E402
 from atomq.ops.backup import create_backup, restore_backup  # noqa: E402
-from atomq.settings import load_settings  # noqa: E402
-from atomq.task_queue import Call, TaskQueue  # noqa: E402
 from tests.support import RedisServer  # noqa: E402
 
 

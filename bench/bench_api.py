@@ -38,9 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from atomq.api.auth import entry_for  # noqa: E402
-from atomq.observability import stats  # noqa: E402
-from atomq.settings import load_settings  # noqa: E402
-from atomq.task_queue import Call, TaskQueue  # noqa: E402
+from atomq.core.settings import load_settings  # noqa: E402
+from atomq.engine import stats
+from atomq.engine.task_queue import Call, TaskQueue  # noqa: E402
 
 TOKEN = "atq_bench_read_token"
 TASKS = ["ping", "bench_a", "bench_b", "bench_c", "bench_d"]

@@ -145,8 +145,8 @@ class Atomq(System):
             "rq:queue:bench",
             env={"REDIS_URL": url, "ATOMQ_TASK_MODULES": "bench.peers.atomq_tasks", "ATOMQ_QUEUES": "bench"},
         )
-        from atomq.settings import load_settings
-        from atomq.task_queue import TaskQueue
+        from atomq.core.settings import load_settings
+        from atomq.engine.task_queue import TaskQueue
 
         self.tq = TaskQueue(
             settings=load_settings(redis_url=url, task_modules=["bench.peers.atomq_tasks"], queues=["bench"])

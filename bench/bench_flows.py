@@ -103,8 +103,8 @@ def bench_enqueue(url: str, items: int, repeat: int) -> dict[str, object]:
     from rq import Queue
     from rq.serializers import JSONSerializer
 
-    from atomq.settings import load_settings
-    from atomq.task_queue import TaskQueue
+    from atomq.core.settings import load_settings
+    from atomq.engine.task_queue import TaskQueue
 
     connection = redis.Redis.from_url(url)
     settings = load_settings(redis_url=url, task_modules=["bench.bench_tasks"])
@@ -144,12 +144,12 @@ def bench_enqueue(url: str, items: int, repeat: int) -> dict[str, object]:
 
 
 def bench_steps(url: str, database_url: str, runs: int, tmp: Path, worker_class: str) -> dict[str, object]:
+    from atomq.core.settings import load_settings
     from atomq.db.engine import Database
     from atomq.db.migrate import upgrade
-    from atomq.settings import load_settings
-    from atomq.task_queue import TaskQueue
-    from atomq.tasks import load_task_modules
-    from atomq.workflows.service import get_run, start_run
+    from atomq.engine.task_queue import TaskQueue
+    from atomq.engine.tasks import load_task_modules
+    from atomq.features.workflows.service import get_run, start_run
 
     settings = load_settings(redis_url=url, database_url=database_url, task_modules=["bench.bench_tasks"])
     load_task_modules(settings.task_modules)

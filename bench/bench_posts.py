@@ -159,7 +159,7 @@ def list_latency(api: Api, account: str, repeat: int) -> dict[str, dict[str, flo
 def wait_published(database: Any, ids: list[str], timeout: float) -> list[tuple[datetime, datetime]]:
     from sqlalchemy import select
 
-    from atomq.posts.models import ScheduledPost
+    from atomq.features.posts.models import ScheduledPost
 
     deadline = time.monotonic() + timeout
     wanted = set(ids)
@@ -196,11 +196,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from atomq.api.auth import entry_for
+    from atomq.cli.devserver import PrivateRedis, free_port
+    from atomq.core.settings import load_settings
     from atomq.db.engine import Database
     from atomq.db.migrate import upgrade
-    from atomq.devserver import PrivateRedis, free_port
-    from atomq.posts.accounts import ensure_outbox_account
-    from atomq.settings import load_settings
+    from atomq.features.posts.accounts import ensure_outbox_account
 
     work = Path(tempfile.mkdtemp(prefix="atomq-bench-posts-"))
     redis_server = PrivateRedis(work / "redis").start()
@@ -326,7 +326,7 @@ def ping_lateness(settings: Any, url: str, count: int) -> dict[str, float]:
     """The engine alone: ``count`` no-op jobs due at one instant; lateness of their start."""
     import redis
 
-    from atomq.task_queue import TaskQueue
+    from atomq.engine.task_queue import TaskQueue
 
     client = redis.Redis.from_url(url)
     tq = TaskQueue(settings=settings, connection=client)

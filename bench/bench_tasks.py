@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from atomq import task
-from atomq.workflows import Workflow, register_workflow
+from atomq.features.workflows import Workflow, register_workflow
 
 #: Steps in the benchmark's chain workflow.
 CHAIN_STEPS = 40

@@ -19,9 +19,9 @@ from typing import Any
 
 import redis
 
+from atomq.core import keys
+from atomq.core.timeutil import utcnow
 from atomq.db.engine import Database
-from atomq.engine import keys
-from atomq.timeutil import utcnow
 from tests.support import RedisServer
 
 #: Keys the filler writes; everything else in the keyspace is atomq's.
@@ -214,8 +214,8 @@ def insert_posts(
     million posts through the service would take hours, and what is measured is the reading
     side. Returns how many were inserted.
     """
-    from atomq.posts.jobs import job_id_for
-    from atomq.posts.models import ScheduledPost
+    from atomq.features.posts.jobs import job_id_for
+    from atomq.features.posts.models import ScheduledPost
 
     table = ScheduledPost.__table__
     now = utcnow()

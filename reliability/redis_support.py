@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import redis
 
+from atomq.core.settings import Settings, load_settings
 from atomq.db.engine import Database
 from atomq.db.migrate import upgrade
-from atomq.settings import Settings, load_settings
-from atomq.task_queue import TaskQueue
+from atomq.engine.task_queue import TaskQueue
 from reliability.ledger import Ledger
 from reliability.tasks_redis import RECORD
 from tests.posts_support import CREDENTIALS_KEY, POSTS_OVERRIDES

@@ -22,8 +22,8 @@ from datetime import timedelta
 import pytest
 
 import reliability.tasks_workers  # noqa: F401 - registers the tasks in this process too
+from atomq.core.timeutil import utcnow
 from atomq.engine.supervisor import RESTART_DELAY_FIRST
-from atomq.timeutil import utcnow
 from reliability.ledger import Ledger
 from reliability.report import report
 from reliability.sizes import size

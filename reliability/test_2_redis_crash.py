@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from atomq.posts.service import PostsService
-from atomq.timeutil import utcnow
+from atomq.core.timeutil import utcnow
+from atomq.features.posts.service import PostsService
 from reliability.ledger import Ledger
 from reliability.redis_faults import AofRedis
 from reliability.redis_support import (

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from atomq.connection import connect
-from atomq.settings import Settings, load_settings
-from atomq.task_queue import TaskQueue
+from atomq.core.connection import connect
+from atomq.core.settings import Settings, load_settings
+from atomq.engine.task_queue import TaskQueue
 from reliability.ledger import Ledger
 from reliability.redis_faults import MASTER_NAME, SentinelCluster
 from reliability.redis_support import (

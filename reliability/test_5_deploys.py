@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import reliability.tasks_workers  # noqa: F401 - registers the tasks in this process too
-from atomq.engine import keys
+from atomq.core import keys
 from reliability.ledger import Ledger
 from reliability.report import report
 from reliability.sizes import FULL, size

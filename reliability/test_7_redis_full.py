@@ -23,12 +23,12 @@ import redis
 
 from atomq.api.auth import entry_for
 from atomq.cli import exits
+from atomq.core.errors import RedisFullError
+from atomq.core.settings import Settings, load_settings
+from atomq.core.timeutil import utcnow
 from atomq.db.engine import Database
 from atomq.db.migrate import upgrade
-from atomq.errors import RedisFullError
-from atomq.settings import Settings, load_settings
-from atomq.task_queue import Call, TaskQueue
-from atomq.timeutil import utcnow
+from atomq.engine.task_queue import Call, TaskQueue
 from reliability.capacity_support import (
     Timings,
     fill,
@@ -275,11 +275,11 @@ def requeue_after_freeing(full: FullRedis, filler_keys: int) -> None:
 
 def test_a_post_scheduled_while_redis_is_full_is_kept_and_gets_its_job_later(full_redis: FullRedis) -> None:
     """Scheduled posts live in the database first: a full Redis delays their job, never the post."""
-    from atomq.posts.accounts import AccountInput, create_account
-    from atomq.posts.jobs import job_id_for
-    from atomq.posts.reconciler import reconcile
-    from atomq.posts.runtime import PostsRuntime
-    from atomq.posts.service import PostInput, PostsService
+    from atomq.features.posts.accounts import AccountInput, create_account
+    from atomq.features.posts.jobs import job_id_for
+    from atomq.features.posts.reconciler import reconcile
+    from atomq.features.posts.runtime import PostsRuntime
+    from atomq.features.posts.service import PostInput, PostsService
     from tests.posts_support import POSTS_OVERRIDES
 
     full = full_redis

@@ -19,15 +19,15 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
+from atomq.core import keys
+from atomq.core.settings import Settings
+from atomq.core.timeutil import utcnow
 from atomq.db.engine import Database
-from atomq.engine import keys
 from atomq.engine.scheduler import Scheduler
-from atomq.posts.jobs import QUEUE
-from atomq.posts.models import ScheduledPost
-from atomq.posts.reconciler import reconcile
-from atomq.posts.runtime import PostsRuntime
-from atomq.settings import Settings
-from atomq.timeutil import utcnow
+from atomq.features.posts.jobs import QUEUE
+from atomq.features.posts.models import ScheduledPost
+from atomq.features.posts.reconciler import reconcile
+from atomq.features.posts.runtime import PostsRuntime
 from reliability.capacity_support import Timings, insert_posts
 from reliability.report import report
 from reliability.sizes import FULL, size

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import redis
 
-from atomq.engine import keys
+from atomq.core import keys
 from reliability.report import report
 from tests.conftest import TOKENS
 

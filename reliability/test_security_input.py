@@ -22,9 +22,9 @@ import pytest
 import redis
 import sqlalchemy
 
+from atomq.core.timeutil import utcnow
 from atomq.db.base import Base
 from atomq.db.engine import Database
-from atomq.timeutil import utcnow
 from reliability.report import report
 from tests.conftest import TOKENS
 

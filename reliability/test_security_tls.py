@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from atomq.connection import connect
-from atomq.errors import RedisUnavailableError
-from atomq.settings import load_settings
-from atomq.task_queue import TaskQueue
+from atomq.core.connection import connect
+from atomq.core.errors import RedisUnavailableError
+from atomq.core.settings import load_settings
+from atomq.engine.task_queue import TaskQueue
 from reliability.report import report
 from reliability.security_support import TlsRedis, issue_server_cert, make_ca
 from tests.support import cli_env, run_cli

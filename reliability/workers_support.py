@@ -17,7 +17,7 @@ import redis
 from rq.job import Job
 from rq.results import Result
 
-from atomq.engine import keys
+from atomq.core import keys
 from atomq.engine.scripts import decode
 from reliability.ledger import Ledger
 from tests.support import children_of

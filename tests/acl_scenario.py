@@ -26,11 +26,11 @@ from typing import Any
 
 import redis
 
-from atomq import monitor
 from atomq.api.auth import entry_for
-from atomq.ops.jobs import delete_job
-from atomq.settings import load_settings
-from atomq.task_queue import TaskQueue
+from atomq.core.settings import load_settings
+from atomq.engine.task_queue import TaskQueue
+from atomq.ops import monitor
+from atomq.ops.admin import delete_job
 from tests.support import Processes, children_of, cli_env, free_port, wait_for
 
 ADMIN_TOKEN = "atq_acl_scenario_admin_token"

@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 
 from atomq.api.app import create_app
 from atomq.api.auth import entry_for
+from atomq.core.settings import Settings, load_settings
 from atomq.db.engine import Database
-from atomq.settings import Settings, load_settings
 from tests.conftest import TOKENS
 
 

@@ -10,12 +10,12 @@ from subprocess import CompletedProcess
 import pytest
 import redis
 
+from atomq.core.settings import Settings, load_settings
 from atomq.db.base import Base
 from atomq.db.engine import Database
 from atomq.db.migrate import upgrade
 from atomq.db.models import import_all_models
-from atomq.settings import Settings, load_settings
-from atomq.task_queue import TaskQueue
+from atomq.engine.task_queue import TaskQueue
 from tests.support import (
     PostgresDatabase,
     Processes,

@@ -121,7 +121,7 @@ def publish_post(post_id: str, user_id: str, fail: bool = False) -> dict[str, st
     """Logs like the guide's process_scheduled_post, so log tests can grep for the post id."""
     import logging
 
-    from atomq.observability.logging import bind_log_fields
+    from atomq.core.logging import bind_log_fields
 
     log = logging.getLogger("tests.publish")
     log.info("publishing post")
@@ -184,7 +184,7 @@ def sum_chunk(items: list[int], out_dir: str | None = None) -> int:
 
 # -- workflows -------------------------------------------------------------------------------
 
-from atomq.workflows import Workflow, register_workflow, workflow  # noqa: E402
+from atomq.features.workflows import Workflow, register_workflow, workflow  # noqa: E402
 
 
 @task("wf_start")

@@ -11,14 +11,14 @@ import redis
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
+from atomq.core.settings import Settings
+from atomq.core.timeutil import utcnow
 from atomq.db.engine import Database
-from atomq.posts.accounts import AccountInput, create_account
-from atomq.posts.models import Account
-from atomq.posts.runtime import PostsRuntime
-from atomq.posts.service import PostInput, PostsService
-from atomq.settings import Settings
-from atomq.task_queue import TaskQueue
-from atomq.timeutil import utcnow
+from atomq.engine.task_queue import TaskQueue
+from atomq.features.posts.accounts import AccountInput, create_account
+from atomq.features.posts.models import Account
+from atomq.features.posts.runtime import PostsRuntime
+from atomq.features.posts.service import PostInput, PostsService
 from tests.fakes.mastodon import FakeMastodon
 from tests.fakes.webhook import FakeWebhookReceiver
 

@@ -12,10 +12,10 @@ import pytest
 import redis
 import sqlalchemy
 
-from atomq import monitor
 from atomq.cli import exits
-from atomq.settings import load_settings
-from atomq.task_queue import TaskQueue
+from atomq.core.settings import load_settings
+from atomq.engine.task_queue import TaskQueue
+from atomq.ops import monitor
 from tests.support import PostgresDatabase, RedisServer, cli_env, run_cli, wait_for
 
 ROWS = [(i, f"note {i} \N{SNOWMAN}") for i in range(1, 26)]
@@ -183,8 +183,8 @@ def test_backup_says_clearly_when_redis_is_unreachable(tmp_path):
 
 def test_jobs_left_running_without_their_worker_are_settled(tq, procs, tmp_path):
     """A backup restored after its workers' heartbeats expired still settles the running jobs."""
+    from atomq.engine.tasks import Retry
     from atomq.ops.settle import RESTORED_REASON, settle_restored
-    from atomq.tasks import Retry
 
     started = tmp_path / "started"
     once = tq.enqueue("sleep_for", seconds=60, started_file=str(started)).id

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from atomq.batch_tracking import cancel_batch, reconcile_active, reconcile_batch
-from atomq.batches import batch_progress, chunked, item_job_id
-from atomq.engine import keys
+from atomq.core import keys
+from atomq.features.batches.progress import batch_progress, chunked, item_job_id
+from atomq.features.batches.tracking import cancel_batch, reconcile_active, reconcile_batch
 from tests.support import wait_for
 
 
@@ -76,7 +76,7 @@ def test_a_batch_runs_to_completion_with_mixed_outcomes(tq, connection, burst, c
 
 
 def test_invalid_items_queue_nothing(tq, connection):
-    from atomq.errors import TaskArgumentsError, UnknownTaskError
+    from atomq.core.errors import TaskArgumentsError, UnknownTaskError
 
     with pytest.raises(TaskArgumentsError, match=r"items\[2\]"):
         tq.enqueue_batch("add", [{"a": 1, "b": 2}, {"a": 1, "b": 2}, {"a": 1}])

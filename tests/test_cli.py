@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from atomq.cli import exits
-from atomq.engine import keys
+from atomq.core import keys
 from tests.support import GUIDE_STATUS_KEYS, RedisServer, cli_env, free_port, run_cli, wait_for
 
 
@@ -328,8 +328,8 @@ def test_every_option_has_an_environment_variable(cli, env, tmp_path):
         check=False,
     )
     assert json.loads(result.stdout)["status"] == "queued"
-    from atomq.settings import load_settings
-    from atomq.task_queue import TaskQueue
+    from atomq.core.settings import load_settings
+    from atomq.engine.task_queue import TaskQueue
 
     tq = TaskQueue(settings=load_settings(redis_url=env["REDIS_URL"], task_modules=["tests.jobs"]))
     assert tq.fetch_job(json.loads(result.stdout)["job_id"]).origin == "workflows"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from atomq.core.timeutil import utcnow
 from atomq.dashboard.flows import batches, workflow_runs
 from atomq.dashboard.sections import DashboardContext
-from atomq.tasks import load_task_modules
-from atomq.timeutil import utcnow
-from atomq.workflows.service import start_run
+from atomq.engine.tasks import load_task_modules
+from atomq.features.workflows.service import start_run
 
 
 def test_workflow_runs_and_batches_show_progress(tq, settings, connection, database):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from atomq.cli import exits
+from atomq.core.errors import DatabaseUnavailableError
+from atomq.core.settings import load_settings
 from atomq.db.engine import Database, database_url
 from atomq.db.migrate import current_revisions, head_revisions, is_current
-from atomq.errors import DatabaseUnavailableError
-from atomq.settings import load_settings
 from tests.support import free_port
 
 

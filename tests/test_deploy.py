@@ -78,8 +78,8 @@ def test_systemd_units_pass_systemd_analyze_verify(tmp_path):
 
 
 def test_services_restart_always_and_workers_outlast_the_longest_job():
-    from atomq.settings import DEFAULT_JOB_TIMEOUT
-    from atomq.tasks import load_task_modules, registry
+    from atomq.core.settings import DEFAULT_JOB_TIMEOUT
+    from atomq.engine.tasks import load_task_modules, registry
 
     for name in ("atomq-api.service", "atomq-workers.service", "atomq-scheduler.service"):
         service = unit(name)["Service"]
@@ -137,7 +137,7 @@ def test_the_units_commands_run_with_the_example_environment(redis_url, tmp_path
             processes.started.append(process)
             started[name] = (process, env)
         count = int(env_file("atomq.env")["ATOMQ_WORKER_COUNT"])
-        from atomq import monitor
+        from atomq.ops import monitor
 
         wait_for(lambda: len(monitor.list_workers(tq.connection)) == count, 60, what=f"{count} workers")
         wait_for(lambda: monitor.scheduler_status(tq.connection)["leader"], 30, what="the scheduler")
@@ -239,7 +239,7 @@ def test_redis_conf_keeps_jobs_safe(tmp_path):
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(port=port).ping()
         from atomq.cli.common import Runtime
-        from atomq.doctor import run_checks
+        from atomq.ops.doctor import run_checks
 
         checks = {c.name: c for c in run_checks(Runtime(admin_url).settings, ping_timeout=0.5)}
         assert checks["persistence"].status == "ok", checks["persistence"].detail

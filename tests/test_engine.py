@@ -12,10 +12,10 @@ import pytest
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
-from atomq.engine import keys
+from atomq.core import keys
 from atomq.engine.fast_scripts import FastScripts
+from atomq.engine.jobs import load_job
 from atomq.engine.recovery import recover_worker
-from atomq.jobs import load_job
 from reliability.sizes import size
 from tests.support import wait_for
 

@@ -6,8 +6,8 @@ import os
 import signal
 import time
 
-from atomq.longjobs import job_view, report_progress
-from atomq.stopping import stop_job
+from atomq.features.longjobs.progress import job_view, report_progress
+from atomq.features.longjobs.stopping import stop_job
 from tests.support import GUIDE_STATUS_KEYS, wait_for
 
 

@@ -8,9 +8,9 @@ import pytest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
-from atomq.engine import keys
+from atomq.core import keys
 from atomq.engine.periodic import Periodic, PeriodicContext, PeriodicRunner
-from atomq.observability import metrics
+from atomq.ops import metrics
 from tests.api_support import api_client, auth
 
 
@@ -190,8 +190,8 @@ def test_a_rendering_is_reused_for_the_cache_period(settings, connection, tmp_pa
 
 
 def test_queue_overview_matches_the_cli_counts(tq, connection, burst):
-    from atomq import monitor
-    from atomq.overview import queue_overview
+    from atomq.ops import monitor
+    from atomq.ops.overview import queue_overview
 
     tq.enqueue("fail")
     tq.enqueue("add", a=1, b=1, queue="custom")

@@ -7,8 +7,8 @@ from datetime import timedelta
 
 import pytest
 
-from atomq.posts.models import Account
-from atomq.timeutil import utcnow
+from atomq.core.timeutil import utcnow
+from atomq.features.posts.models import Account
 
 URL = "/api/v1/accounts"
 

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from atomq.engine import keys
-from atomq.posts.publishing import publish_post
-from atomq.timeutil import utcnow
+from atomq.core import keys
+from atomq.core.timeutil import utcnow
+from atomq.features.posts.publishing import publish_post
 from tests.support import GUIDE_STATUS_KEYS
 
 BASE = "/api/v1/tasks/scheduled-posts"
@@ -198,7 +198,7 @@ def test_cancel(posts_api, runtime, connection):
 
 
 def test_cancel_while_publishing_is_409(posts_api, runtime):
-    from atomq.posts.records import update_post
+    from atomq.features.posts.records import update_post
 
     account = add_account(posts_api)
     post = create(posts_api, account)

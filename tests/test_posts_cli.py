@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from atomq.cli import exits
-from atomq.timeutil import utcnow
+from atomq.core.timeutil import utcnow
 from tests.support import run_cli
 
 

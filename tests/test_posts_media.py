@@ -12,11 +12,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from atomq.errors import Defer, PermanentError, RetryableError
-from atomq.posts.publishers.mastodon import MastodonPublisher
-from atomq.posts.publishing import idempotency_key, publish_post
-from atomq.posts.ratelimit import AccountLimiter, Limit
-from atomq.posts.runtime import PostsRuntime
+from atomq.core.errors import Defer, PermanentError, RetryableError
+from atomq.features.posts.publishers.mastodon import MastodonPublisher
+from atomq.features.posts.publishing import idempotency_key, publish_post
+from atomq.features.posts.ratelimit import AccountLimiter, Limit
+from atomq.features.posts.runtime import PostsRuntime
 from tests.fakes.mastodon import MediaHost, rate_limited, server_error, slow
 from tests.fakes.server import Plan
 from tests.posts_support import schedule
@@ -312,11 +312,11 @@ def test_a_repeat_whose_media_fails_stays_unknown(runtime, service, accounts, ma
 def test_a_post_with_media_gets_a_job_timeout_covering_its_whole_attempt(
     service, accounts, mastodon, media_host, connection, database, posts_settings
 ):
-    from atomq.jobs import load_job
-    from atomq.posts.jobs import job_timeout
-    from atomq.posts.models import ScheduledPost
-    from atomq.posts.publishing import attempt_seconds
-    from atomq.settings import load_settings
+    from atomq.core.settings import load_settings
+    from atomq.engine.jobs import load_job
+    from atomq.features.posts.jobs import job_timeout
+    from atomq.features.posts.models import ScheduledPost
+    from atomq.features.posts.publishing import attempt_seconds
 
     account = accounts.mastodon(mastodon)
     plain = schedule(service, account, "no media")
@@ -329,8 +329,8 @@ def test_a_post_with_media_gets_a_job_timeout_covering_its_whole_attempt(
     assert job_timeout(settings, heavy) > attempt_seconds(settings, 4)
     assert job_timeout(settings, ScheduledPost(media_urls=[])) is None
     # A post with media created under such settings gets that timeout on its job.
-    from atomq.posts.service import PostsService
-    from atomq.task_queue import TaskQueue
+    from atomq.engine.task_queue import TaskQueue
+    from atomq.features.posts.service import PostsService
 
     slow = posts_settings.model_copy(update={"posts_publish_timeout": 30.0})
     slow_service = PostsService(database, TaskQueue(settings=slow, connection=connection), slow)

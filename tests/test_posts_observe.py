@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from atomq.core.timeutil import utcnow
 from atomq.dashboard.sections import DashboardContext
-from atomq.posts.observe import scheduled_posts
-from atomq.timeutil import utcnow
+from atomq.features.posts.observe import scheduled_posts
 from tests.posts_support import schedule
 
 

@@ -12,11 +12,11 @@ from datetime import timedelta
 
 import pytest
 
-from atomq.errors import Defer, PermanentError, PostStateError, RetryableError
-from atomq.posts.publishing import idempotency_key, lease_seconds, publish_post
-from atomq.posts.ratelimit import AccountLimiter, Limit
-from atomq.posts.service import PostChanges
-from atomq.timeutil import utcnow
+from atomq.core.errors import Defer, PermanentError, PostStateError, RetryableError
+from atomq.core.timeutil import utcnow
+from atomq.features.posts.publishing import idempotency_key, lease_seconds, publish_post
+from atomq.features.posts.ratelimit import AccountLimiter, Limit
+from atomq.features.posts.service import PostChanges
 from tests.fakes.mastodon import rate_limited, server_error, slow
 from tests.fakes.server import Plan
 from tests.posts_support import schedule
@@ -220,8 +220,8 @@ def test_a_job_for_another_user_is_refused(runtime, service, accounts, mastodon)
 def test_dead_attempt_is_resumed_only_when_the_key_makes_it_safe(
     runtime, service, accounts, mastodon, webhook
 ):
-    from atomq.posts.models import ScheduledPost
-    from atomq.posts.records import update_post
+    from atomq.features.posts.models import ScheduledPost
+    from atomq.features.posts.records import update_post
 
     def left_mid_publish(post):
         # What a SIGKILLed worker leaves: publishing, an attempt id, a lease that ran out.

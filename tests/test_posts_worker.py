@@ -10,10 +10,10 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from atomq.engine import keys
-from atomq.posts.publishing import idempotency_key
-from atomq.posts.service import PostChanges
-from atomq.timeutil import utcnow
+from atomq.core import keys
+from atomq.core.timeutil import utcnow
+from atomq.features.posts.publishing import idempotency_key
+from atomq.features.posts.service import PostChanges
 from tests.fakes.mastodon import rate_limited, slow
 from tests.fakes.server import Plan
 from tests.posts_support import schedule

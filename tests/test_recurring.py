@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
-from atomq.engine import keys
-from atomq.errors import ConfigurationError
-from atomq.recurring import PLANNED_KEY, Schedule, plan
-from atomq.task_queue import TaskQueue
+from atomq.core import keys
+from atomq.core.errors import ConfigurationError
+from atomq.engine.task_queue import TaskQueue
+from atomq.features.recurring.schedules import PLANNED_KEY, Schedule, plan
 from tests.support import wait_for
 
 

@@ -6,7 +6,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-from atomq.engine import keys
+from atomq.core import keys
 from atomq.engine.periodic import PeriodicContext, PeriodicRunner, periodic, registered
 from atomq.engine.recovery import recover_worker
 from atomq.engine.scheduler import Scheduler, leader

@@ -6,10 +6,10 @@ import ssl
 
 import pytest
 
-from atomq.connection import connect, parse_target
-from atomq.errors import ConfigurationError, RedisUnavailableError
-from atomq.settings import DEFAULT_QUEUES, load_settings
-from atomq.tasks import TaskRegistry, task
+from atomq.core.connection import connect, parse_target
+from atomq.core.errors import ConfigurationError, RedisUnavailableError
+from atomq.core.settings import DEFAULT_QUEUES, load_settings
+from atomq.engine.tasks import TaskRegistry, task
 from tests.support import free_port
 
 
@@ -123,7 +123,7 @@ def test_task_registration_rules():
 
 
 def test_unknown_task_module_is_a_configuration_error():
-    from atomq.tasks import load_task_modules
+    from atomq.engine.tasks import load_task_modules
 
     with pytest.raises(ConfigurationError, match="cannot import task module 'no.such.module'"):
         load_task_modules(["no.such.module"])

@@ -9,8 +9,8 @@ import pytest
 from rq.job import Job
 
 from atomq import Call, Retry
-from atomq.engine import keys
-from atomq.errors import (
+from atomq.core import keys
+from atomq.core.errors import (
     DuplicateJobError,
     InvalidJobOptionError,
     JobNotFoundError,
@@ -18,8 +18,8 @@ from atomq.errors import (
     TaskArgumentsError,
     UnknownTaskError,
 )
-from atomq.settings import load_settings
-from atomq.task_queue import TaskQueue
+from atomq.core.settings import load_settings
+from atomq.engine.task_queue import TaskQueue
 from tests.support import GUIDE_STATUS_KEYS
 
 
@@ -277,7 +277,9 @@ def test_cancel_finished_or_unknown_job_is_refused(tq, burst):
 def test_module_level_api_reads_the_environment(monkeypatch, redis_url, burst):
     import sys
 
-    module = sys.modules["atomq.task_queue"]  # `atomq.task_queue` the attribute is the object itself
+    module = sys.modules[
+        "atomq.engine.task_queue"
+    ]  # `atomq.engine.task_queue` the attribute is the object itself
 
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.setenv("ATOMQ_TASK_MODULES", "tests.jobs")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from atomq.settings import load_settings
-from atomq.task_queue import TaskQueue
+from atomq.core.settings import load_settings
+from atomq.engine.task_queue import TaskQueue
 from tests.support import ROOT, cli_env, free_port, group_pids, wait_for
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from atomq import Retry
-from atomq.engine import keys
-from atomq.monitor import failure_detail
+from atomq.core import keys
+from atomq.ops.monitor import failure_detail
 from tests.support import Processes, RedisServer, children_of, cli_env, wait_for
 
 
@@ -161,7 +161,7 @@ def test_retryable_error_sets_the_next_delay_and_permanent_error_skips_retries(t
         "count_attempts", path=str(attempts), fail_times=1, retry_after=2, retry=Retry(max=3, delay=0)
     )
     wait_for(lambda: status_of(tq, job.id) == "scheduled", 20)
-    assert tq.get_job_status(job.id)["error"] == "atomq.errors.RetryableError: attempt 1 failed"
+    assert tq.get_job_status(job.id)["error"] == "atomq.core.errors.RetryableError: attempt 1 failed"
     wait_for(lambda: status_of(tq, job.id) == "finished", 20)
     first, second = (float(x) for x in attempts.read_text().split())
     assert second - first >= 1.9
@@ -269,8 +269,8 @@ def test_worker_waits_out_a_redis_outage_and_resumes(wclass, tmp_path):
         server = RedisServer(tmp_path / "redis", port=port).start()
         client = server.client()
         wait_for(lambda: client.scard("rq:workers") == 1, 20, what="the worker to re-register")
-        from atomq.settings import load_settings
-        from atomq.task_queue import TaskQueue
+        from atomq.core.settings import load_settings
+        from atomq.engine.task_queue import TaskQueue
 
         tq = TaskQueue(
             settings=load_settings(redis_url=server.url, task_modules=["tests.jobs"]), connection=client
@@ -324,6 +324,6 @@ def test_defer_runs_the_job_later_without_using_a_retry(tq, procs, wclass, tmp_p
     assert tq.fetch_job(job.id).retries_left == 1, "deferring is not an attempt"
     assert tq.get_job_status(job.id)["result"] == 3
     assert len(job.results()) == 1  # only the successful run is on record
-    from atomq.observability.stats import COUNTS_KEY
+    from atomq.engine.stats import COUNTS_KEY
 
     assert int(tq.connection.hget(COUNTS_KEY, "default|defer_twice|deferred")) == 2

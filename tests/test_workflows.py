@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from atomq.tasks import load_task_modules
-from atomq.workflows import Workflow, WorkflowDefinitionError
-from atomq.workflows.reconcile import reconcile
-from atomq.workflows.service import cancel_run, get_run, list_runs, retry_run, start_run
+from atomq.engine.tasks import load_task_modules
+from atomq.features.workflows import Workflow, WorkflowDefinitionError
+from atomq.features.workflows.reconcile import reconcile
+from atomq.features.workflows.service import cancel_run, get_run, list_runs, retry_run, start_run
 from tests.support import run_cli, wait_for
 
 

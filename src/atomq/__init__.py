@@ -2,7 +2,9 @@
 
 ::
 
-    from atomq import task, task_queue, get_job_status, cancel_job
+    from atomq import task, get_job_status, cancel_job
+
+    from atomq.engine import task_queue
 
     @task("send_welcome_email", queue="default", retry=3)
     def send_welcome_email(user_id: str) -> None: ...
@@ -13,10 +15,10 @@
 
 from __future__ import annotations
 
-from atomq.errors import AtomqError, Defer, PermanentError, RetryableError
-from atomq.longjobs import JobStopped, job_stopping, raise_if_stopping, report_progress
-from atomq.task_queue import Call, TaskQueue, cancel_job, get_job_status, task_queue
-from atomq.tasks import Retry, task
+from atomq.core.errors import AtomqError, Defer, PermanentError, RetryableError
+from atomq.engine.task_queue import Call, TaskQueue, cancel_job, get_job_status, task_queue
+from atomq.engine.tasks import Retry, task
+from atomq.features.longjobs.progress import JobStopped, job_stopping, raise_if_stopping, report_progress
 
 __all__ = [
     "AtomqError",

@@ -17,9 +17,9 @@ from atomq.api.limits import BodySizeLimit
 from atomq.api.openapi_errors import document_errors
 from atomq.api.routes import ROUTERS
 from atomq.api.state import AppState
+from atomq.core.settings import Settings, load_settings
 from atomq.db.engine import Database
-from atomq.settings import Settings, load_settings
-from atomq.tasks import load_task_modules
+from atomq.engine.tasks import load_task_modules
 
 
 def create_app(

@@ -12,7 +12,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from atomq.errors import ConfigurationError
+from atomq.core.errors import ConfigurationError
 
 #: Scopes from weakest to strongest; each includes the ones before it.
 SCOPES: tuple[str, ...] = ("read", "write", "admin")

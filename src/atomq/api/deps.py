@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from atomq.api.auth import Principal, authenticate
 from atomq.api.errors import ApiError
 from atomq.api.state import AppState
-from atomq.task_queue import TaskQueue
+from atomq.engine.task_queue import TaskQueue
 
 _bearer = HTTPBearer(auto_error=False, description="An atomq API token (`atomq token create`).")
 

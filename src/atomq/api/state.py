@@ -8,11 +8,11 @@ from functools import cached_property
 import redis
 
 from atomq.api.auth import TokenEntry, parse_entries
-from atomq.connection import connect
+from atomq.core.connection import connect
+from atomq.core.settings import Settings
 from atomq.db.engine import Database
-from atomq.observability.metrics import CachedExposition
-from atomq.settings import Settings
-from atomq.task_queue import TaskQueue
+from atomq.engine.task_queue import TaskQueue
+from atomq.ops.metrics import CachedExposition
 
 #: Seconds an API request waits on Redis before answering 503.
 API_REDIS_TIMEOUT = 5.0
@@ -48,7 +48,7 @@ class AppState:
     @cached_property
     def metrics(self) -> CachedExposition:
         """What ``/metrics`` renders: atomq's collector plus the registered ones, briefly cached."""
-        from atomq.observability.metrics import MetricsContext, build_registry, load_metric_modules
+        from atomq.ops.metrics import MetricsContext, build_registry, load_metric_modules
 
         load_metric_modules()
         registry = build_registry(MetricsContext(self.settings, self.redis, lambda: self.database))

@@ -15,7 +15,7 @@ import click
 import redis
 
 from atomq.cli import exits
-from atomq.errors import (
+from atomq.core.errors import (
     AtomqError,
     ConfigurationError,
     ConflictError,
@@ -56,7 +56,7 @@ class AtomqGroup(click.Group):
             click.echo(f"error: lost the connection to Redis: {exc}", err=True)
             ctx.exit(exits.UNAVAILABLE)
         except redis.ResponseError as exc:
-            from atomq.task_queue import is_out_of_memory
+            from atomq.engine.task_queue import is_out_of_memory
 
             if is_out_of_memory(exc):
                 # Outside TaskQueue (which raises RedisFullError): the same line, the same code.

@@ -10,11 +10,11 @@ from typing import Any
 
 import click
 
-from atomq.batch_tracking import cancel_batch
-from atomq.batches import BatchProgress, batch_progress
 from atomq.cli import output
 from atomq.cli.common import Runtime, json_option, url_option
-from atomq.errors import InvalidInputError
+from atomq.core.errors import InvalidInputError
+from atomq.features.batches.progress import BatchProgress, batch_progress
+from atomq.features.batches.tracking import cancel_batch
 
 
 def read_items(path: str) -> list[Any]:

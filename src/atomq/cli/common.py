@@ -9,9 +9,9 @@ from typing import Any, TypeVar
 import click
 import redis
 
-from atomq.connection import connect
-from atomq.settings import Settings, load_settings
-from atomq.task_queue import TaskQueue
+from atomq.core.connection import connect
+from atomq.core.settings import Settings, load_settings
+from atomq.engine.task_queue import TaskQueue
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 from rich.markup import escape
 
-from atomq import doctor as checks
 from atomq.cli import exits, output
 from atomq.cli.common import Runtime, json_option, url_option
+from atomq.ops import doctor as checks
 
 _MARKS = {
     checks.OK: "[green]ok  [/green]",

@@ -10,11 +10,11 @@ from typing import Any
 
 import click
 
-from atomq import monitor
 from atomq.cli import exits, output
 from atomq.cli.common import Runtime, json_option, url_option
-from atomq.errors import InvalidJobOptionError, TaskArgumentsError
-from atomq.jobs import TERMINAL_STATUSES
+from atomq.core.errors import InvalidJobOptionError, TaskArgumentsError
+from atomq.engine.jobs import TERMINAL_STATUSES
+from atomq.ops import monitor
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}

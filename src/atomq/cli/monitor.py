@@ -6,13 +6,13 @@ import time
 
 import click
 
-from atomq import monitor
 from atomq.cli import output
 from atomq.cli.common import Runtime, json_option, url_option
-from atomq.engine.queues import validate_queue_name
-from atomq.observability.logging import setup_logging
-from atomq.tasks import load_task_modules
-from atomq.tasks import registry as task_registry
+from atomq.core.logging import setup_logging
+from atomq.core.options import validate_queue_name
+from atomq.engine.tasks import load_task_modules
+from atomq.engine.tasks import registry as task_registry
+from atomq.ops import monitor
 
 
 def _queues(runtime: Runtime, chosen: tuple[str, ...]) -> list[str]:

@@ -17,11 +17,11 @@ import click
 
 from atomq.cli import output
 from atomq.cli.common import Runtime, json_option, url_option
-from atomq.errors import InvalidInputError
+from atomq.core.errors import InvalidInputError
 
 if TYPE_CHECKING:  # the database layer loads only when a command needs it
     from atomq.db.engine import Database
-    from atomq.posts.service import PostsService
+    from atomq.features.posts.service import PostsService
 
 
 @contextmanager
@@ -37,7 +37,7 @@ def _database(runtime: Runtime) -> Iterator[Database]:
 
 @contextmanager
 def _service(url: str | None) -> Iterator[PostsService]:
-    from atomq.posts.service import PostsService
+    from atomq.features.posts.service import PostsService
 
     runtime = Runtime(url)
     with _database(runtime) as database:
@@ -93,8 +93,8 @@ def accounts_add(
     as_json: bool,
 ) -> None:
     """Add an account; print its id. Missing credentials are asked for (hidden input)."""
-    from atomq.posts.accounts import AccountInput, account_view, create_account
-    from atomq.posts.publishers import PLATFORMS
+    from atomq.features.posts.accounts import AccountInput, account_view, create_account
+    from atomq.features.posts.publishers import PLATFORMS
 
     credentials: dict[str, Any] = {k: str(v) for k, v in _pairs(credential, "credentials").items()}
     if credentials_stdin:
@@ -129,7 +129,7 @@ def accounts_add(
 @json_option
 def accounts_list(platform: str | None, user_id: str | None, as_json: bool) -> None:
     """List accounts (credentials are never shown)."""
-    from atomq.posts.accounts import account_view, list_accounts
+    from atomq.features.posts.accounts import account_view, list_accounts
 
     with _database(Runtime()) as database:
         found = list_accounts(database, user_id=user_id, platform=platform)
@@ -158,7 +158,7 @@ def accounts_list(platform: str | None, user_id: str | None, as_json: bool) -> N
 @click.argument("account_id")
 def accounts_remove(account_id: str) -> None:
     """Remove an account that has nothing left to publish; its credentials are erased."""
-    from atomq.posts.accounts import remove_account
+    from atomq.features.posts.accounts import remove_account
 
     with _database(Runtime()) as database:
         remove_account(database, account_id)
@@ -195,7 +195,7 @@ def posts_list(
     as_json: bool,
 ) -> None:
     """List posts, newest due first."""
-    from atomq.posts.service import post_view
+    from atomq.features.posts.service import post_view
 
     with _service(url) as service:
         page = service.list_posts(
@@ -228,7 +228,7 @@ def posts_list(
 @json_option
 def posts_show(url: str | None, post_id: str, as_json: bool) -> None:
     """Show a post and its job's status."""
-    from atomq.posts.service import post_view
+    from atomq.features.posts.service import post_view
 
     with _service(url) as service:
         view = post_view(service.get(post_id))
@@ -266,7 +266,7 @@ def posts_create(
     as_json: bool,
 ) -> None:
     """Schedule a post; print its id."""
-    from atomq.posts.service import PostInput, post_view
+    from atomq.features.posts.service import PostInput, post_view
 
     if content is None or content == "-":
         content = sys.stdin.read() if content == "-" else ""
@@ -294,7 +294,7 @@ def posts_create(
 @json_option
 def posts_cancel(url: str | None, post_id: str, as_json: bool) -> None:
     """Cancel a post that has not started publishing."""
-    from atomq.posts.service import post_view
+    from atomq.features.posts.service import post_view
 
     with _service(url) as service:
         post = service.cancel(post_id)

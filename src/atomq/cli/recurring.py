@@ -7,10 +7,10 @@ from typing import Any
 
 import click
 
-from atomq import recurring as rec
 from atomq.cli import output
 from atomq.cli.common import Runtime, json_option, url_option
-from atomq.tasks import load_task_modules
+from atomq.engine.tasks import load_task_modules
+from atomq.features.recurring import schedules as rec
 
 
 def listing(runtime: Runtime) -> list[dict[str, Any]]:
@@ -62,8 +62,8 @@ def check(path: str) -> None:
     """Check a recurring jobs file (YAML or JSON): cron syntax, timezones, known tasks."""
     runtime = Runtime()
     load_task_modules(runtime.settings.task_modules)
-    from atomq.errors import UnknownTaskError
-    from atomq.tasks import registry
+    from atomq.core.errors import UnknownTaskError
+    from atomq.engine.tasks import registry
 
     schedules = rec.load_schedules_file(path)
     for schedule in schedules:

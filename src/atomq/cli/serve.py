@@ -21,7 +21,7 @@ def serve(host: str, port: int, workers: int, log_level: str, log_file: str | No
     """Serve the HTTP API (OpenAPI at /docs)."""
     import uvicorn
 
-    from atomq.observability.logging import setup_logging
+    from atomq.core.logging import setup_logging
 
     settings = Runtime(log_level=log_level, log_format=log_format, log_file=log_file).settings
     setup_logging(log_level, log_format, log_file)

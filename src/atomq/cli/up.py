@@ -29,8 +29,8 @@ def up(workers: int, log_level: str, log_file: str | None, log_format: str) -> N
 
     Data lives under ./var (ATOMQ_DATA_DIR); jobs survive a restart. Ctrl-C stops it all.
     """
-    from atomq.devserver import DevServer
-    from atomq.observability.logging import setup_logging
+    from atomq.cli.devserver import DevServer
+    from atomq.core.logging import setup_logging
 
     settings = Runtime(log_level=log_level, log_format=log_format, log_file=log_file).settings
     setup_logging(log_level, log_format, log_file)

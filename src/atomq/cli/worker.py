@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 
 from atomq.cli.common import Runtime, url_option
-from atomq.engine.queues import validate_queue_name
+from atomq.core.logging import setup_logging
+from atomq.core.options import validate_queue_name
 from atomq.engine.supervisor import Supervisor, WorkerOptions
-from atomq.observability.logging import setup_logging
-from atomq.tasks import load_task_modules
+from atomq.engine.tasks import load_task_modules
 
 
 @click.command()

@@ -12,9 +12,9 @@ import click
 
 from atomq.cli import exits, output
 from atomq.cli.common import Runtime, json_option, url_option
-from atomq.errors import ConfigurationError, InvalidInputError
-from atomq.tasks import load_task_modules
-from atomq.workflows.tasks import MAX_PAGE, RUN_STATES
+from atomq.core.errors import ConfigurationError, InvalidInputError
+from atomq.engine.tasks import load_task_modules
+from atomq.features.workflows.tasks import MAX_PAGE, RUN_STATES
 
 if TYPE_CHECKING:
     from atomq.db.engine import Database
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def _service() -> Any:
-    from atomq.workflows import service
+    from atomq.features.workflows import service
 
     return service
 
@@ -112,7 +112,7 @@ def load(path: str, url: str | None, dry_run: bool) -> None:
     Unknown tasks, cycles and missing dependencies are refused with the step named.
     """
     runtime = _runtime(url)
-    from atomq.workflows import load_file
+    from atomq.features.workflows import load_file
 
     found = [w.validate(runtime.task_queue.registry) for w in load_file(path)]
     if dry_run:

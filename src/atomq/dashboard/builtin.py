@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from atomq import monitor
 from atomq.dashboard.sections import (
     DashboardContext,
     ProgressItem,
@@ -12,7 +11,8 @@ from atomq.dashboard.sections import (
     progress_source,
     timeline_source,
 )
-from atomq.jobs import load_jobs
+from atomq.engine.jobs import load_jobs
+from atomq.ops import monitor
 
 
 @timeline_source("jobs", title="Scheduled jobs", order=10)

@@ -6,10 +6,10 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from atomq.batches import ACTIVE_BATCHES, BatchNotFoundError, batch_progress
 from atomq.dashboard.sections import DashboardContext, ProgressItem, progress_source
 from atomq.engine.scripts import decode
-from atomq.workflows.models import WorkflowRun
+from atomq.features.batches.progress import ACTIVE_BATCHES, BatchNotFoundError, batch_progress
+from atomq.features.workflows.models import WorkflowRun
 
 #: Run states that still show on the dashboard (finished runs drop off).
 LIVE_RUN_STATES = ("running", "failed")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from atomq import monitor
+from atomq.core.options import validate_queue_name
 from atomq.dashboard.sections import (
     DashboardContext,
     ProgressItem,
@@ -19,8 +19,8 @@ from atomq.dashboard.sections import (
     collect_progress,
     collect_timeline,
 )
-from atomq.engine.queues import validate_queue_name
-from atomq.task_queue import TaskQueue
+from atomq.engine.task_queue import TaskQueue
+from atomq.ops import monitor
 
 #: How far ahead the timeline looks.
 TIMELINE_WINDOW = timedelta(hours=24)

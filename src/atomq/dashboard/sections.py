@@ -28,15 +28,19 @@ from typing import Generic, TypeVar
 
 import redis
 
+from atomq.core.errors import ConfigurationError
+from atomq.core.settings import Settings
 from atomq.db.engine import Database
-from atomq.errors import ConfigurationError
-from atomq.settings import Settings
 
 logger = logging.getLogger("atomq.dashboard")
 
 #: Modules imported before the dashboard first renders, so their sources are registered.
 #: Scheduled posts, workflow runs and batches add their modules here.
-SOURCE_MODULES: tuple[str, ...] = ("atomq.dashboard.builtin", "atomq.posts.observe", "atomq.dashboard.flows")
+SOURCE_MODULES: tuple[str, ...] = (
+    "atomq.dashboard.builtin",
+    "atomq.features.posts.observe",
+    "atomq.dashboard.flows",
+)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import redis
 
-from atomq.engine.keys import PREFIX
+from atomq.core.keys import PREFIX
 from atomq.engine.scripts import decode
 
 #: Prefix of session hashes in Redis.

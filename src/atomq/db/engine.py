@@ -11,8 +11,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from atomq.errors import ConfigurationError, DatabaseUnavailableError
-from atomq.settings import Settings
+from atomq.core.errors import ConfigurationError, DatabaseUnavailableError
+from atomq.core.settings import Settings
 
 
 def database_url(settings: Settings) -> str:

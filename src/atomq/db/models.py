@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 #: Modules defining SQLAlchemy models.
-MODEL_MODULES: tuple[str, ...] = ("atomq.posts.models", "atomq.workflows.models")
+MODEL_MODULES: tuple[str, ...] = ("atomq.features.posts.models", "atomq.features.workflows.models")
 
 
 def import_all_models() -> None:

@@ -49,21 +49,21 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import utcformat
 from rq.version import VERSION
 
-from atomq import job_hooks
-from atomq.connection import MAX_RECONNECT_BACKOFF_SECONDS, blocking_timeout, describe_client
-from atomq.engine import keys
+from atomq.core import keys
+from atomq.core.connection import MAX_RECONNECT_BACKOFF_SECONDS, blocking_timeout, describe_client
+from atomq.core.errors import Defer, PermanentError, RetryableError, UnknownTaskError
+from atomq.core.logging import job_log_fields, log_context
+from atomq.core.settings import Settings
+from atomq.core.timeutil import utcnow
+from atomq.engine import hooks as job_hooks
+from atomq.engine import stats
 from atomq.engine.fast_scripts import FastScripts, pairs
+from atomq.engine.jobs import AtomqJob, error_summary, refusal_reason, set_next_retry_delay
 from atomq.engine.process import set_process_title
 from atomq.engine.queues import AtomqQueue, schedule_deferred, schedule_retry
 from atomq.engine.scripts import Scripts, decode
-from atomq.errors import Defer, PermanentError, RetryableError, UnknownTaskError
-from atomq.jobs import AtomqJob, error_summary, refusal_reason, set_next_retry_delay
-from atomq.longjobs import JobStopped  # raised on a stop request, or by raise_if_stopping()
-from atomq.observability import stats
-from atomq.observability.logging import job_log_fields, log_context
-from atomq.settings import Settings
-from atomq.tasks import preload, registry
-from atomq.timeutil import utcnow
+from atomq.engine.tasks import preload, registry
+from atomq.features.longjobs.progress import JobStopped  # raised on a stop request, or by raise_if_stopping()
 
 logger = logging.getLogger("atomq.worker")
 

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from rq.timeouts import JobTimeoutException
 
+from atomq.core.errors import Defer, PermanentError, RetryableError
 from atomq.engine.process import die_with_parent, limit_memory
-from atomq.errors import Defer, PermanentError, RetryableError
 
 if TYPE_CHECKING:
     from atomq.engine.fast import FastWorker
-    from atomq.jobs import AtomqJob
+    from atomq.engine.jobs import AtomqJob
 
 #: Longest a reply from the child may be (a return value or a traceback).
 _MAX_REPLY = 16 * 1024 * 1024

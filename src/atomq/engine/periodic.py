@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from atomq.observability import stats
-from atomq.observability.logging import log_context
-from atomq.settings import Settings
+from atomq.core.logging import log_context
+from atomq.core.settings import Settings
+from atomq.engine import stats
 
 if TYPE_CHECKING:
     from atomq.db.engine import Database
@@ -68,7 +68,7 @@ _registry: dict[str, Periodic] = {}
 
 #: Modules registering atomq's own periodic functions. They are imported only where a
 #: scheduler runs (they pull in SQLAlchemy and the domain models), never into workers.
-PERIODIC_MODULES: tuple[str, ...] = ("atomq.posts.reconciler", "atomq.workflows.reconcile")
+PERIODIC_MODULES: tuple[str, ...] = ("atomq.features.posts.reconciler", "atomq.features.workflows.reconcile")
 
 
 def load_periodic_modules() -> None:

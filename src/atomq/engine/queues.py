@@ -2,7 +2,7 @@
 
 Differences from RQ, all through RQ's extension points:
 
-* jobs are :class:`~atomq.jobs.AtomqJob` (registered tasks, JSON only);
+* jobs are :class:`~atomq.engine.jobs.AtomqJob` (registered tasks, JSON only);
 * scheduled jobs are scored with their exact due time (RQ truncates to whole seconds, so a
   job due at 10:00:00.9 could start 0.9 s early);
 * every push onto a queue also drops a wake-up token so idle workers listening on several
@@ -12,7 +12,6 @@ Differences from RQ, all through RQ's extension points:
 from __future__ import annotations
 
 import logging
-import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +23,9 @@ from rq.queue import Queue
 from rq.scripts import _build_hset_args, get_unique_schedule_script
 from rq.serializers import JSONSerializer
 
-from atomq.engine import keys
-from atomq.errors import InvalidJobOptionError
-from atomq.jobs import AtomqJob
-from atomq.observability import stats
+from atomq.core import keys
+from atomq.engine import stats
+from atomq.engine.jobs import AtomqJob
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -36,20 +34,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("atomq.queues")
 
-#: Queue names: they become Redis keys, metric labels and URL segments.
-QUEUE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 #: Wake-up tokens kept per queue; more would only cause idle workers to wake for nothing.
 WAKE_TOKENS_KEPT = 16
-
-
-def validate_queue_name(name: str) -> str:
-    """Return ``name`` or raise :class:`InvalidJobOptionError` explaining the allowed form."""
-    if not isinstance(name, str) or not QUEUE_NAME_PATTERN.fullmatch(name):
-        raise InvalidJobOptionError(
-            f"invalid queue name {name!r}: use 1-64 letters, digits, '_', '-' or '.'", field="queue"
-        )
-    return name
 
 
 def wake_workers(pipe: Any, queue_name: str) -> None:
@@ -178,7 +165,7 @@ def schedule_retry(job: Job, queue: AtomqQueue, pipe: Any) -> None:
     interval = job.get_retry_interval()
     job.retries_left = (job.retries_left or 1) - 1
     if interval:
-        from atomq.timeutil import utcnow
+        from atomq.core.timeutil import utcnow
 
         queue.schedule_job(job, utcnow() + timedelta(seconds=interval), pipeline=pipe)
     else:
@@ -187,7 +174,7 @@ def schedule_retry(job: Job, queue: AtomqQueue, pipe: Any) -> None:
 
 def schedule_deferred(job: Job, queue: AtomqQueue, delay: float, pipe: Any) -> None:
     """Put ``job`` back as scheduled ``delay`` seconds from now, its retries untouched."""
-    from atomq.timeutil import utcnow
+    from atomq.core.timeutil import utcnow
 
     queue.schedule_job(job, utcnow() + timedelta(seconds=delay), pipeline=pipe)
 

@@ -19,12 +19,12 @@ from rq.job import JobStatus
 from rq.job_lifecycle import record_job_failure
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
-from atomq.engine import keys
+from atomq.core import keys
+from atomq.engine import stats
 from atomq.engine.fast_scripts import FastScripts
+from atomq.engine.jobs import load_job
 from atomq.engine.queues import AtomqQueue, schedule_retry
 from atomq.engine.scripts import Scripts, decode
-from atomq.jobs import load_job
-from atomq.observability import stats
 
 logger = logging.getLogger("atomq.recovery")
 

@@ -25,14 +25,14 @@ from dataclasses import dataclass
 import redis
 from rq.utils import utcformat
 
-from atomq.connection import blocking_timeout
-from atomq.engine import keys
+from atomq.core import keys
+from atomq.core.connection import blocking_timeout
+from atomq.core.settings import Settings
+from atomq.core.timeutil import utcnow
 from atomq.engine.periodic import PeriodicContext, PeriodicRunner
 from atomq.engine.queues import WAKE_TOKENS_KEPT
 from atomq.engine.recovery import find_dead_workers, recover_worker
 from atomq.engine.scripts import Scripts, decode
-from atomq.settings import Settings
-from atomq.timeutil import utcnow
 
 logger = logging.getLogger("atomq.scheduler")
 

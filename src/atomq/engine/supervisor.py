@@ -30,11 +30,11 @@ from typing import Any
 
 import redis
 
-from atomq.connection import connect
+from atomq.core.connection import connect
+from atomq.core.settings import Settings
 from atomq.engine.fast import RUNNING_ID_BYTES, Shared
 from atomq.engine.recovery import recover_worker
 from atomq.engine.scheduler import Scheduler
-from atomq.settings import Settings
 
 logger = logging.getLogger("atomq.supervisor")
 
@@ -287,7 +287,7 @@ def _worker_main(settings: Settings, options: WorkerOptions, name: str, shared: 
     _child_setup()
     connection = connect(settings, check=False)
     if options.worker_class == "rq":
-        from atomq.engine.worker import Worker
+        from atomq.engine.rq_worker import Worker
 
         Worker(
             options.queues,

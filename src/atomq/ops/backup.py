@@ -30,14 +30,14 @@ from typing import Any
 
 import redis
 
-from atomq import monitor
-from atomq.connection import connect
+from atomq.core.connection import connect
+from atomq.core.errors import ConfigurationError, InvalidInputError, NotFoundError
+from atomq.core.settings import Settings
 from atomq.db.engine import database_url
-from atomq.errors import ConfigurationError, InvalidInputError, NotFoundError
 from atomq.ops import db_snapshot as dbs
+from atomq.ops import monitor
 from atomq.ops import redis_snapshot as rs
 from atomq.ops.settle import settle_restored
-from atomq.settings import Settings
 
 #: Backup folders are named this followed by a UTC timestamp.
 PREFIX = "atomq-backup-"

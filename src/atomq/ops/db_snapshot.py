@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 
-from atomq.errors import ConfigurationError, ConflictError, DatabaseUnavailableError
+from atomq.core.errors import ConfigurationError, ConflictError, DatabaseUnavailableError
 
 #: Seconds ``pg_dump``/``pg_restore`` may take.
 PG_TIMEOUT_SECONDS = 3600

@@ -28,10 +28,10 @@ from urllib.parse import unquote, urlparse
 
 import redis
 
-from atomq.connection import parse_target
+from atomq.core.connection import parse_target
+from atomq.core.errors import ConfigurationError, ConflictError, RedisUnavailableError
+from atomq.core.settings import Settings
 from atomq.engine.scripts import decode
-from atomq.errors import ConfigurationError, ConflictError, RedisUnavailableError
-from atomq.settings import Settings
 
 #: Seconds ``redis-cli --rdb`` may take (a large dataset on a slow link takes a while).
 SNAPSHOT_TIMEOUT_SECONDS = 3600

@@ -22,12 +22,12 @@ from rq.exceptions import NoSuchJobError
 from rq.job import JobStatus
 from rq.job_lifecycle import record_job_failure
 
-from atomq import monitor
-from atomq.engine import keys
+from atomq.core import keys
+from atomq.engine.jobs import load_job
 from atomq.engine.queues import AtomqQueue
 from atomq.engine.recovery import recover_worker
 from atomq.engine.scripts import decode
-from atomq.jobs import load_job
+from atomq.ops import monitor
 
 #: Why a job that was running at backup time failed.
 RESTORED_REASON = (

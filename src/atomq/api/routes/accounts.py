@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from atomq.api.deps import Reader, State, Writer
-from atomq.posts import accounts
+from atomq.features.posts import accounts
 
 router = APIRouter(prefix="/api/v1/accounts", tags=["accounts"])
 

@@ -20,16 +20,16 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import Response
 from starlette.datastructures import FormData
 
-from atomq import monitor
 from atomq.api import dashboard_web as web
 from atomq.api.auth import authenticate, hash_token
 from atomq.api.deps import State
 from atomq.api.state import AppState
+from atomq.core.errors import AtomqError, NotFoundError, UnavailableError
+from atomq.core.options import validate_queue_name
 from atomq.dashboard import overview
 from atomq.dashboard.sections import DashboardContext, load_sources
-from atomq.engine.queues import validate_queue_name
-from atomq.errors import AtomqError, NotFoundError, UnavailableError
-from atomq.ops.jobs import delete_job
+from atomq.ops import monitor
+from atomq.ops.admin import delete_job
 
 logger = logging.getLogger("atomq.dashboard")
 

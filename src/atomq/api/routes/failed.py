@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from atomq import monitor
 from atomq.api.deps import Reader, State, Writer
-from atomq.engine.queues import validate_queue_name
-from atomq.errors import InvalidInputError
+from atomq.core.errors import InvalidInputError
+from atomq.core.options import validate_queue_name
+from atomq.ops import monitor
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["failed jobs"])
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from atomq.api.deps import State
-from atomq.errors import AtomqError
+from atomq.core.errors import AtomqError
 
 router = APIRouter(tags=["probes"])
 

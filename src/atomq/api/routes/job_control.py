@@ -12,8 +12,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from atomq.api.deps import Queue, Reader, Writer
-from atomq.longjobs import job_view
-from atomq.stopping import MAX_GRACE_SECONDS, stop_job
+from atomq.features.longjobs.progress import job_view
+from atomq.features.longjobs.stopping import MAX_GRACE_SECONDS, stop_job
 
 router = APIRouter(prefix="/api/v1/tasks/jobs", tags=["jobs"])
 

@@ -12,10 +12,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from atomq import monitor
 from atomq.api.deps import Queue, Reader, State, Writer
-from atomq.jobs import TERMINAL_STATUSES
-from atomq.submission import submit
+from atomq.engine.jobs import TERMINAL_STATUSES
+from atomq.ops import monitor
+from atomq.ops.submission import submit
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["jobs"])
 

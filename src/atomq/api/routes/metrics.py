@@ -1,4 +1,4 @@
-"""``GET /metrics``: Prometheus text format (see :mod:`atomq.observability.metrics`).
+"""``GET /metrics``: Prometheus text format (see :mod:`atomq.ops.metrics`).
 
 It needs a token with the ``read`` scope, like every other read (Prometheus sends one with
 ``authorization: {credentials: ...}`` in its scrape config). ``ATOMQ_METRICS_PUBLIC=true``
@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.security import HTTPAuthorizationCredentials
 
 from atomq.api.deps import State, bearer, require
-from atomq.observability.metrics import CONTENT_TYPE
+from atomq.ops.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["metrics"])
 

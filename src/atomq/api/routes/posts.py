@@ -1,6 +1,6 @@
 """Scheduled posts: the guide's ``/api/v1/tasks/scheduled-posts`` endpoints.
 
-Thin layer over :class:`atomq.posts.service.PostsService`; errors become HTTP statuses in
+Thin layer over :class:`atomq.features.posts.service.PostsService`; errors become HTTP statuses in
 ``atomq.api.errors`` (422 naming the field, 404, 409), never here.
 """
 
@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from atomq.api.deps import Reader, State, Writer
-from atomq.posts.service import MAX_PAGE, PostChanges, PostInput, PostsService, post_view
+from atomq.features.posts.service import MAX_PAGE, PostChanges, PostInput, PostsService, post_view
 
 router = APIRouter(prefix="/api/v1/tasks/scheduled-posts", tags=["scheduled posts"])
 

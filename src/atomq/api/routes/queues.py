@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from atomq import monitor
 from atomq.api.deps import Admin, Reader, State
-from atomq.engine.queues import validate_queue_name
-from atomq.errors import NotFoundError
-from atomq.overview import queue_overview
+from atomq.core.errors import NotFoundError
+from atomq.core.options import validate_queue_name
+from atomq.ops import monitor
+from atomq.ops.overview import queue_overview
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["queues"])
 

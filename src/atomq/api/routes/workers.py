@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from atomq import monitor
 from atomq.api.deps import Reader, State
-from atomq.engine.queues import validate_queue_name
+from atomq.core.options import validate_queue_name
+from atomq.ops import monitor
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["workers"])
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from atomq.api.deps import Queue, Reader, State, Writer
-from atomq.workflows import service
+from atomq.features.workflows import service
 
 router = APIRouter(prefix="/api/v1/tasks/workflows", tags=["workflows"])
 

@@ -1,0 +1,261 @@
+"""atomq's job class: RQ's ``Job`` that only ever runs registered tasks and only speaks JSON.
+
+RQ imports whatever ``module.function`` a job names and unpickles its payload, so anyone who
+can write to Redis can run code. ``AtomqJob`` closes both doors:
+
+* the serializer is JSON, whatever the caller passes, so a pickle payload is never unpickled;
+* ``func`` resolves the stored name through the task registry, so ``os.system`` is refused;
+* callbacks and webhooks named in a hand-written job hash are ignored.
+
+It keeps RQ's hash layout, so ``Job.fetch``, ``rq info`` and rq-dashboard read atomq's jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import datetime, tzinfo
+from typing import Any
+
+from rq.exceptions import DeserializationError
+from rq.job import Job, JobStatus
+from rq.results import Result
+from rq.serializers import JSONSerializer
+
+from atomq.core.errors import UnknownTaskError
+from atomq.engine.stats import due_time
+from atomq.engine.tasks import TaskSpec, registry
+
+logger = logging.getLogger("atomq.engine.jobs")
+
+#: Statuses from which a job can still be canceled without stopping anything.
+CANCELABLE_STATUSES = frozenset(
+    {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.CREATED, JobStatus.READY_TO_ENQUEUE}
+)
+
+#: Statuses after which nothing more will happen to a job.
+TERMINAL_STATUSES = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
+
+
+class AtomqJob(Job):
+    """An RQ job restricted to registered tasks and JSON payloads."""
+
+    #: When a scheduled job was due (epoch seconds), until it starts; its lateness is measured
+    #: against this (see :mod:`atomq.engine.stats`).
+    due_at: float | None = None
+
+    def __init__(self, id: str | None = None, connection: Any = None, serializer: Any = None) -> None:
+        # The serializer argument is ignored on purpose: accepting pickle here would reopen the
+        # door this class exists to close. (Set after RQ's constructor, which would otherwise
+        # spend ~35 us per job on a runtime Protocol check of it.)
+        super().__init__(id, connection=connection)
+        self.serializer = JSONSerializer
+
+    @property
+    def task_name(self) -> str | None:
+        """The registered task name this job runs (RQ calls it ``func_name``)."""
+        return self.func_name
+
+    @property
+    def spec(self) -> TaskSpec:
+        """The registered task, or :class:`~atomq.core.errors.UnknownTaskError`."""
+        return registry.get(self.func_name or "")
+
+    @property
+    def func(self) -> Any:
+        # RQ's version imports any dotted path. Only the registry may resolve a job's function.
+        return self.spec.func
+
+    @property
+    def success_callback(self) -> None:
+        self._refuse_callback(self._success_callback_name)
+
+    @property
+    def failure_callback(self) -> None:
+        self._refuse_callback(self._failure_callback_name)
+
+    @property
+    def stopped_callback(self) -> None:
+        self._refuse_callback(self._stopped_callback_name)
+
+    def _refuse_callback(self, name: str | None) -> None:
+        if name:
+            logger.warning(
+                "job %s names callback %r; atomq never imports callbacks from Redis", self.id, name
+            )
+
+    def restore(self, raw_data: Any) -> Any:
+        # RQ parses the five timestamps with strptime, the slowest part of loading a job; take
+        # them out, let RQ restore the rest, then parse them with fromisoformat (same result).
+        data = dict(raw_data)
+        stamps = {}
+        for name in _TIMESTAMP_FIELDS:
+            for key in (name, name.encode()):
+                value = data.pop(key, None)
+                if value:
+                    stamps[name] = value
+        result = super().restore(data)
+        for name, value in stamps.items():
+            setattr(self, name, _parse_stamp(value))
+        # Webhook URLs stored in Redis would let a writer make workers call arbitrary hosts.
+        self.webhooks = []
+        self.due_at = due_time(raw_data)
+        return result
+
+
+#: Job hash fields holding RQ-formatted UTC timestamps.
+_TIMESTAMP_FIELDS = ("created_at", "enqueued_at", "started_at", "ended_at", "last_heartbeat")
+
+
+def _parse_stamp(value: bytes | str) -> datetime:
+    text = value.decode() if isinstance(value, bytes) else value
+    try:
+        return datetime.fromisoformat(text)  # RQ writes '%Y-%m-%dT%H:%M:%S.%fZ'; 3.11 reads the Z
+    except ValueError:
+        from rq.utils import utcparse
+
+        return utcparse(text)
+
+
+#: What restoring a job hash that was written by hand or corrupted raises (bad dates, statuses,
+#: numbers or encodings); such a job is reported as unreadable rather than failing a listing.
+_UNREADABLE = (ValueError, TypeError, KeyError, UnicodeDecodeError)
+
+
+def load_job(job_id: str, connection: Any) -> AtomqJob:
+    """Fetch one job as an :class:`AtomqJob`.
+
+    Raises RQ's ``NoSuchJobError`` when there is none and
+    :class:`~atomq.core.errors.UnreadableJobError` when its record cannot be decoded.
+    """
+    from atomq.core.errors import UnreadableJobError
+
+    job = AtomqJob(job_id, connection=connection)
+    try:
+        job.refresh()
+    except _UNREADABLE as exc:
+        raise UnreadableJobError(
+            f"job {job_id} is stored in a form atomq cannot read ({str(exc)[:200]})", field="job_id"
+        ) from None
+    return job
+
+
+def load_jobs(job_ids: list[str], connection: Any) -> list[AtomqJob | None]:
+    """Fetch many jobs in one round trip; ``None`` where a job no longer exists or cannot be read."""
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hgetall(AtomqJob.key_for(job_id))
+        replies = pipe.execute()
+    jobs: list[AtomqJob | None] = []
+    for job_id, raw in zip(job_ids, replies, strict=True):
+        if not raw:
+            jobs.append(None)
+            continue
+        job = AtomqJob(job_id, connection=connection)
+        try:
+            job.restore(raw)
+        except _UNREADABLE as exc:
+            logger.warning("job %s cannot be read (%s); leaving it out", job_id, exc)
+            jobs.append(None)
+            continue
+        jobs.append(job)
+    return jobs
+
+
+def iso(value: datetime | None, zone: tzinfo | None = None) -> str | None:
+    """ISO-8601 with an explicit offset (UTC unless ``zone`` is given), or ``None``."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        from datetime import UTC
+
+        value = value.replace(tzinfo=UTC)
+    if zone is not None:
+        value = value.astimezone(zone)
+    return value.isoformat()
+
+
+def error_summary(exc_string: str | None) -> str | None:
+    """The last meaningful line of a traceback: ``ValueError: bad post``."""
+    if not exc_string:
+        return None
+    lines = [line.strip() for line in exc_string.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
+def readable_meta(job: Job) -> dict[str, Any]:
+    """The job's meta, or a note when it is not JSON (RQ then keeps the raw bytes, which would
+    break any JSON reply and must never be unpickled)."""
+    if getattr(job, "_unreadable_meta", None) is not None:
+        return {"unreadable": "meta is stored in a form atomq cannot read (not JSON)"}
+    return dict(job.meta or {})
+
+
+def latest_result(job: Job) -> Result | None:
+    """The job's newest Result, tolerating values that do not decode as JSON."""
+    try:
+        return job.latest_result()
+    except (ValueError, TypeError, UnicodeDecodeError):
+        logger.warning("job %s has a result atomq cannot decode", job.id)
+        return None
+
+
+def status_dict(job: Job, *, refresh: bool = False) -> dict[str, Any]:
+    """The guide's job status dictionary, exactly its keys, times in ISO-8601 with offset.
+
+    ``result`` is the return value of a finished job; ``error`` the last line of the latest
+    failed attempt, shown also while a retry is pending (the traceback stays available through
+    ``atomq failed --job-id``).
+    """
+    status = job.get_status(refresh=refresh)
+    result: Any = None
+    error: str | None = None
+    latest = latest_result(job) if status != JobStatus.CREATED else None
+    if latest is not None:
+        if latest.type == Result.Type.SUCCESSFUL:
+            if status == JobStatus.FINISHED:
+                result = latest.return_value
+        elif latest.type == Result.Type.MAX_RETRIES_EXCEEDED:
+            error = "maximum number of retries exceeded"
+        elif latest.exc_string:
+            error = error_summary(latest.exc_string)
+    if status == JobStatus.STOPPED and not error:
+        error = "stopped on request"
+    return {
+        "job_id": job.id,
+        "status": str(status.value if isinstance(status, JobStatus) else status),
+        "created_at": iso(job.created_at),
+        "enqueued_at": iso(job.enqueued_at),
+        "started_at": iso(job.started_at),
+        "ended_at": iso(job.ended_at),
+        "result": result,
+        "error": error,
+    }
+
+
+def refusal_reason(job: Job) -> str | None:
+    """Why a worker must not run ``job`` (undecodable payload, unregistered task), or ``None``."""
+    try:
+        name = job.func_name
+    except DeserializationError:
+        return "its payload is not JSON (atomq never unpickles job data)"
+    try:
+        registry.get(name or "")
+    except UnknownTaskError as exc:
+        return str(exc)
+    return None
+
+
+def set_next_retry_delay(job: Job, delay: float) -> None:
+    """Make the job's next retry wait ``delay`` seconds (rounded up), keeping later intervals.
+
+    RQ reads the wait for retry n from ``retry_intervals[n]``; a task that knows better (a rate
+    limit's reset time) overrides just that slot.
+    """
+    intervals = list(job.retry_intervals or [0])
+    retries_left = job.retries_left or 0
+    index = max(len(intervals) - retries_left, 0)
+    while len(intervals) <= index:
+        intervals.append(intervals[-1])
+    intervals[index] = max(0, math.ceil(delay))
+    job.retry_intervals = intervals

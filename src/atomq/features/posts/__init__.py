@@ -1,0 +1,12 @@
+"""Scheduled social-media posts: durable records, publishers, exactly-once publishing.
+
+* :mod:`~atomq.features.posts.models` - accounts and posts (SQLAlchemy), the source of truth;
+* :mod:`~atomq.features.posts.service` / :mod:`~atomq.features.posts.accounts` - what the API and CLI call;
+* :mod:`~atomq.features.posts.publishing` - the state machine that publishes a post at most once;
+* :mod:`~atomq.features.posts.publishers` - Mastodon, signed webhooks, the local outbox;
+* :mod:`~atomq.features.posts.ratelimit` - per-account limits shared by every worker (Redis, Lua);
+* :mod:`~atomq.features.posts.reconciler` - makes Redis agree with the database;
+* :mod:`~atomq.features.posts.tasks` - the guide's ``process_scheduled_post`` task.
+
+Nothing here knows about HTTP or the command line.
+"""

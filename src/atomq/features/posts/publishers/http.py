@@ -1,0 +1,119 @@
+"""HTTP plumbing the Mastodon and webhook publishers share: a guarded client, and one mapping
+from transport errors and status codes to publish outcomes."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from importlib.metadata import version
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from atomq.features.posts.netguard import GuardedTransport, HostPolicy, blocked
+from atomq.features.posts.publishers.base import NotSent, OutcomeUnknown, RateLimited, Rejected
+
+#: Longest wait a platform's rate-limit headers may ask for before we stop believing them.
+MAX_RETRY_AFTER = 3600.0
+
+
+def make_client(policy: HostPolicy, timeout: float) -> httpx.Client:
+    """A client that connects only where ``policy`` allows, follows no redirects, ignores proxies."""
+    return httpx.Client(
+        transport=GuardedTransport(policy),
+        timeout=httpx.Timeout(timeout),
+        follow_redirects=False,
+        trust_env=False,
+        headers={"User-Agent": f"atomq/{version('atomq')}"},
+    )
+
+
+def redact(url: str) -> str:
+    """``url`` without query, fragment or user info (they may carry secrets)."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def send(client: httpx.Client, url: str, **kwargs: Any) -> httpx.Response:
+    """POST and return the 2xx response, or raise the outcome the failure means."""
+    where = redact(url)
+    try:
+        response = client.post(url, **kwargs)
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        if blocked(exc):
+            raise Rejected(f"{where}: {exc}") from None
+        # Nothing reached the platform: no connection was made.
+        raise NotSent(f"{where}: could not connect ({type(exc).__name__}: {exc})") from None
+    except httpx.TimeoutException as exc:
+        raise OutcomeUnknown(f"{where}: no complete answer in time ({type(exc).__name__})") from None
+    except httpx.TransportError as exc:
+        raise OutcomeUnknown(
+            f"{where}: connection failed mid-request ({type(exc).__name__}: {exc})"
+        ) from None
+    status = response.status_code
+    if 200 <= status < 300:
+        return response
+    detail = _error_detail(response)
+    if status == 429:
+        raise RateLimited(f"{where}: 429 rate limited{detail}", retry_after=retry_after(response))
+    if status >= 500:
+        raise OutcomeUnknown(f"{where}: {status}{detail}", retry_after=retry_after(response))
+    if status == 408:
+        raise OutcomeUnknown(f"{where}: 408 request timeout{detail}")
+    raise Rejected(f"{where}: {status}{detail}")
+
+
+def retry_after(response: httpx.Response, now: float | None = None) -> float | None:
+    """Seconds to wait from ``Retry-After`` (seconds or HTTP date) or ``X-RateLimit-Reset``
+    (ISO-8601 as Mastodon sends it, or epoch seconds); ``None`` when neither is usable."""
+    now = time.time() if now is None else now
+    value = response.headers.get("retry-after")
+    if value:
+        value = value.strip()
+        try:
+            return _clamp(float(value))
+        except ValueError:
+            pass
+        try:
+            return _clamp(parsedate_to_datetime(value).timestamp() - now)
+        except (TypeError, ValueError, IndexError):
+            pass
+    reset = response.headers.get("x-ratelimit-reset")
+    if reset:
+        reset = reset.strip()
+        try:
+            number = float(reset)
+        except ValueError:
+            try:
+                moment = datetime.fromisoformat(reset.replace("Z", "+00:00"))
+            except ValueError:
+                return None
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            return _clamp(moment.timestamp() - now)
+        # Small numbers are "seconds from now", large ones an epoch timestamp.
+        return _clamp(number - now if number > 1e9 else number)
+    return None
+
+
+def _clamp(seconds: float) -> float:
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _error_detail(response: httpx.Response) -> str:
+    """The platform's own error text, short (Mastodon answers {"error": "..."})."""
+    text = ""
+    try:
+        body = response.json()
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            text = body["error"]
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+        text = response.text[:200] if response.headers.get("content-type", "").startswith("text/") else ""
+    text = " ".join(text.split())[:200]
+    return f": {text}" if text else ""

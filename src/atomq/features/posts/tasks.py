@@ -1,0 +1,58 @@
+"""The guide's task: ``process_scheduled_post(post_id, user_id)`` on the ``social_media`` queue.
+
+Every atomq process imports this module (``BUILTIN_TASK_MODULES``), so it only registers the
+task: publishing's own imports (SQLAlchemy, httpx, the publishers, cryptography: ~30 MB) are
+made on the first post a process publishes, and preloaded before forking where a process forks
+per job (``preload``). The periodic reconciler registers where a scheduler runs
+(``atomq.engine.periodic.PERIODIC_MODULES``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from atomq.engine.tasks import Retry, task
+
+#: Retries cover failed sends; waits (rate limits, a busy account) defer without using one
+#: (atomq.Defer). The post itself counts real attempts and gives up after
+#: ATOMQ_POSTS_MAX_ATTEMPTS.
+POST_RETRY = Retry(max=30, delay=2, backoff=2, max_delay=600, jitter=0.25)
+
+#: What publishing imports, preloaded before a process forks per job.
+PUBLISHING_MODULES = (
+    "atomq.features.posts.publishing",
+    "atomq.features.posts.runtime",
+    "atomq.features.posts.credentials",
+    "atomq.features.posts.publishers.http",
+    "atomq.features.posts.publishers.mastodon",
+    "atomq.features.posts.publishers.outbox",
+    "atomq.features.posts.publishers.webhook",
+)
+
+
+#: process_scheduled_post's timeout when a post has no media to lengthen its attempt
+#: (posts/jobs.py gives those a longer one).
+DEFAULT_JOB_TIMEOUT = 300
+
+
+@task(
+    "process_scheduled_post",
+    queue="social_media",
+    timeout=DEFAULT_JOB_TIMEOUT,
+    retry=POST_RETRY,
+    preload=PUBLISHING_MODULES,
+)
+def process_scheduled_post(post_id: str, user_id: str, revision: int | None = None) -> dict[str, Any]:
+    """Publish scheduled post ``post_id`` of ``user_id``, at most once however often it runs.
+
+    Returns the post's state (``status``, ``platform_post_id``, ``url``...). Safe to call
+    directly for testing, as the guide shows.
+    """
+    from rq import get_current_job
+
+    from atomq.features.posts.publishing import publish_post
+    from atomq.features.posts.runtime import from_environment
+
+    job = get_current_job()
+    runtime = from_environment(job.connection if job is not None else None)
+    return publish_post(runtime, post_id, user_id, revision)

@@ -1,1 +1,0 @@
-"""Logging (and, later, metrics) for every atomq process."""
