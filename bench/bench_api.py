@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from atomq.api.auth import entry_for  # noqa: E402
 from atomq.core.settings import load_settings  # noqa: E402
-from atomq.engine import stats
+from atomq.engine import stats  # noqa: E402
 from atomq.engine.task_queue import Call, TaskQueue  # noqa: E402
 
 TOKEN = "atq_bench_read_token"

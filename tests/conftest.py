@@ -14,7 +14,7 @@ from atomq.core.settings import Settings, load_settings
 from atomq.db.base import Base
 from atomq.db.engine import Database
 from atomq.db.migrate import upgrade
-from atomq.db.models import import_all_models
+from atomq.engine import plugins
 from atomq.engine.task_queue import TaskQueue
 from tests.support import (
     PostgresDatabase,
@@ -133,7 +133,7 @@ def database(database_url: str) -> Iterator[Database]:
     if db.dialect == "sqlite":
         upgrade(db)
     else:
-        import_all_models()
+        plugins.load("models")
         with db.engine.begin() as connection:
             for table in reversed(Base.metadata.sorted_tables):
                 connection.execute(sqlalchemy.text(f'DELETE FROM "{table.name}"'))

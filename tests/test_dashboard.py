@@ -13,7 +13,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from atomq.api.app import create_app
-from atomq.dashboard import sections
+from atomq.engine import plugins
 from tests.conftest import TOKENS
 
 
@@ -222,14 +222,14 @@ def test_the_live_fragment_is_the_page_without_its_frame(api, tq):
 
 
 def test_timeline_shows_scheduled_jobs_and_plugged_in_sources(api, tq, monkeypatch):
-    monkeypatch.setattr(sections, "_timeline", dict(sections._timeline))
+    monkeypatch.setattr(plugins.registry, "timeline", dict(plugins.registry.timeline))
     soon = tq.enqueue_in(timedelta(minutes=10), "add", a=1, b=2)
     later = tq.enqueue_in(timedelta(days=3), "add", a=1, b=2)
 
-    @sections.timeline_source("posts", title="Scheduled posts", order=20)
+    @plugins.timeline_source("posts", title="Scheduled posts", order=20)
     def posts(ctx, until, limit):
         return [
-            sections.TimelineItem(
+            plugins.TimelineItem(
                 at=ctx.now + timedelta(hours=2),
                 kind="post",
                 title="Hello fediverse",
@@ -238,7 +238,7 @@ def test_timeline_shows_scheduled_jobs_and_plugged_in_sources(api, tq, monkeypat
             )
         ]
 
-    @sections.timeline_source("broken", title="Workflow timers", order=30)
+    @plugins.timeline_source("broken", title="Workflow timers", order=30)
     def broken(ctx, until, limit):
         raise RuntimeError("workflow store offline")
 

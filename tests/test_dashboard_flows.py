@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from atomq.core.timeutil import utcnow
-from atomq.dashboard.flows import batches, workflow_runs
-from atomq.dashboard.sections import DashboardContext
+from atomq.engine.plugins import Context
 from atomq.engine.tasks import load_task_modules
+from atomq.features.batches.observe import batches
+from atomq.features.workflows.observe import workflow_runs
 from atomq.features.workflows.service import start_run
 
 
@@ -13,7 +14,7 @@ def test_workflow_runs_and_batches_show_progress(tq, settings, connection, datab
     load_task_modules(["tests.jobs"])
     run = start_run(database, tq, "diamond", {"n": 4})
     batch = tq.enqueue_batch("add", [{"a": i, "b": 1} for i in range(25)])
-    ctx = DashboardContext(settings, connection, utcnow(), database_factory=lambda: database)
+    ctx = Context(settings, connection, now=utcnow(), database_factory=lambda: database)
 
     (shown,) = workflow_runs(ctx, 10)
     assert (shown.kind, shown.ref, shown.title, shown.status) == ("workflow", run["id"], "diamond", "running")

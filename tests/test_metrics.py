@@ -9,7 +9,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
 from atomq.core import keys
-from atomq.engine.periodic import Periodic, PeriodicContext, PeriodicRunner
+from atomq.engine import plugins
+from atomq.engine.periodic import PeriodicRunner
+from atomq.engine.plugins import Context, Periodic
 from atomq.ops import metrics
 from tests.api_support import api_client, auth
 
@@ -126,7 +128,7 @@ def test_periodic_runs_are_reported(client, settings, connection):
         raise RuntimeError("reconciler broke")
 
     runner = PeriodicRunner(
-        PeriodicContext(settings, connection),
+        Context(settings, connection),
         lambda: True,
         jobs=[Periodic("posts.reconcile", good, 60), Periodic("flows.resume", bad, 60)],
     )
@@ -138,7 +140,7 @@ def test_periodic_runs_are_reported(client, settings, connection):
     assert value(s, "atomq_periodic_last_success_timestamp_seconds", name="flows.resume") is None
 
 
-def test_extra_collectors_plug_in_and_fail_alone(client):
+def test_extra_collectors_plug_in_and_fail_alone(client, monkeypatch):
     def widgets(ctx):
         gauge = GaugeMetricFamily("atomq_widgets", "Widgets by state.", labels=["state"])
         gauge.add_metric(["scheduled"], 7)
@@ -147,33 +149,27 @@ def test_extra_collectors_plug_in_and_fail_alone(client):
     def broken(ctx):
         raise RuntimeError("database down")
 
-    metrics.register_collector("widgets", widgets)
-    metrics.register_collector("broken", broken)
-    try:
-        s = scrape(client)
-    finally:
-        metrics.unregister_collector("widgets")
-        metrics.unregister_collector("broken")
+    monkeypatch.setitem(plugins.registry.collectors, "widgets", widgets)
+    monkeypatch.setitem(plugins.registry.collectors, "broken", broken)
+    s = scrape(client)
     assert value(s, "atomq_widgets", state="scheduled") == 7
     assert value(s, "atomq_collector_up", collector="widgets") == 1
     assert value(s, "atomq_collector_up", collector="broken") == 0
     assert value(s, "atomq_queue_jobs", queue="default", status="queued") == 0
 
 
-def test_a_failing_collector_logs_once_not_on_every_scrape(caplog):
+def test_a_failing_collector_logs_once_not_on_every_scrape(caplog, monkeypatch):
     calls = []
 
     def broken(ctx):
         calls.append(1)
         raise RuntimeError("no such table: scheduled_posts")
 
-    metrics.register_collector("broken", broken)
-    try:
-        with caplog.at_level("INFO", logger="atomq.metrics"):
-            for _ in range(5):
-                metrics.extra_metrics(None)
-    finally:
-        metrics.unregister_collector("broken")
+    monkeypatch.setitem(plugins.registry.collectors, "broken", broken)
+    monkeypatch.setattr(metrics, "_failing_since", {})
+    with caplog.at_level("INFO", logger="atomq.metrics"):
+        for _ in range(5):
+            metrics.extra_metrics(None)
     assert len(calls) == 5
     about_broken = [r for r in caplog.records if "collector broken" in r.getMessage()]
     assert len(about_broken) == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from atomq.core.timeutil import utcnow
-from atomq.dashboard.sections import DashboardContext
+from atomq.engine.plugins import Context
 from atomq.features.posts.observe import scheduled_posts
 from tests.posts_support import schedule
 
@@ -31,9 +31,7 @@ def test_scheduled_posts_on_the_dashboard_timeline(posts_settings, connection, d
     schedule(service, account, "due next week", at=utcnow() + timedelta(days=7))
     now = utcnow()
     for scope, title in (("admin", "due soon"), ("read", f"post for {account.id}")):
-        ctx = DashboardContext(
-            posts_settings, connection, now, scope=scope, database_factory=lambda: database
-        )
+        ctx = Context(posts_settings, connection, now=now, scope=scope, database_factory=lambda: database)
         items = scheduled_posts(ctx, now + timedelta(hours=24), 50)
         assert [item.ref for item in items] == [soon.id]
         assert items[0].title == title  # post text only for admins

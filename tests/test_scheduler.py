@@ -7,7 +7,9 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from atomq.core import keys
-from atomq.engine.periodic import PeriodicContext, PeriodicRunner, periodic, registered
+from atomq.engine import plugins
+from atomq.engine.periodic import PeriodicRunner, registered
+from atomq.engine.plugins import Context, periodic
 from atomq.engine.recovery import recover_worker
 from atomq.engine.scheduler import Scheduler, leader
 from tests.support import wait_for
@@ -95,13 +97,13 @@ def test_periodic_functions_run_only_on_the_leader(settings, connection):
     calls: list[str] = []
 
     @periodic("test.record", interval=0.1)
-    def record(ctx: PeriodicContext) -> None:
+    def record(ctx: Context) -> None:
         calls.append(ctx.settings.redis_url or "")
 
     try:
         assert "test.record" in [p.name for p in registered()]
         leading = {"value": False}
-        runner = PeriodicRunner(PeriodicContext(settings, connection), lambda: leading["value"])
+        runner = PeriodicRunner(Context(settings, connection), lambda: leading["value"])
         runner.start()
         time.sleep(0.3)
         assert calls == []
@@ -110,9 +112,7 @@ def test_periodic_functions_run_only_on_the_leader(settings, connection):
         runner.stop()
         assert calls[0] == settings.redis_url
     finally:
-        from atomq.engine import periodic as module
-
-        module._registry.pop("test.record", None)
+        plugins.registry.periodic.pop("test.record", None)
 
 
 def test_reaper_recovers_jobs_of_a_vanished_worker(tq, connection):

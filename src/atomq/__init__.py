@@ -15,10 +15,10 @@
 
 from __future__ import annotations
 
-from atomq.core.errors import AtomqError, Defer, PermanentError, RetryableError
+from atomq.core.errors import AtomqError, Defer, JobStopped, PermanentError, RetryableError
 from atomq.engine.task_queue import Call, TaskQueue, cancel_job, get_job_status, task_queue
 from atomq.engine.tasks import Retry, task
-from atomq.features.longjobs.progress import JobStopped, job_stopping, raise_if_stopping, report_progress
+from atomq.features.longjobs.progress import job_stopping, raise_if_stopping, report_progress
 
 __all__ = [
     "AtomqError",

@@ -48,10 +48,11 @@ class AppState:
     @cached_property
     def metrics(self) -> CachedExposition:
         """What ``/metrics`` renders: atomq's collector plus the registered ones, briefly cached."""
-        from atomq.ops.metrics import MetricsContext, build_registry, load_metric_modules
+        from atomq.engine.plugins import Context
+        from atomq.ops.metrics import build_registry, load_metric_modules
 
         load_metric_modules()
-        registry = build_registry(MetricsContext(self.settings, self.redis, lambda: self.database))
+        registry = build_registry(Context(self.settings, self.redis, lambda: self.database))
         return CachedExposition(registry, self.settings.metrics_cache_seconds)
 
     @cached_property

@@ -28,7 +28,8 @@ The tree (HTTP status in brackets, as the API reports it)::
     JobFailure                          raised *by task code* to steer retries
     ├── RetryableError                  a retry may succeed (timeouts, 5xx): uses one retry
     ├── PermanentError                  retrying cannot help; fail without using retries
-    └── Defer                           not now: run again after a delay, using no retry
+    ├── Defer                           not now: run again after a delay, using no retry
+    └── JobStopped                      the job was asked to stop: ends ``stopped``, no retry
 
 Messages say what was wrong, with the offending value, and what to do about it.
 Each error carries a machine-readable ``code`` and, where one input is to blame, a ``field``,
@@ -215,3 +216,8 @@ class Defer(JobFailure):
 
 class PermanentError(JobFailure):
     """Raise from a task when retrying cannot help: the job fails at once, keeping its retries."""
+
+
+class JobStopped(JobFailure):
+    """Raised in a task asked to stop (by :func:`atomq.raise_if_stopping`, a stop command or a
+    cold shutdown); the worker records the job as ``stopped``: not failed, not retried."""

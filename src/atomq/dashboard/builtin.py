@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from atomq.dashboard.sections import (
-    DashboardContext,
+from atomq.engine.jobs import load_jobs
+from atomq.engine.plugins import (
+    Context,
     ProgressItem,
     TimelineItem,
     progress_source,
     timeline_source,
 )
-from atomq.engine.jobs import load_jobs
 from atomq.ops import monitor
 
 
 @timeline_source("jobs", title="Scheduled jobs", order=10)
-def scheduled_jobs(ctx: DashboardContext, until: datetime, limit: int) -> list[TimelineItem]:
+def scheduled_jobs(ctx: Context, until: datetime, limit: int) -> list[TimelineItem]:
     """Jobs waiting in the scheduled registries (``enqueue_in``/``enqueue_at``, retries with a delay)."""
     names = monitor.known_queues(ctx.connection, ctx.settings.queues)
     items = []
@@ -41,7 +41,7 @@ def scheduled_jobs(ctx: DashboardContext, until: datetime, limit: int) -> list[T
 
 
 @progress_source("running", title="Running jobs", order=90)
-def running_jobs(ctx: DashboardContext, limit: int) -> list[ProgressItem]:
+def running_jobs(ctx: Context, limit: int) -> list[ProgressItem]:
     """Jobs workers are running now, with the share of their timeout used so far.
 
     A job close to its timeout is about to be killed: that is what an on-call engineer looks for.

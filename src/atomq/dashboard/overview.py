@@ -11,14 +11,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from atomq.core.options import validate_queue_name
-from atomq.dashboard.sections import (
-    DashboardContext,
-    ProgressItem,
-    SectionResult,
-    TimelineItem,
-    collect_progress,
-    collect_timeline,
-)
+from atomq.dashboard.sections import SectionResult, collect_progress, collect_timeline
+from atomq.engine.plugins import Context, ProgressItem, TimelineItem
 from atomq.engine.task_queue import TaskQueue
 from atomq.ops import monitor
 
@@ -87,7 +81,7 @@ class Overview:
         return {key: sum(getattr(row.stats, key) for row in self.queues) for key in keys}
 
 
-def gather(ctx: DashboardContext, *, window: timedelta = TIMELINE_WINDOW) -> Overview:
+def gather(ctx: Context, *, window: timedelta = TIMELINE_WINDOW) -> Overview:
     """Queues, workers, scheduler, recent failures, timeline and progress for the main page."""
     names = monitor.known_queues(ctx.connection, ctx.settings.queues)
     stats = monitor.queue_stats(ctx.connection, names)
@@ -123,7 +117,7 @@ class FailedPage:
         return max(1, -(-self.total // self.per_page))
 
 
-def failed_page(ctx: DashboardContext, *, queue: str | None, page: int, per_page: int = 50) -> FailedPage:
+def failed_page(ctx: Context, *, queue: str | None, page: int, per_page: int = 50) -> FailedPage:
     """Failed jobs, newest first, ``per_page`` at a time."""
     names = monitor.known_queues(ctx.connection, ctx.settings.queues)
     chosen = [validate_queue_name(queue)] if queue else names

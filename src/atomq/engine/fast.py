@@ -51,19 +51,17 @@ from rq.version import VERSION
 
 from atomq.core import keys
 from atomq.core.connection import MAX_RECONNECT_BACKOFF_SECONDS, blocking_timeout, describe_client
-from atomq.core.errors import Defer, PermanentError, RetryableError, UnknownTaskError
+from atomq.core.errors import Defer, JobStopped, PermanentError, RetryableError, UnknownTaskError
 from atomq.core.logging import job_log_fields, log_context
 from atomq.core.settings import Settings
 from atomq.core.timeutil import utcnow
-from atomq.engine import hooks as job_hooks
-from atomq.engine import stats
+from atomq.engine import hooks, plugins, stats
 from atomq.engine.fast_scripts import FastScripts, pairs
 from atomq.engine.jobs import AtomqJob, error_summary, refusal_reason, set_next_retry_delay
 from atomq.engine.process import set_process_title
 from atomq.engine.queues import AtomqQueue, schedule_deferred, schedule_retry
 from atomq.engine.scripts import Scripts, decode
 from atomq.engine.tasks import preload, registry
-from atomq.features.longjobs.progress import JobStopped  # raised on a stop request, or by raise_if_stopping()
 
 logger = logging.getLogger("atomq.worker")
 
@@ -148,6 +146,7 @@ class FastWorker:
         default_timeout: int | None = None,
         shared: Shared | None = None,
     ) -> None:
+        plugins.load("hooks")  # what the features follow at each step of a job (batches, progress)
         self.queues = list(queues)
         self.connection = connection
         self.settings = settings
@@ -341,8 +340,21 @@ class FastWorker:
             job.worker_name = self.name
             job._status = JobStatus.STARTED
             self.buffer.append(Claimed(job, self.queues[int(reply[index])]))
-        job_hooks.jobs_claimed(self.connection, [c.job for c in list(self.buffer)[-(len(reply) // 3) :]])
+        self._hooks_started([c.job for c in list(self.buffer)[-(len(reply) // 3) :]])
         return True
+
+    def _hooks_started(self, jobs: list[AtomqJob]) -> None:
+        """Tell the features these jobs started; their writes share one round trip (none when
+        no feature wrote anything)."""
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                hooks.started(jobs, pipe)
+                if len(pipe):
+                    pipe.execute()
+        except redis.RedisError:
+            logger.exception(
+                "Worker %s: could not record the start of %d job(s) for features", self.name, len(jobs)
+            )
 
     def _take(self) -> Claimed | None:
         """The next claimed job to run, skipping ones stopped while they waited."""
@@ -413,7 +425,7 @@ class FastWorker:
             signal.setitimer(signal.ITIMER_REAL, timeout)
             self._timer_armed = True
             try:
-                job_hooks.job_running(job, self.connection)
+                hooks.running(job, self.connection)
                 self._in_job = True
                 value = job.perform()
             except BaseException as exc:  # a job's SystemExit must not end the worker
@@ -426,7 +438,7 @@ class FastWorker:
             return "ok", value
         finally:
             self._in_job = False
-            job_hooks.job_returned()
+            hooks.returned(job)
             with self._lock:
                 self.current = None
             self.shared.clear()
@@ -478,7 +490,7 @@ class FastWorker:
                 ended + result_ttl if result_ttl > 0 else 0,
             ]
         self.scripts.finish_many.queue(pipe, [self.key, self.claimed_key], args)
-        job_hooks.queue_job_ends(pipe, [(item.claimed.job, "finished") for item in finished])
+        hooks.ended([(item.claimed.job, "finished") for item in finished], pipe)
         tally = stats.Tally()
         for item in finished:
             job = item.claimed.job
@@ -579,7 +591,7 @@ class FastWorker:
                 job.save(pipeline=pipe, include_meta=False, include_result=False)
                 pipe.zadd(f"rq:failed:{queue}", {job.id: ended.timestamp() + failure_ttl})
                 pipe.expire(job.key, failure_ttl)
-                job_hooks.queue_job_ends(pipe, [(job, "stopped" if stopped else "failed")])
+                hooks.ended([(job, "stopped" if stopped else "failed")], pipe)
             pipe.zrem(f"rq:wip:{queue}", f"{job.id}:{self.name}")
             pipe.lrem(self.claimed_key, 1, job.id)
             pipe.hincrby(self.key, "failed_job_count", 1)
@@ -713,7 +725,7 @@ class FastWorker:
             logger.info("Worker %s: shutdown command received", self.name)
             os.kill(os.getpid(), signal.SIGTERM)
             return
-        if job_hooks.worker_command(self, payload, running=self._running, stop_now=self._stop_now):
+        if hooks.command(self, payload, self._running, self._stop_now):
             return
         if command not in ("stop-job", "kill-horse"):
             return

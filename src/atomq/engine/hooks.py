@@ -1,114 +1,110 @@
-"""What the workers call at each step of a job's life, for batches and long-running jobs.
+"""What workers tell the features at each step of a job's life.
 
-The workers know nothing else of batches, progress or graceful stops; an engine only needs to
-call these at the same moments.
+A feature that follows jobs (batches count their items, long jobs beat and report progress,
+workflows open their database before the fork) subclasses :class:`JobHooks`, overrides what
+it needs, and registers an instance with :func:`atomq.engine.plugins.job_hooks` in a module
+listed as its ``hooks`` (see :mod:`atomq.engine.plugins`). Workers call the functions below at
+the same moments whatever their class; a hook that fails is logged and never fails the job.
 
-RQ's forking worker (:mod:`atomq.engine.rq_worker`):
-
-* :func:`execution_prepared` - the job is being marked started (main worker process, inside
-  the pipeline that marks it, before the job's process is forked);
-* :func:`horse_started` - in the process about to run the task, just before it runs;
-* :func:`job_ended` - after the outcome is recorded (success, final failure, stop);
-* :func:`job_raised` - the task raised ``exc`` (before the failure is handled);
-* :func:`worker_command` - a command arrived on the worker's channel; True when handled.
-
-The fast worker (:mod:`atomq.engine.fast`), which batches its Redis writes:
-
-* :func:`jobs_claimed` - a batch of jobs was claimed and marked started;
-* :func:`job_running` / :func:`job_returned` - around the task's own run, in its process;
-* :func:`queue_job_ends` - on the pipeline that records final outcomes (same round trip);
-* :func:`worker_command` - as above, with how to find and stop the running job.
+Hooks that receive a pipeline queue their writes on it: they ride in the round trip that
+records the job's start or end, so following a job costs no extra round trip.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
 from rq.job import Job
 
-from atomq.features.batches import tracking as batch_tracking
-from atomq.features.longjobs import progress as longjobs
-from atomq.features.longjobs import stopping
+from atomq.engine.plugins import registry
 
-logger = logging.getLogger("atomq.engine.hooks")
+logger = logging.getLogger("atomq.hooks")
 
-
-def execution_prepared(job: Job, pipeline: Any) -> None:
-    """The job is about to start; ``pipeline`` is the one that marks it started."""
-    batch_tracking.record_start(job, pipeline)
-    if job.func_name == "atomq.workflow_step":
-        from atomq.features.workflows.steps import warm_database
-
-        warm_database()
+#: What a worker offers a command hook: the running job's id and a token for this run of it,
+#: and a way to stop that job at once.
+Running = Callable[[], tuple[str | None, object]]
+StopNow = Callable[[str], None]
 
 
-def horse_started(job: Job, connection: redis.Redis) -> None:
-    """In the job's own process, right before the task runs: start its heartbeat."""
-    longjobs.job_started(job.id, connection)
+class JobHooks:
+    """Override the moments a feature cares about; every method does nothing by default."""
+
+    def started(self, job: Job, pipeline: Any) -> None:
+        """``job`` is being marked started; queue writes on ``pipeline`` (sent right after)."""
+
+    def running(self, job: Job, connection: redis.Redis) -> None:
+        """In the process (and thread) about to run the task, right before it runs."""
+
+    def returned(self, job: Job) -> None:
+        """The task returned or raised, in the process that ran it."""
+
+    def ended(self, job: Job, status: str, pipeline: Any) -> None:
+        """``job`` reached a final ``status`` (finished, failed, stopped); queue writes on the
+        ``pipeline`` that records it."""
+
+    def command(self, worker: Any, payload: dict[str, Any], running: Running, stop_now: StopNow) -> bool:
+        """A command arrived on the worker's channel; True when this feature handled it."""
+        return False
 
 
-def jobs_claimed(connection: redis.Redis, jobs: list[Job]) -> None:
-    """Jobs were claimed and marked started: set the ``started`` bits of batch items (one round
-    trip, and only when the claim holds batch items)."""
-    items = [job for job in jobs if batch_tracking.batch_item(job)]
-    if not items:
-        return
+def _each() -> list[JobHooks]:
+    return list(registry.hooks)
+
+
+def started(jobs: Iterable[Job], pipeline: Any) -> None:
+    """Jobs were claimed and are being marked started: queue the features' writes on ``pipeline``."""
+    for hooks in _each():
+        for job in jobs:
+            _guard(hooks, "started", job.id, hooks.started, job, pipeline)
+
+
+def running(job: Job, connection: redis.Redis) -> None:
+    """The task of ``job`` is about to run here."""
+    for hooks in _each():
+        _guard(hooks, "running", job.id, hooks.running, job, connection)
+
+
+def returned(job: Job) -> None:
+    """The task of ``job`` returned or raised."""
+    for hooks in _each():
+        _guard(hooks, "returned", job.id, hooks.returned, job)
+
+
+def ended(ended: Iterable[tuple[Job, str]], pipeline: Any) -> None:
+    """Final outcomes are being recorded on ``pipeline``."""
+    for hooks in _each():
+        for job, status in ended:
+            _guard(hooks, "ended", job.id, hooks.ended, job, status, pipeline)
+
+
+def ended_now(connection: redis.Redis, job: Job, status: str) -> None:
+    """A final outcome was recorded without a pipeline to join (RQ's worker): send the
+    features' writes in one round trip of their own."""
     try:
         with connection.pipeline(transaction=False) as pipe:
-            for job in items:
-                batch_tracking.record_start(job, pipe)
+            ended([(job, status)], pipe)
             pipe.execute()
     except redis.RedisError:
-        logger.exception("could not record the start of %d batch item(s)", len(items))
+        # A reconciler accounts for it later; a hook must never fail the job.
+        logger.exception("could not record the end of job %s for its features", job.id)
 
 
-def job_running(job: Job, connection: redis.Redis) -> None:
-    """Right before the task runs, in the process that runs it (cheap: no thread, no I/O)."""
-    longjobs.job_started(job.id, connection)
+def command(worker: Any, payload: dict[str, Any], running: Running, stop_now: StopNow) -> bool:
+    """Offer a worker command to the features; True when one handled it."""
+    for hooks in _each():
+        try:
+            if hooks.command(worker, payload, running, stop_now):
+                return True
+        except Exception:
+            logger.exception("job hook %s failed on a worker command", type(hooks).__name__)
+    return False
 
 
-def job_returned() -> None:
-    """The task returned or raised."""
-    longjobs.job_finished()
-
-
-def queue_job_ends(pipeline: Any, ended: list[tuple[Job, str]]) -> None:
-    """Queue the batch bookkeeping of final outcomes (``finished``, ``failed``, ``stopped``) on
-    the pipeline that records them."""
-    for job, status in ended:
-        batch_tracking.record_end_on(pipeline, job, status)
-
-
-def job_ended(connection: redis.Redis, job: Job) -> None:
-    """The job's outcome is recorded; account for it if it is final."""
-    longjobs.job_finished()
-    status = job.get_status(refresh=False)
-    value = getattr(status, "value", status)
+def _guard(hooks: JobHooks, moment: str, job_id: str, func: Callable[..., None], *args: Any) -> None:
     try:
-        batch_tracking.record_end(connection, job, str(value))
-    except redis.RedisError:
-        # The reconciler accounts for it later; a hook must never fail the job.
-        logger.exception("could not record the end of job %s in its batch", job.id)
-
-
-def job_raised(worker: Any, job: Job, exc: BaseException | None) -> None:
-    """The task raised ``exc``: a :class:`~atomq.features.longjobs.progress.JobStopped` ends it as stopped."""
-    stopping.note_failure(worker, job, exc)
-
-
-def worker_command(
-    worker: Any,
-    payload: dict[str, Any],
-    *,
-    running: Callable[[], tuple[str | None, object]] | None = None,
-    stop_now: Callable[[str], None] | None = None,
-) -> bool:
-    """A command for the worker; True when atomq handled it (the worker handles the rest).
-
-    ``running`` returns the running job's id and a token identifying this run of it;
-    ``stop_now`` stops it at once. Both default to RQ's worker API.
-    """
-    return stopping.handle_worker_command(worker, payload, running=running, stop_now=stop_now)
+        func(*args)
+    except Exception:
+        logger.exception("job hook %s.%s failed for job %s", type(hooks).__name__, moment, job_id)

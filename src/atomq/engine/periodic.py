@@ -1,6 +1,6 @@
 """Periodic work done by the leading scheduler only: reconcilers, resumers, reapers.
 
-Domain packages register functions with :func:`periodic`; the scheduler that holds the
+Features register functions with :func:`atomq.engine.plugins.periodic`; the scheduler that holds the
 leader lease runs each one every ``interval`` seconds in a thread of its own, so a slow
 reconciler never delays the moving of due jobs. A function that raises is logged and tried
 again at its next interval.
@@ -8,7 +8,7 @@ again at its next interval.
 ::
 
     @periodic("posts.reconcile", interval=10)
-    def reconcile_posts(ctx: PeriodicContext) -> None:
+    def reconcile_posts(ctx: Context) -> None:
         with ctx.database.session() as session: ...
 """
 
@@ -19,17 +19,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import TYPE_CHECKING
-
-import redis
 
 from atomq.core.logging import log_context
-from atomq.core.settings import Settings
-from atomq.engine import stats
-
-if TYPE_CHECKING:
-    from atomq.db.engine import Database
+from atomq.engine import plugins, stats
+from atomq.engine.plugins import Context, Periodic, registry
 
 logger = logging.getLogger("atomq.periodic")
 
@@ -37,79 +30,19 @@ logger = logging.getLogger("atomq.periodic")
 RUNNER_TICK_SECONDS = 0.5
 
 
-@dataclass
-class PeriodicContext:
-    """What a periodic function gets: settings, a Redis connection, the database on demand."""
-
-    settings: Settings
-    connection: redis.Redis
-
-    @cached_property
-    def database(self) -> Database:
-        from atomq.db.engine import Database
-
-        return Database.from_settings(self.settings)
-
-    def close(self) -> None:
-        if "database" in self.__dict__:
-            self.database.dispose()
-
-
-@dataclass(frozen=True)
-class Periodic:
-    """A registered periodic function."""
-
-    name: str
-    func: Callable[[PeriodicContext], object]
-    interval: float
-
-
-_registry: dict[str, Periodic] = {}
-
-#: Modules registering atomq's own periodic functions. They are imported only where a
-#: scheduler runs (they pull in SQLAlchemy and the domain models), never into workers.
-PERIODIC_MODULES: tuple[str, ...] = ("atomq.features.posts.reconciler", "atomq.features.workflows.reconcile")
-
-
-def load_periodic_modules() -> None:
-    """Import :data:`PERIODIC_MODULES` so their functions register (idempotent)."""
-    import importlib
-
-    for module in PERIODIC_MODULES:
-        importlib.import_module(module)
-
-
-def periodic(
-    name: str, *, interval: float
-) -> Callable[[Callable[[PeriodicContext], object]], Callable[[PeriodicContext], object]]:
-    """Register ``func`` to run every ``interval`` seconds on the leading scheduler."""
-    if interval <= 0:
-        raise ValueError("interval must be positive")
-
-    def decorate(func: Callable[[PeriodicContext], object]) -> Callable[[PeriodicContext], object]:
-        _registry[name] = Periodic(name, func, interval)
-        return func
-
-    return decorate
-
-
 def registered() -> list[Periodic]:
-    """Every registered periodic function, by name."""
-    return [_registry[name] for name in sorted(_registry)]
-
-
-def _with_builtins() -> list[Periodic]:
-    load_periodic_modules()
-    return registered()
+    """Every registered periodic duty, by name (the features' ``periodic`` modules imported first)."""
+    plugins.load("periodic")
+    return [registry.periodic[name] for name in sorted(registry.periodic)]
 
 
 @dataclass
 class PeriodicRunner:
     """Runs registered periodic functions in a thread while ``is_leader()`` says so."""
 
-    context: PeriodicContext
+    context: Context
     is_leader: Callable[[], bool]
-    jobs: list[Periodic] = field(default_factory=_with_builtins)
+    jobs: list[Periodic] = field(default_factory=registered)
     _last: dict[str, float] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None

@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any
 
 import redis
-from rq.command import parse_payload
+from rq.command import handle_stop_job_command, parse_payload
 from rq.exceptions import NoSuchJobError, StopRequested
 from rq.executions import Execution
 from rq.job import Job
@@ -39,11 +39,10 @@ from rq.worker import WorkerStatus
 
 from atomq.core import keys
 from atomq.core.connection import MAX_RECONNECT_BACKOFF_SECONDS, blocking_timeout, describe_client
-from atomq.core.errors import Defer, PermanentError, RetryableError, UnknownTaskError
+from atomq.core.errors import Defer, JobStopped, PermanentError, RetryableError, UnknownTaskError
 from atomq.core.logging import job_log_fields, log_context
 from atomq.core.settings import Settings
-from atomq.engine import hooks as job_hooks
-from atomq.engine import stats
+from atomq.engine import hooks, plugins, stats
 from atomq.engine.jobs import AtomqJob, refusal_reason, set_next_retry_delay
 from atomq.engine.process import die_with_parent, limit_memory
 from atomq.engine.queues import AtomqQueue, schedule_deferred
@@ -84,6 +83,7 @@ class Worker(RQWorker):
         default_timeout: int | None = None,
         idle_poll: float = IDLE_POLL_SECONDS,
     ) -> None:
+        plugins.load("hooks")  # what the features follow at each step of a job (batches, progress)
         # Read by RQ's constructor (through connection_timeout), so set before it runs.
         self.settings = settings
         self.default_job_timeout = default_timeout or settings.default_timeout
@@ -287,7 +287,7 @@ class Worker(RQWorker):
             job.prepare_for_execution(self.name, pipeline=pipeline)
             pipeline.persist(job.key)
             pipeline.lrem(self.claimed_key, -1, job.id)
-            job_hooks.execution_prepared(job, pipeline)
+            hooks.started([job], pipeline)
             stats.job_started(pipeline, job)
             pipeline.execute()
         return execution
@@ -299,18 +299,25 @@ class Worker(RQWorker):
     def main_work_horse(self, job: Job, queue: Queue) -> None:
         die_with_parent()
         limit_memory(self.settings.job_memory_limit_mb)
-        job_hooks.horse_started(job, self.connection)
+        hooks.running(job, self.connection)
         super().main_work_horse(job, queue)
 
     def handle_payload(self, message: Any) -> None:
-        if not job_hooks.worker_command(self, parse_payload(message)):
+        if not hooks.command(self, parse_payload(message), self._running, self._stop_now):
             super().handle_payload(message)
+
+    def _running(self) -> tuple[str | None, object]:
+        """The running job's id, and its execution as the token of this run of it."""
+        return self.get_current_job_id(), getattr(getattr(self, "execution", None), "id", None)
+
+    def _stop_now(self, job_id: str) -> None:
+        handle_stop_job_command(self, {"job_id": job_id})
 
     def handle_job_success(
         self, job: Job, queue: Queue, started_job_registry: Any, execution: Execution
     ) -> None:
         super().handle_job_success(job, queue, started_job_registry, execution)
-        job_hooks.job_ended(self.connection, job)
+        hooks.ended_now(self.connection, job, _status_text(job))
 
     def _finalize_failure(
         self,
@@ -334,7 +341,8 @@ class Worker(RQWorker):
         execution: Execution | None = None,
     ) -> None:
         exc = self._failure_exc
-        job_hooks.job_raised(self, job, exc)
+        if isinstance(exc, JobStopped):
+            self._stopped_job_id = job.id  # ends as stopped: not failed, not retried
         if isinstance(exc, Defer) and self._stopped_job_id != job.id:
             self._defer(job, queue, exc, execution)
             return
@@ -358,7 +366,7 @@ class Worker(RQWorker):
             super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
         finally:
             self._failure_outcome = None
-        job_hooks.job_ended(self.connection, job)
+        hooks.ended_now(self.connection, job, _status_text(job))
 
     def _defer(self, job: Job, queue: Queue, exc: Defer, execution: Execution | None) -> None:
         """The job asked to run later: back to scheduled, no attempt counted, no failure kept."""
@@ -384,3 +392,8 @@ class Worker(RQWorker):
     def _stats_pipe(self, pipeline: Any) -> Any:
         # An empty pipeline is falsy (it has a length), hence no `pipeline or ...`.
         return pipeline if pipeline is not None else self.connection
+
+
+def _status_text(job: Job) -> str:
+    status = job.get_status(refresh=False)
+    return str(getattr(status, "value", status))

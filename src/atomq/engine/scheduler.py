@@ -29,7 +29,8 @@ from atomq.core import keys
 from atomq.core.connection import blocking_timeout
 from atomq.core.settings import Settings
 from atomq.core.timeutil import utcnow
-from atomq.engine.periodic import PeriodicContext, PeriodicRunner
+from atomq.engine.periodic import PeriodicRunner
+from atomq.engine.plugins import Context
 from atomq.engine.queues import WAKE_TOKENS_KEPT
 from atomq.engine.recovery import find_dead_workers, recover_worker
 from atomq.engine.scripts import Scripts, decode
@@ -79,9 +80,7 @@ class Scheduler:
         self.scripts = Scripts(connection)
         self.is_leader = False
         self.runner = (
-            PeriodicRunner(PeriodicContext(settings, connection), lambda: self.is_leader)
-            if settings
-            else None
+            PeriodicRunner(Context(settings, connection), lambda: self.is_leader) if settings else None
         )
         self._stop = threading.Event()
         self._last_reap = 0.0

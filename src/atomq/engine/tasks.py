@@ -24,21 +24,15 @@ from typing import Any, Literal, TypeVar, overload
 
 from atomq.core.errors import ConfigurationError, TaskArgumentsError, UnknownTaskError
 from atomq.core.options import ENQUEUE_OPTIONS, TASK_NAME_PATTERN, validate_queue_name
+from atomq.engine import plugins
 
 logger = logging.getLogger("atomq.engine.tasks")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-#: Modules whose tasks every atomq process registers.
-BUILTIN_TASK_MODULES: tuple[str, ...] = (
-    "atomq.engine.builtin_tasks",
-    "atomq.features.posts.tasks",
-    # Issue 6: the workflow step job and the periodic reconcilers of workflows and batches.
-    "atomq.features.workflows.tasks",
-    "atomq.features.batches.tracking",
-    "atomq.features.recurring.schedules",
-)
+#: atomq's own tasks (``ping``); the features' come from their ``tasks`` modules.
+BUILTIN_TASK_MODULE = "atomq.engine.builtin_tasks"
 
 Isolation = Literal["inline", "fork"]
 
@@ -262,7 +256,8 @@ def preload(specs: Iterable[TaskSpec] | None = None) -> None:
 
 
 def load_task_modules(modules: Iterable[str]) -> None:
-    """Import atomq's built-in task modules and ``modules`` so their tasks are registered.
+    """Import atomq's own tasks, every feature's ``tasks`` modules and ``modules`` (the
+    application's, from ``ATOMQ_TASK_MODULES``) so their tasks are registered.
 
     The current directory is searched too (after everything else, so it shadows nothing), as
     ``rq worker`` does: ``ATOMQ_TASK_MODULES=myapp.tasks atomq worker`` run from the project
@@ -271,13 +266,7 @@ def load_task_modules(modules: Iterable[str]) -> None:
     modules = list(modules)
     if modules and os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.append(os.getcwd())
-    for module in (*BUILTIN_TASK_MODULES, *modules):
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise ConfigurationError(
-                f"cannot import task module {module!r} (from ATOMQ_TASK_MODULES): {exc}"
-            ) from None
+    plugins.load("tasks", (BUILTIN_TASK_MODULE, *modules), setting="ATOMQ_TASK_MODULES")
 
 
 def _qualified(func: Callable[..., Any]) -> str:

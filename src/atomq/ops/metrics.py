@@ -23,38 +23,34 @@ Exposed (all prefixed ``atomq_``)::
     collector_up{collector}                      gauge    0 when an extra collector failed this scrape
     build_info{version}                          gauge    always 1
 
-**Extra collectors.** Domain packages add their own metrics (posts by state, workflow runs...)
-without this module knowing them::
+**Extra collectors.** Features add their own metrics (posts by state, workflow runs...)
+without this module knowing them, through :mod:`atomq.engine.plugins`::
 
     from prometheus_client.core import GaugeMetricFamily
-    from atomq.ops.metrics import MetricsContext, metrics_collector
+    from atomq.engine.plugins import Context, metrics_collector
 
     @metrics_collector("posts")
-    def posts_by_state(ctx: MetricsContext) -> Iterable[Metric]:
+    def posts_by_state(ctx: Context) -> Iterable[Metric]:
         gauge = GaugeMetricFamily("atomq_posts", "Posts by state.", labels=["state"])
         with ctx.database.session() as session:
             for state, count in session.execute(select(Post.state, func.count()).group_by(Post.state)):
                 gauge.add_metric([state], count)
         yield gauge
 
-and list the module in :data:`METRIC_MODULES` so every API process imports it. A collector
+in a module the feature lists as its ``metrics``, so every API process imports it. A collector
 that raises is logged and reported as ``atomq_collector_up{collector="posts"} 0``; the rest
 of the scrape still succeeds.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from functools import cached_property
+from collections.abc import Iterable, Iterator, Mapping
 from importlib.metadata import version
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -65,25 +61,17 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from atomq.core import keys
-from atomq.core.errors import ConfigurationError
-from atomq.core.settings import Settings
-from atomq.engine import stats
+from atomq.engine import plugins, stats
+from atomq.engine.plugins import Context, registry
 from atomq.engine.scripts import decode
 from atomq.engine.tasks import registry as task_registry
 from atomq.ops import monitor
 from atomq.ops.overview import queue_overview
 
-if TYPE_CHECKING:
-    from atomq.db.engine import Database
-
 logger = logging.getLogger("atomq.metrics")
 
 #: Content type of the Prometheus text exposition format.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-#: Modules imported before the first scrape so their ``@metrics_collector`` functions register
-#: (the posts and workflows packages add theirs here).
-METRIC_MODULES: tuple[str, ...] = ("atomq.features.posts.observe",)
 
 #: Queue statuses reported by ``atomq_queue_jobs``, in order.
 QUEUE_STATUSES: tuple[str, ...] = (
@@ -94,64 +82,15 @@ QUEUE_STATUSES: tuple[str, ...] = (
 WORKER_STATES: tuple[str, ...] = ("idle", "busy", "suspended")
 
 
-@dataclass
-class MetricsContext:
-    """What a collector may read: settings, Redis and (on first use) the database."""
-
-    settings: Settings
-    connection: redis.Redis
-    database_factory: Callable[[], Database] | None = None
-
-    @cached_property
-    def database(self) -> Database:
-        """The records database (raises :class:`ConfigurationError` where none is available)."""
-        if self.database_factory is None:
-            raise ConfigurationError("this metrics context has no database")
-        return self.database_factory()
-
-
-#: A collector: gets the context, yields prometheus_client metric families.
-CollectorFunc = Callable[[MetricsContext], Iterable[Metric]]
-
-_collectors: dict[str, CollectorFunc] = {}
-
-
-def register_collector(name: str, func: CollectorFunc) -> CollectorFunc:
-    """Add ``func`` to every scrape under ``name`` (registering a name again replaces it)."""
-    _collectors[name] = func
-    return func
-
-
-def metrics_collector(name: str) -> Callable[[CollectorFunc], CollectorFunc]:
-    """Decorator form of :func:`register_collector`."""
-
-    def decorate(func: CollectorFunc) -> CollectorFunc:
-        return register_collector(name, func)
-
-    return decorate
-
-
-def unregister_collector(name: str) -> None:
-    """Remove a collector (tests), and forget its failures."""
-    _collectors.pop(name, None)
-    _failing_since.pop(name, None)
-
-
-def registered_collectors() -> dict[str, CollectorFunc]:
-    """The extra collectors, by name."""
-    return dict(_collectors)
-
-
 def load_metric_modules(modules: Iterable[str] = ()) -> None:
-    """Import :data:`METRIC_MODULES` and ``modules`` so their collectors register."""
-    for module in (*METRIC_MODULES, *modules):
-        importlib.import_module(module)
+    """Import the features' ``metrics`` modules and ``modules`` so their collectors register."""
+    plugins.load("metrics", modules)
 
 
 class AtomqCollector(Collector):
     """A prometheus_client collector that reads atomq's state from Redis on each scrape."""
 
-    def __init__(self, context: MetricsContext) -> None:
+    def __init__(self, context: Context) -> None:
         self.context = context
 
     def describe(self) -> list[Metric]:
@@ -163,7 +102,7 @@ class AtomqCollector(Collector):
         yield from extra_metrics(self.context)
 
 
-def build_registry(context: MetricsContext) -> CollectorRegistry:
+def build_registry(context: Context) -> CollectorRegistry:
     """A registry holding only atomq's collector (no process metrics of the API itself)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(AtomqCollector(context))
@@ -200,7 +139,7 @@ class CachedExposition:
             return self._body
 
 
-def core_metrics(context: MetricsContext) -> list[Metric]:
+def core_metrics(context: Context) -> list[Metric]:
     """atomq's own metrics, read in a few pipelined round trips."""
     connection = context.connection
     with connection.pipeline(transaction=False) as pipe:
@@ -365,13 +304,13 @@ def _log_collector_failure(name: str, exc: Exception) -> None:
     _failing_since[name] = now
 
 
-def extra_metrics(context: MetricsContext) -> list[Metric]:
+def extra_metrics(context: Context) -> list[Metric]:
     """Metrics of the registered extra collectors, each isolated from the others' failures."""
     out: list[Metric] = []
     up = GaugeMetricFamily(
         "atomq_collector_up", "1 when the extra collector worked on this scrape.", labels=["collector"]
     )
-    for name, func in sorted(_collectors.items()):
+    for name, func in sorted(registry.collectors.items()):
         try:
             families = list(func(context))
         except Exception as exc:

@@ -27,7 +27,8 @@ from atomq.api.state import AppState
 from atomq.core.errors import AtomqError, NotFoundError, UnavailableError
 from atomq.core.options import validate_queue_name
 from atomq.dashboard import overview
-from atomq.dashboard.sections import DashboardContext, load_sources
+from atomq.dashboard.sections import load_sources
+from atomq.engine.plugins import Context
 from atomq.ops import monitor
 from atomq.ops.admin import delete_job
 
@@ -38,9 +39,9 @@ router = APIRouter(prefix=web.BASE, include_in_schema=False)
 _STATIC = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
 
 
-def _context(state: AppState, who: web.Viewer) -> DashboardContext:
+def _context(state: AppState, who: web.Viewer) -> Context:
     load_sources(state.settings.dashboard_modules)
-    return DashboardContext(
+    return Context(
         settings=state.settings,
         connection=state.redis,
         now=datetime.now(UTC),

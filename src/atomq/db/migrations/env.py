@@ -5,9 +5,9 @@ from __future__ import annotations
 from alembic import context
 
 from atomq.db.base import Base
-from atomq.db.models import import_all_models
+from atomq.engine import plugins
 
-import_all_models()
+plugins.load("models")  # every feature's tables on the metadata
 target_metadata = Base.metadata
 
 

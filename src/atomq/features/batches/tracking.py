@@ -14,7 +14,8 @@ from rq.job import Job
 
 from atomq.core import keys
 from atomq.core.errors import ConflictError
-from atomq.engine.periodic import PeriodicContext, periodic
+from atomq.engine.hooks import JobHooks
+from atomq.engine.plugins import Context, job_hooks, periodic
 from atomq.features.batches.progress import (
     ACTIVE_BATCHES,
     OUTCOMES,
@@ -248,5 +249,19 @@ def reconcile_active(connection: redis.Redis, now: float | None = None, result_t
 
 
 @periodic("batches.reconcile", interval=15)
-def _reconcile_periodic(ctx: PeriodicContext) -> None:
+def _reconcile_periodic(ctx: Context) -> None:
     reconcile_active(ctx.connection, result_ttl=ctx.settings.result_ttl)
+
+
+class BatchHooks(JobHooks):
+    """Workers set an item's ``started`` bit when it starts and its outcome's bit when it ends,
+    in the round trips that record the start and the end."""
+
+    def started(self, job: Job, pipeline: Any) -> None:
+        record_start(job, pipeline)
+
+    def ended(self, job: Job, status: str, pipeline: Any) -> None:
+        record_end_on(pipeline, job, status)
+
+
+job_hooks(BatchHooks())

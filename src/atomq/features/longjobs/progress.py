@@ -40,7 +40,7 @@ import redis
 from rq.job import Job, get_current_job
 
 from atomq.core import keys
-from atomq.core.errors import InvalidInputError
+from atomq.core.errors import InvalidInputError, JobStopped
 from atomq.engine.jobs import status_dict
 
 logger = logging.getLogger("atomq.features.longjobs.progress")
@@ -60,10 +60,6 @@ LIVE_TTL_SECONDS = 86_400
 
 #: Longest progress message kept.
 MAX_MESSAGE_CHARS = 500
-
-
-class JobStopped(Exception):
-    """Raised by :func:`raise_if_stopping`; the worker records the job as ``stopped``."""
 
 
 def live_key(job_id: str) -> str:

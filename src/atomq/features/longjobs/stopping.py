@@ -19,19 +19,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from rq.command import handle_stop_job_command, send_command
+from rq.command import send_command
 from rq.job import JobStatus
 
 from atomq.core.errors import InvalidInputError, JobStateError
+from atomq.engine.hooks import JobHooks, Running, StopNow
 from atomq.engine.jobs import TERMINAL_STATUSES
-from atomq.features.longjobs.progress import LIVE_TTL_SECONDS, JobStopped, job_view, live_key
+from atomq.features.longjobs.progress import LIVE_TTL_SECONDS, job_view, live_key
 
 if TYPE_CHECKING:
-    from rq.job import Job
-
     from atomq.engine.task_queue import TaskQueue
 
 logger = logging.getLogger("atomq.features.longjobs.stopping")
@@ -86,13 +84,7 @@ def stop_job(tq: TaskQueue, job_id: str, *, grace: float | None = None, wait: fl
 # -- worker side ---------------------------------------------------------------------------
 
 
-def handle_worker_command(
-    worker: Any,
-    payload: dict[str, Any],
-    *,
-    running: Callable[[], tuple[str | None, object]] | None = None,
-    stop_now: Callable[[str], None] | None = None,
-) -> bool:
+def handle_worker_command(worker: Any, payload: dict[str, Any], running: Running, stop_now: StopNow) -> bool:
     """Handle ``atomq-stop-job`` in a worker's command thread; False for other commands.
 
     ``running()`` gives the running job's id and a token for this run of it (RQ's worker: its
@@ -100,16 +92,6 @@ def handle_worker_command(
     """
     if payload.get("command") != STOP_COMMAND:
         return False
-    if running is None:
-
-        def running() -> tuple[str | None, object]:
-            return worker.get_current_job_id(), getattr(getattr(worker, "execution", None), "id", None)
-
-    if stop_now is None:
-
-        def stop_now(job_id: str) -> None:
-            handle_stop_job_command(worker, {"job_id": job_id})
-
     job_id = payload.get("job_id")
     try:
         grace = min(max(float(payload.get("grace", 0)), 0.0), MAX_GRACE_SECONDS)
@@ -136,7 +118,8 @@ def handle_worker_command(
     return True
 
 
-def note_failure(worker: Any, job: Job, exc: BaseException | None) -> None:
-    """A job that raised :class:`JobStopped` ends as ``stopped`` (not failed, not retried)."""
-    if isinstance(exc, JobStopped):
-        worker._stopped_job_id = job.id
+class StopHooks(JobHooks):
+    """Workers hand ``atomq-stop-job`` commands to :func:`handle_worker_command`."""
+
+    def command(self, worker: Any, payload: dict[str, Any], running: Running, stop_now: StopNow) -> bool:
+        return handle_worker_command(worker, payload, running, stop_now)

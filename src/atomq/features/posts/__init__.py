@@ -10,3 +10,16 @@
 
 Nothing here knows about HTTP or the command line.
 """
+
+from __future__ import annotations
+
+from atomq.engine.plugins import Feature
+
+FEATURE = Feature(
+    "posts",
+    tasks=("atomq.features.posts.tasks",),
+    periodic=("atomq.features.posts.reconciler",),
+    metrics=("atomq.features.posts.observe",),
+    dashboard=("atomq.features.posts.observe",),
+    models=("atomq.features.posts.models",),
+)

@@ -8,16 +8,15 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from atomq.dashboard.sections import DashboardContext, TimelineItem, timeline_source
+from atomq.engine.plugins import Context, TimelineItem, metrics_collector, timeline_source
 from atomq.features.posts.models import ScheduledPost
-from atomq.ops.metrics import MetricsContext, metrics_collector
 
 #: Post states shown as a series even at zero, so alerts on them see a 0 rather than nothing.
 STATES = ("scheduled", "publishing", "published", "failed", "canceled", "unconfirmed")
 
 
 @timeline_source("posts", title="Scheduled posts", order=20)
-def scheduled_posts(ctx: DashboardContext, until: datetime, limit: int) -> list[TimelineItem]:
+def scheduled_posts(ctx: Context, until: datetime, limit: int) -> list[TimelineItem]:
     """Posts still to publish (and ones being published) until ``until``, soonest first."""
     with ctx.database.session() as session:
         rows = session.scalars(
@@ -46,7 +45,7 @@ def scheduled_posts(ctx: DashboardContext, until: datetime, limit: int) -> list[
 
 
 @metrics_collector("posts")
-def posts_by_state(ctx: MetricsContext) -> Iterable[Any]:
+def posts_by_state(ctx: Context) -> Iterable[Any]:
     """``atomq_posts{state}``: scheduled posts by state (one indexed GROUP BY)."""
     from prometheus_client.core import GaugeMetricFamily
 

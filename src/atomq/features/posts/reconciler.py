@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from atomq.engine.periodic import PeriodicContext, periodic
+from atomq.engine.plugins import Context, periodic
 
 if TYPE_CHECKING:
     # Every atomq process imports this module (to register the reconciler); the database
@@ -68,7 +68,7 @@ class Report:
 
 
 @periodic("posts.reconcile", interval=RECONCILE_TICK)
-def reconcile_posts(ctx: PeriodicContext) -> None:
+def reconcile_posts(ctx: Context) -> None:
     """The periodic entry point: a pass when the last one is old enough (or Redis forgot it)."""
     interval_ms = max(1, int(ctx.settings.posts_reconcile_interval * 1000))
     if not ctx.connection.set(NEXT_PASS_KEY, "1", nx=True, px=interval_ms):

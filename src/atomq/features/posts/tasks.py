@@ -4,7 +4,7 @@ Every atomq process imports this module (``BUILTIN_TASK_MODULES``), so it only r
 task: publishing's own imports (SQLAlchemy, httpx, the publishers, cryptography: ~30 MB) are
 made on the first post a process publishes, and preloaded before forking where a process forks
 per job (``preload``). The periodic reconciler registers where a scheduler runs
-(``atomq.engine.periodic.PERIODIC_MODULES``).
+(the feature's ``periodic`` modules, see :mod:`atomq.engine.plugins`).
 """
 
 from __future__ import annotations

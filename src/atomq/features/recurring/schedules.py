@@ -46,7 +46,7 @@ from croniter import croniter
 from atomq.core import keys
 from atomq.core.errors import ConfigurationError, DuplicateJobError
 from atomq.core.settings import Settings
-from atomq.engine.periodic import PeriodicContext, periodic
+from atomq.engine.plugins import Context, periodic
 
 logger = logging.getLogger("atomq.features.recurring.schedules")
 
@@ -308,7 +308,7 @@ def describe(connection: redis.Redis, schedules: list[Schedule], now: float) -> 
 
 
 @periodic("recurring.plan", interval=5)
-def _plan_periodic(ctx: PeriodicContext) -> None:
+def _plan_periodic(ctx: Context) -> None:
     schedules = all_schedules(ctx.settings)
     if not schedules:
         return

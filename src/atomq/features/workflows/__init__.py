@@ -6,6 +6,7 @@ See :mod:`atomq.features.workflows.definitions` (defining), :mod:`atomq.features
 
 from __future__ import annotations
 
+from atomq.engine.plugins import Feature
 from atomq.features.workflows.definitions import (
     Step,
     Workflow,
@@ -25,3 +26,12 @@ __all__ = [
     "registered_workflows",
     "workflow",
 ]
+
+FEATURE = Feature(
+    "workflows",
+    tasks=("atomq.features.workflows.tasks",),
+    hooks=("atomq.features.workflows.hooks",),
+    periodic=("atomq.features.workflows.reconcile",),
+    dashboard=("atomq.features.workflows.observe",),
+    models=("atomq.features.workflows.models",),
+)

@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from atomq.core import keys
 from atomq.db.engine import Database
 from atomq.engine.jobs import error_summary, latest_result, load_job
-from atomq.engine.periodic import PeriodicContext, periodic
+from atomq.engine.plugins import Context, periodic
 from atomq.engine.task_queue import TaskQueue
 from atomq.features.workflows.definitions import Workflow
 from atomq.features.workflows.models import WorkflowRun, WorkflowStep
@@ -109,7 +109,7 @@ _missing_tables_logged = False
 
 
 @periodic("workflows.reconcile", interval=2)
-def _reconcile_periodic(ctx: PeriodicContext) -> None:
+def _reconcile_periodic(ctx: Context) -> None:
     global _missing_tables_logged  # noqa: PLW0603 - log the hint once per process
     try:
         counts = reconcile(ctx.database, TaskQueue(settings=ctx.settings, connection=ctx.connection))

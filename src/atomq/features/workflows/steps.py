@@ -17,14 +17,13 @@ from typing import Any
 from rq.job import get_current_job
 from sqlalchemy.orm import configure_mappers
 
-from atomq.core.errors import AtomqError, PermanentError, UnknownTaskError
+from atomq.core.errors import AtomqError, JobStopped, PermanentError, UnknownTaskError
 from atomq.core.options import check_json
 from atomq.core.settings import Settings, load_settings
 from atomq.db.base import utcnow
 from atomq.db.engine import Database
 from atomq.engine.task_queue import TaskQueue
 from atomq.engine.tasks import registry
-from atomq.features.longjobs.progress import JobStopped
 from atomq.features.workflows.models import WorkflowRun, WorkflowStep
 from atomq.features.workflows.service import advance, fail_step, note_retry
 
