@@ -29,7 +29,7 @@ import redis
 from atomq.api.auth import entry_for
 from atomq.core.settings import load_settings
 from atomq.engine.task_queue import TaskQueue
-from atomq.ops import monitor
+from atomq.ops import admin, monitor
 from atomq.ops.admin import delete_job
 from tests.support import Processes, children_of, cli_env, free_port, wait_for
 
@@ -109,14 +109,14 @@ def _jobs(tq: TaskQueue, client: redis.Redis, workdir: Path) -> dict[str, Any]:
     monitor.list_failed(client, names)
     monitor.failure_detail(client, ids["failed"])
     monitor.scheduler_status(client)
-    emptied = monitor.empty_queue(client, "parked")
+    emptied = admin.empty_queue(client, "parked")
     requeue_me = tq.enqueue("fail", message="to requeue").id
     wait_for(lambda: tq.get_job_status(requeue_me)["status"] == "failed", 30, what="a failure to requeue")
-    monitor.requeue_failed(client, job_ids=[requeue_me])
+    admin.requeue_failed(client, job_ids=[requeue_me])
     wait_for(
         lambda: tq.get_job_status(requeue_me)["status"] == "failed", 30, what="the requeued job to fail again"
     )
-    monitor.requeue_failed(client, queues=["default"])
+    admin.requeue_failed(client, queues=["default"])
     wait_for(lambda: tq.get_job_status(requeue_me)["status"] == "failed", 30, what="requeue-all to run")
     delete_job(client, requeue_me)
     return {"ids": ids, "emptied": emptied}

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from atomq.core import keys
-from atomq.features.batches.progress import batch_progress, chunked, item_job_id
+from atomq.engine.batches import chunked, item_job_id
+from atomq.features.batches.progress import batch_progress
 from atomq.features.batches.tracking import cancel_batch, reconcile_active, reconcile_batch
 from tests.support import wait_for
 

@@ -154,8 +154,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(redis.ResponseError)
     async def _redis_refused(request: Request, exc: redis.ResponseError) -> JSONResponse:
-        from atomq.core.connection import describe_client
-        from atomq.engine.task_queue import full_message, is_out_of_memory
+        from atomq.core.connection import describe_client, full_message, is_out_of_memory
 
         if is_out_of_memory(exc):
             # A write outside TaskQueue (which raises RedisFullError itself): same answer.

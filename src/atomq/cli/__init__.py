@@ -56,7 +56,7 @@ class AtomqGroup(click.Group):
             click.echo(f"error: lost the connection to Redis: {exc}", err=True)
             ctx.exit(exits.UNAVAILABLE)
         except redis.ResponseError as exc:
-            from atomq.engine.task_queue import is_out_of_memory
+            from atomq.core.connection import is_out_of_memory
 
             if is_out_of_memory(exc):
                 # Outside TaskQueue (which raises RedisFullError): the same line, the same code.

@@ -14,7 +14,7 @@ from atomq.cli import exits, output
 from atomq.cli.common import Runtime, json_option, url_option
 from atomq.core.errors import InvalidJobOptionError, TaskArgumentsError
 from atomq.engine.jobs import TERMINAL_STATUSES
-from atomq.ops import monitor
+from atomq.ops import admin, monitor
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -190,12 +190,12 @@ def requeue(
     if job_ids:
         for job_id in job_ids:
             runtime.task_queue.fetch_job(job_id)
-        done = monitor.requeue_failed(runtime.connection, job_ids=list(job_ids))
+        done = admin.requeue_failed(runtime.connection, job_ids=list(job_ids))
     else:
         names = list(queue) if queue else monitor.known_queues(runtime.connection, runtime.settings.queues)
         for name in names:
             runtime.task_queue.queue(name)
-        done = monitor.requeue_failed(runtime.connection, queues=names)
+        done = admin.requeue_failed(runtime.connection, queues=names)
     if as_json:
         output.print_json({"requeued": done})
     else:
@@ -219,7 +219,7 @@ def empty(url: str | None, queue: tuple[str, ...], yes: bool) -> None:
             click.echo("nothing deleted", err=True)
             raise SystemExit(exits.FAILURE)
     for name in queue:
-        removed = monitor.empty_queue(runtime.connection, name)
+        removed = admin.empty_queue(runtime.connection, name)
         click.echo(f"emptied {name}: {removed} job(s) deleted")
 
 

@@ -286,3 +286,23 @@ class FollowingSentinelPool(SentinelConnectionPool):
             finally:
                 self._check_lock.release()
         return super().get_connection(*args, **kwargs)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis refusing a write because ``maxmemory`` is reached.
+
+    redis-py raises ``OutOfMemoryError`` and strips Redis's ``OOM`` prefix from the message
+    (so looking for "OOM" in the text never matched); a plain ``ResponseError`` that still
+    carries the prefix (another client library, a relayed script error) counts too.
+    """
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).lstrip().startswith("OOM")
+
+
+def full_message(where: str) -> str:
+    """The one message every front end gives for a write refused by a full Redis."""
+    return (
+        f"Redis at {where} is out of memory (maxmemory reached, policy noeviction) and refused "
+        "the write; nothing was queued. Free memory or raise maxmemory, then retry."
+    )

@@ -15,6 +15,7 @@ The tree (HTTP status in brackets, as the API reports it)::
     │   └── InvalidJobOptionError       an enqueue option is malformed (job id, time, queue)
     ├── NotFoundError                   no such object                                     [404]
     │   ├── JobNotFoundError
+    │   ├── BatchNotFoundError
     │   ├── PostNotFoundError
     │   └── AccountNotFoundError
     └── ConflictError                   the object's state forbids the operation           [409]
@@ -128,6 +129,12 @@ class JobNotFoundError(NotFoundError):
     """No job exists with the given id (it never existed, or its result expired)."""
 
     code = "job_not_found"
+
+
+class BatchNotFoundError(NotFoundError):
+    """No batch with the given id (it never existed or its record expired)."""
+
+    code = "batch_not_found"
 
 
 class ConflictError(AtomqError):

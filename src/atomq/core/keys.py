@@ -37,6 +37,47 @@ SCHEDULER_WAKE = f"{PREFIX}:scheduler:wake"
 SCHEDULERS = f"{PREFIX}:schedulers"
 
 
+#: Prefix of RQ's keys (``rq``): queues, jobs, registries, workers.
+RQ_PREFIX = RQ_KEY_PREFIX
+
+
+def started_key(queue: str) -> str:
+    """RQ's StartedJobRegistry of ``queue``: executions (``<job id>:<worker or execution>``)
+    scored by the time they are given up for dead."""
+    return f"{RQ_KEY_PREFIX}:wip:{queue}"
+
+
+def execution_member(job_id: str, worker_name: str) -> str:
+    """A fast worker's entry in :func:`started_key` for a job it runs (its execution is named
+    after the worker)."""
+    return f"{job_id}:{worker_name}"
+
+
+def finished_key(queue: str) -> str:
+    """RQ's FinishedJobRegistry of ``queue``, scored by expiry."""
+    return f"{RQ_KEY_PREFIX}:finished:{queue}"
+
+
+def failed_key(queue: str) -> str:
+    """RQ's FailedJobRegistry of ``queue``, scored by expiry."""
+    return f"{RQ_KEY_PREFIX}:failed:{queue}"
+
+
+def deferred_key(queue: str) -> str:
+    """RQ's DeferredJobRegistry of ``queue`` (jobs waiting for their dependencies)."""
+    return f"{RQ_KEY_PREFIX}:deferred:{queue}"
+
+
+def canceled_key(queue: str) -> str:
+    """RQ's CanceledJobRegistry of ``queue``."""
+    return f"{RQ_KEY_PREFIX}:canceled:{queue}"
+
+
+def pubsub_channel(worker_name: str) -> str:
+    """The channel RQ's workers listen on for commands (``stop-job``, ``shutdown``)."""
+    return f"{RQ_KEY_PREFIX}:pubsub:{worker_name}"
+
+
 def queue_key(queue: str) -> str:
     """RQ's list holding the ids of queued jobs."""
     return f"{QUEUE_KEY_PREFIX}{queue}"
@@ -69,3 +110,17 @@ def claimed_key(worker_name: str) -> str:
 def worker_key(worker_name: str) -> str:
     """RQ's hash describing a worker (expires when its heartbeats stop)."""
     return f"{RQ_KEY_PREFIX}:worker:{worker_name}"
+
+
+#: Batches not yet complete, scored by creation time (the reconciler walks it).
+ACTIVE_BATCHES = f"{PREFIX}:batches:active"
+
+
+def batch_key(batch_id: str) -> str:
+    """The hash describing a batch (task, queue, total, times, state)."""
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def bits_key(batch_id: str, outcome: str) -> str:
+    """The bitmap of items that reached ``outcome`` (or ``started``)."""
+    return f"{PREFIX}:batch:{batch_id}:{outcome}"

@@ -589,10 +589,10 @@ class FastWorker:
             else:
                 job.set_status(JobStatus.STOPPED if stopped else JobStatus.FAILED, pipeline=pipe)
                 job.save(pipeline=pipe, include_meta=False, include_result=False)
-                pipe.zadd(f"rq:failed:{queue}", {job.id: ended.timestamp() + failure_ttl})
+                pipe.zadd(keys.failed_key(queue), {job.id: ended.timestamp() + failure_ttl})
                 pipe.expire(job.key, failure_ttl)
                 hooks.ended([(job, "stopped" if stopped else "failed")], pipe)
-            pipe.zrem(f"rq:wip:{queue}", f"{job.id}:{self.name}")
+            pipe.zrem(keys.started_key(queue), keys.execution_member(job.id, self.name))
             pipe.lrem(self.claimed_key, 1, job.id)
             pipe.hincrby(self.key, "failed_job_count", 1)
             tally = stats.Tally()
@@ -618,7 +618,7 @@ class FastWorker:
         with self.connection.pipeline() as pipe:
             job.started_at = None
             schedule_deferred(job, AtomqQueue(queue, connection=self.connection), exc.delay, pipe)
-            pipe.zrem(f"rq:wip:{queue}", f"{job.id}:{self.name}")
+            pipe.zrem(keys.started_key(queue), keys.execution_member(job.id, self.name))
             pipe.lrem(self.claimed_key, 1, job.id)
             tally = stats.Tally()
             tally.add(queue=queue, task=job.func_name, outcome="deferred", duration=None)
@@ -630,7 +630,7 @@ class FastWorker:
         logger.error("Worker %s: refusing job %s: %s", self.name, job.id, reason)
         with self.connection.pipeline() as pipe:
             record_job_failure(job, f"Refused by worker {self.name}: {reason}", pipe)
-            pipe.zrem(f"rq:wip:{claimed.queue}", f"{job.id}:{self.name}")
+            pipe.zrem(keys.started_key(claimed.queue), keys.execution_member(job.id, self.name))
             pipe.lrem(self.claimed_key, 1, job.id)
             pipe.execute()
 
@@ -663,7 +663,7 @@ class FastWorker:
 
     def _start_background(self) -> None:
         threading.Thread(target=self._background_loop, name="atomq-background", daemon=True).start()
-        channel = f"rq:pubsub:{self.name}"
+        channel = keys.pubsub_channel(self.name)
         self._pubsub = self.connection.pubsub(ignore_subscribe_messages=True)
         self._pubsub.subscribe(**{channel: self._on_command})
         self._pubsub_thread = self._pubsub.run_in_thread(
@@ -711,7 +711,9 @@ class FastWorker:
                 pipe.hset(job.key, "last_heartbeat", utcformat(now))
                 # A long job keeps its registry entry alive, so no cleanup mistakes it for abandoned.
                 pipe.zadd(
-                    f"rq:wip:{current.queue}", {f"{job.id}:{self.name}": now.timestamp() + ttl}, xx=True
+                    keys.started_key(current.queue),
+                    {keys.execution_member(job.id, self.name): now.timestamp() + ttl},
+                    xx=True,
                 )
             pipe.execute()
 
@@ -816,7 +818,8 @@ class FastWorker:
         if held:
             with self.connection.pipeline(transaction=False) as pipe:
                 for claimed in held:
-                    pipe.zscore(f"rq:wip:{claimed.queue}", f"{claimed.job.id}:{self.name}")
+                    member = keys.execution_member(claimed.job.id, self.name)
+                    pipe.zscore(keys.started_key(claimed.queue), member)
                 still_ours = pipe.execute()
             with self._lock:
                 lost = {c.job.id for c, ours in zip(held, still_ours, strict=True) if ours is None}

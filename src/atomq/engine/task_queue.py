@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 from rq.command import send_command
@@ -35,7 +35,7 @@ from rq.job import JobStatus
 from rq.job import Retry as RQRetry
 
 from atomq.core import keys
-from atomq.core.connection import connect
+from atomq.core.connection import connect, describe_client, full_message, is_out_of_memory
 from atomq.core.errors import (
     AtomqError,
     ConfigurationError,
@@ -59,13 +59,11 @@ from atomq.core.options import (
 )
 from atomq.core.settings import Settings, load_settings
 from atomq.core.timeutil import as_timedelta, to_aware, utcnow
+from atomq.engine.batches import Batch, enqueue_batch
 from atomq.engine.jobs import CANCELABLE_STATUSES, TERMINAL_STATUSES, AtomqJob, load_job, status_dict
 from atomq.engine.queues import AtomqQueue
 from atomq.engine.tasks import Retry, TaskRegistry, TaskSpec, load_task_modules
 from atomq.engine.tasks import registry as default_registry
-
-if TYPE_CHECKING:
-    from atomq.features.batches.progress import Batch
 
 
 @dataclass(frozen=True)
@@ -243,11 +241,9 @@ class TaskQueue:
         as a batch: one Redis round trip per ``chunk_size`` items, progress counted per batch.
 
         Options: ``queue``, ``timeout``, ``retry``, ``result_ttl``, ``failure_ttl``, ``ttl``,
-        ``at_front``. Follow it with :func:`atomq.features.batches.progress.batch_progress`; cancel it with
-        :func:`atomq.features.batches.tracking.cancel_batch`. See :mod:`atomq.features.batches.progress`.
+        ``at_front``. Follow it with :func:`atomq.features.batches.progress.batch_progress`; cancel
+        it with :func:`atomq.features.batches.tracking.cancel_batch`. See :mod:`atomq.engine.batches`.
         """
-        from atomq.features.batches.progress import enqueue_batch
-
         return enqueue_batch(
             self, task, items, batch_id=batch_id, chunk_size=chunk_size, description=description, **options
         )
@@ -481,34 +477,12 @@ class _RedisErrors:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc is None:
             return
-        from atomq.core.connection import describe_client
-
         if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
             where = describe_client(self.owner.connection)
             raise RedisUnavailableError(f"lost the connection to Redis at {where}: {exc}") from None
         if is_out_of_memory(exc):
             where = describe_client(self.owner.connection)
             raise RedisFullError(full_message(where)) from None
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is Redis refusing a write because ``maxmemory`` is reached.
-
-    redis-py raises ``OutOfMemoryError`` and strips Redis's ``OOM`` prefix from the message
-    (so looking for "OOM" in the text never matched); a plain ``ResponseError`` that still
-    carries the prefix (another client library, a relayed script error) counts too.
-    """
-    if isinstance(exc, redis.exceptions.OutOfMemoryError):
-        return True
-    return isinstance(exc, redis.ResponseError) and str(exc).lstrip().startswith("OOM")
-
-
-def full_message(where: str) -> str:
-    """The one message every front end gives for a write refused by a full Redis."""
-    return (
-        f"Redis at {where} is out of memory (maxmemory reached, policy noeviction) and refused "
-        "the write; nothing was queued. Free memory or raise maxmemory, then retry."
-    )
 
 
 def _group_by_queue(jobs: Iterable[tuple[str, AtomqJob]]) -> dict[str, list[AtomqJob]]:

@@ -1,4 +1,6 @@
-"""What the CLI and the HTTP API show and do about queues, workers and failed jobs.
+"""What the CLI, the HTTP API and the dashboard show about queues, workers and failed jobs.
+
+Read-only; what changes them (requeue, empty, delete) is :mod:`atomq.ops.admin`'s.
 
 Everything reads RQ's own keys in as few round trips as possible (one pipeline per call where
 it can), so ``atomq info`` stays fast with many queues and many jobs.
@@ -13,12 +15,10 @@ from typing import Any
 
 import redis
 from rq.exceptions import NoSuchJobError
-from rq.job import JobStatus
 from rq.utils import utcparse
 
 from atomq.core import keys
-from atomq.core.errors import JobNotFoundError, JobStateError
-from atomq.core.options import validate_queue_name
+from atomq.core.errors import JobNotFoundError
 from atomq.engine.jobs import (
     AtomqJob,
     error_summary,
@@ -29,11 +29,8 @@ from atomq.engine.jobs import (
     readable_meta,
     status_dict,
 )
-from atomq.engine.queues import AtomqQueue
 from atomq.engine.scheduler import leader
 from atomq.engine.scripts import decode
-
-_RQ = keys.JOB_KEY_PREFIX.rsplit(":job:", 1)[0]
 
 
 @dataclass
@@ -88,12 +85,12 @@ def queue_stats(connection: redis.Redis, names: list[str]) -> list[QueueStats]:
     with connection.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.llen(keys.queue_key(name))
-            pipe.zcount(f"{_RQ}:wip:{name}", now, "+inf")
-            pipe.zcount(f"{_RQ}:finished:{name}", now, "+inf")
-            pipe.zcount(f"{_RQ}:failed:{name}", now, "+inf")
+            pipe.zcount(keys.started_key(name), now, "+inf")
+            pipe.zcount(keys.finished_key(name), now, "+inf")
+            pipe.zcount(keys.failed_key(name), now, "+inf")
             pipe.zcard(keys.scheduled_key(name))
-            pipe.zcard(f"{_RQ}:deferred:{name}")
-            pipe.zcard(f"{_RQ}:canceled:{name}")
+            pipe.zcard(keys.deferred_key(name))
+            pipe.zcard(keys.canceled_key(name))
             pipe.lindex(keys.queue_key(name), 0)
         replies = pipe.execute()
     stats = []
@@ -225,7 +222,7 @@ def count_failed(connection: redis.Redis, names: list[str]) -> int:
     now = time.time()
     with connection.pipeline(transaction=False) as pipe:
         for name in names:
-            pipe.zcount(f"{_RQ}:failed:{name}", now, "+inf")
+            pipe.zcount(keys.failed_key(name), now, "+inf")
         return sum(int(n) for n in pipe.execute())
 
 
@@ -269,7 +266,7 @@ def list_failed(
     first = offset if len(names) == 1 else 0
     with connection.pipeline(transaction=False) as pipe:
         for name in names:
-            pipe.zrevrange(f"{_RQ}:failed:{name}", first, offset + limit - 1, withscores=True)
+            pipe.zrevrange(keys.failed_key(name), first, offset + limit - 1, withscores=True)
         replies = pipe.execute()
     for name, reply in zip(names, replies, strict=True):
         entries.extend((score, name, decode(job_id)) for job_id, score in reply)
@@ -320,96 +317,6 @@ def failure_detail(connection: redis.Redis, job_id: str) -> dict[str, Any]:
         "error": error_summary(latest.exc_string if latest else None),
         "traceback": latest.exc_string if latest else None,
     }
-
-
-def requeue_failed(
-    connection: redis.Redis, *, queues: list[str] | None = None, job_ids: list[str] | None = None
-) -> list[str]:
-    """Put failed (or stopped) jobs back on their queues; return the ids requeued.
-
-    Give ``job_ids`` for specific jobs (each must be in a failed registry) or ``queues`` for
-    every failed job in them.
-    """
-    requeued: list[str] = []
-    if job_ids:
-        for job_id in job_ids:
-            try:
-                job = load_job(job_id, connection)
-            except NoSuchJobError:
-                raise JobNotFoundError(f"no job with id {job_id!r}", field="job_id") from None
-            state = job.get_status(refresh=False)
-            if state not in (JobStatus.FAILED, JobStatus.STOPPED):
-                raise JobStateError(
-                    f"job {job_id} is {state.value}, not failed; only failed jobs are requeued"
-                )
-            if _requeue_one(connection, job):
-                requeued.append(job_id)
-        return requeued
-    for name in queues or []:
-        requeued += _requeue_queue(connection, name)
-    return requeued
-
-
-#: Failed jobs requeued per round of three round trips (read, claim, enqueue).
-REQUEUE_BATCH = 500
-
-
-def _requeue_queue(connection: redis.Redis, name: str) -> list[str]:
-    """Requeue every failed job of ``name`` in batches (job by job, 10,000 jobs took seconds).
-
-    Each job is claimed by removing it from the failed registry first, so two requests
-    requeueing the same queue at once still requeue each job once. Jobs whose record is gone
-    are dropped from the registry; unreadable ones are left where they are.
-    """
-    key = f"{_RQ}:failed:{name}"
-    queue = AtomqQueue(name, connection=connection)
-    requeued: list[str] = []
-    skipped = 0
-    while True:
-        ids = [decode(i) for i in connection.zrangebyscore(key, time.time(), "+inf", skipped, REQUEUE_BATCH)]
-        if not ids:
-            return requeued
-        jobs = load_jobs(ids, connection)
-        missing = [job_id for job_id, job in zip(ids, jobs, strict=True) if job is None]
-        if missing:
-            with connection.pipeline(transaction=False) as pipe:
-                for job_id in missing:
-                    pipe.exists(keys.job_key(job_id))
-                exists = pipe.execute()
-            gone = [job_id for job_id, there in zip(missing, exists, strict=True) if not there]
-            if gone:
-                connection.zrem(key, *gone)
-            skipped += len(missing) - len(gone)
-        readable = [job for job in jobs if job is not None]
-        with connection.pipeline(transaction=False) as pipe:
-            for job in readable:
-                pipe.zrem(key, job.id)
-            claimed = [job for job, won in zip(readable, pipe.execute(), strict=True) if won]
-        with connection.pipeline() as pipe:
-            for job in claimed:
-                job.started_at = None
-                job.ended_at = None
-                queue._enqueue_job(job, pipeline=pipe)
-            pipe.execute()
-        requeued += [job.id for job in claimed]
-
-
-def _requeue_one(connection: redis.Redis, job: AtomqJob) -> bool:
-    if not connection.zrem(f"{_RQ}:failed:{job.origin}", job.id):
-        return False
-    queue = AtomqQueue(job.origin, connection=connection)
-    job.started_at = None
-    job.ended_at = None
-    with connection.pipeline() as pipe:
-        queue._enqueue_job(job, pipeline=pipe)
-        pipe.execute()
-    return True
-
-
-def empty_queue(connection: redis.Redis, name: str) -> int:
-    """Delete every queued job of ``name`` (their hashes too); return how many."""
-    validate_queue_name(name)
-    return int(AtomqQueue(name, connection=connection).empty())
 
 
 def scheduler_status(connection: redis.Redis) -> dict[str, Any]:

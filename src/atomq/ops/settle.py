@@ -58,7 +58,7 @@ def settle_restored(connection: redis.Redis, configured_queues: list[str]) -> Se
         report.retried += recovered.retried
         report.failed += recovered.failed
     for queue_name in monitor.known_queues(connection, configured_queues):
-        started_key = f"{keys.JOB_KEY_PREFIX.rsplit(':job:', 1)[0]}:wip:{queue_name}"
+        started_key = keys.started_key(queue_name)
         for entry in connection.zrange(started_key, 0, -1):
             composite = decode(entry)
             job_id = composite.split(":", 1)[0]

@@ -8,7 +8,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from atomq.api.deps import Queue, Reader, State, Writer
-from atomq.features.batches.progress import MAX_BATCH_ITEMS, batch_progress
+from atomq.engine.batches import MAX_BATCH_ITEMS
+from atomq.features.batches.progress import batch_progress
 from atomq.features.batches.tracking import cancel_batch
 
 router = APIRouter(prefix="/api/v1/tasks/batches", tags=["batches"])

@@ -29,7 +29,7 @@ from atomq.core.options import validate_queue_name
 from atomq.dashboard import overview
 from atomq.dashboard.sections import load_sources
 from atomq.engine.plugins import Context
-from atomq.ops import monitor
+from atomq.ops import admin, monitor
 from atomq.ops.admin import delete_job
 
 logger = logging.getLogger("atomq.dashboard")
@@ -203,7 +203,7 @@ async def _act(
 @router.post("/jobs/{job_id}/requeue")
 async def requeue_job(request: Request, state: State, job_id: str) -> Response:
     def action(form: FormData, who: web.Viewer) -> str:
-        done = monitor.requeue_failed(state.redis, job_ids=[job_id])
+        done = admin.requeue_failed(state.redis, job_ids=[job_id])
         return f"requeued job {job_id}" if done else f"job {job_id} was no longer in the failed list"
 
     return await _act(request, state, "write", action)
@@ -225,7 +225,7 @@ async def requeue_failed(request: Request, state: State) -> Response:
         if queue:
             validate_queue_name(queue)
         names = [queue] if queue else monitor.known_queues(state.redis, state.settings.queues)
-        done = monitor.requeue_failed(state.redis, queues=names)
+        done = admin.requeue_failed(state.redis, queues=names)
         where = f"queue {queue}" if queue else "every queue"
         return f"requeued {len(done)} failed job(s) of {where}"
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from atomq.api.deps import Reader, State, Writer
 from atomq.core.errors import InvalidInputError
 from atomq.core.options import validate_queue_name
-from atomq.ops import monitor
+from atomq.ops import admin, monitor
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["failed jobs"])
 
@@ -84,5 +84,5 @@ def requeue_failed(body: RequeueIn, state: State, _: Writer) -> RequeueOut:
     if body.queue is not None and body.all:
         raise InvalidInputError('give "queue" or "all": true, not both', field="all")
     names = _names(state, body.queue)
-    requeued = monitor.requeue_failed(state.redis, queues=names)
+    requeued = admin.requeue_failed(state.redis, queues=names)
     return RequeueOut(requeued=len(requeued), queues=names)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from atomq.api.deps import Queue, Reader, State, Writer
 from atomq.engine.jobs import TERMINAL_STATUSES
-from atomq.ops import monitor
+from atomq.ops import admin, monitor
 from atomq.ops.submission import submit
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["jobs"])
@@ -156,5 +156,5 @@ def cancel_job(
 )
 def requeue_job(job_id: str, state: State, tq: Queue, principal: Writer) -> JobOut:
     tq.fetch_job(job_id)  # a clean 404 for unknown or malformed ids
-    monitor.requeue_failed(state.redis, job_ids=[job_id])
+    admin.requeue_failed(state.redis, job_ids=[job_id])
     return _details(state, job_id, principal.allows("admin"))

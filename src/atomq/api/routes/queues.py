@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 from atomq.api.deps import Admin, Reader, State
 from atomq.core.errors import NotFoundError
 from atomq.core.options import validate_queue_name
-from atomq.ops import monitor
+from atomq.ops import admin, monitor
 from atomq.ops.overview import queue_overview
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["queues"])
@@ -53,4 +53,4 @@ def empty_queue(name: str, state: State, _: Admin) -> EmptiedOut:
     validate_queue_name(name)
     if name not in monitor.known_queues(state.redis, state.settings.queues):
         raise NotFoundError(f"no queue named {name!r}", field="name")
-    return EmptiedOut(queue=name, deleted=monitor.empty_queue(state.redis, name))
+    return EmptiedOut(queue=name, deleted=admin.empty_queue(state.redis, name))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from atomq.core.errors import BatchNotFoundError
+from atomq.core.keys import ACTIVE_BATCHES
 from atomq.engine.plugins import Context, ProgressItem, progress_source
 from atomq.engine.scripts import decode
-from atomq.features.batches.progress import ACTIVE_BATCHES, BatchNotFoundError, batch_progress
+from atomq.features.batches.progress import batch_progress
 
 
 @progress_source("batches", title="Batches", order=40)

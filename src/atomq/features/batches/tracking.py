@@ -13,19 +13,13 @@ import redis
 from rq.job import Job
 
 from atomq.core import keys
-from atomq.core.errors import ConflictError
+from atomq.core.errors import BatchNotFoundError, ConflictError
+from atomq.core.keys import ACTIVE_BATCHES, batch_key, bits_key
+from atomq.core.timeutil import utcnow
+from atomq.engine.batches import OUTCOMES, item_job_id
 from atomq.engine.hooks import JobHooks
 from atomq.engine.plugins import Context, job_hooks, periodic
-from atomq.features.batches.progress import (
-    ACTIVE_BATCHES,
-    OUTCOMES,
-    BatchNotFoundError,
-    BatchProgress,
-    batch_key,
-    batch_progress,
-    bits_key,
-    item_job_id,
-)
+from atomq.features.batches.progress import BatchProgress, batch_progress
 
 logger = logging.getLogger("atomq.features.batches.progress")
 
@@ -83,8 +77,6 @@ for i = 5, #ARGV, 2 do
 end
 return canceled
 """
-
-_RQ = keys.JOB_KEY_PREFIX.rsplit(":job:", 1)[0]
 
 
 def batch_item(job: Job) -> bool:
@@ -185,13 +177,11 @@ def _cancel_pending(
     now = time.time()
     from rq.utils import utcformat
 
-    from atomq.core.timeutil import utcnow
-
     stamp = utcformat(utcnow())
     score = "+inf" if result_ttl < 0 else repr(now + result_ttl)
     for start in range(0, len(pending), SCAN_CHUNK):
         part = pending[start : start + SCAN_CHUNK]
-        args: list[Any] = [keys.JOB_KEY_PREFIX, _RQ, score, stamp]
+        args: list[Any] = [keys.JOB_KEY_PREFIX, keys.RQ_PREFIX, score, stamp]
         for index in part:
             args += [item_job_id(batch_id, index), index]
         connection.eval(_CANCEL, 2, batch_key(batch_id), bits_key(batch_id, "canceled"), *args)
