@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from atomq.core.connection import describe_client, full_message, is_out_of_memory
 from atomq.core.errors import (
     AtomqError,
     ConflictError,
@@ -154,7 +155,6 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(redis.ResponseError)
     async def _redis_refused(request: Request, exc: redis.ResponseError) -> JSONResponse:
-        from atomq.core.connection import describe_client, full_message, is_out_of_memory
 
         if is_out_of_memory(exc):
             # A write outside TaskQueue (which raises RedisFullError itself): same answer.

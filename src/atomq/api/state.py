@@ -11,8 +11,9 @@ from atomq.api.auth import TokenEntry, parse_entries
 from atomq.core.connection import connect
 from atomq.core.settings import Settings
 from atomq.db.engine import Database
+from atomq.engine.plugins import Context
 from atomq.engine.task_queue import TaskQueue
-from atomq.ops.metrics import CachedExposition
+from atomq.ops.metrics import CachedExposition, build_registry, load_metric_modules
 
 #: Seconds an API request waits on Redis before answering 503.
 API_REDIS_TIMEOUT = 5.0
@@ -48,8 +49,6 @@ class AppState:
     @cached_property
     def metrics(self) -> CachedExposition:
         """What ``/metrics`` renders: atomq's collector plus the registered ones, briefly cached."""
-        from atomq.engine.plugins import Context
-        from atomq.ops.metrics import build_registry, load_metric_modules
 
         load_metric_modules()
         registry = build_registry(Context(self.settings, self.redis, lambda: self.database))

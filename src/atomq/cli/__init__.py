@@ -14,7 +14,12 @@ from typing import Any
 import click
 import redis
 
-from atomq.cli import exits
+from atomq.cli import backup, doctor, exits, jobs, monitor, posts, serve, up, worker
+from atomq.cli import batches as batch_commands
+from atomq.cli import longjobs as longjob_commands
+from atomq.cli import recurring as recurring_commands
+from atomq.cli import workflows as workflow_commands
+from atomq.core.connection import is_out_of_memory
 from atomq.core.errors import (
     AtomqError,
     ConfigurationError,
@@ -56,8 +61,6 @@ class AtomqGroup(click.Group):
             click.echo(f"error: lost the connection to Redis: {exc}", err=True)
             ctx.exit(exits.UNAVAILABLE)
         except redis.ResponseError as exc:
-            from atomq.core.connection import is_out_of_memory
-
             if is_out_of_memory(exc):
                 # Outside TaskQueue (which raises RedisFullError): the same line, the same code.
                 click.echo(f"error: Redis is out of memory (maxmemory reached) and refused: {exc}", err=True)
@@ -82,11 +85,6 @@ def cli() -> None:
 
 
 def _register_commands() -> None:
-    from atomq.cli import backup, doctor, jobs, monitor, posts, serve, up, worker
-    from atomq.cli import batches as batch_commands
-    from atomq.cli import longjobs as longjob_commands
-    from atomq.cli import recurring as recurring_commands
-    from atomq.cli import workflows as workflow_commands
 
     for module in (worker, monitor, jobs, doctor, serve, up, backup, posts):
         module.register(cli)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from atomq.cli import output
+from atomq.cli import exits, output
 from atomq.cli.common import Runtime, json_option, url_option
 
 
@@ -50,6 +50,7 @@ def backup(
     Redis comes over the network (redis-cli --rdb), so it may run on another host; the
     database is copied with SQLite's online backup or pg_dump.
     """
+    # Deferred: loads SQLAlchemy only when this runs.
     from atomq.ops.backup import create_backup
 
     runtime = Runtime(url)
@@ -102,6 +103,7 @@ def backup(
 @json_option
 def backups(directory: Path | None, as_json: bool) -> None:
     """List the complete backups, oldest first."""
+    # Deferred: loads SQLAlchemy only when this runs.
     from atomq.ops.backup import backup_root, list_backups
 
     root = directory or backup_root(Runtime().settings)
@@ -142,7 +144,7 @@ def restore(
     Stop workers, schedulers and the API first. Jobs that were running when the backup was
     taken are recovered like those of a crashed worker (retried, or failed with the reason).
     """
-    from atomq.cli import exits
+    # Deferred: loads SQLAlchemy only when this runs.
     from atomq.ops.backup import restore_backup
 
     overrides = {"database_url": database_url} if database_url else {}

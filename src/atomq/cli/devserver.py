@@ -26,6 +26,7 @@ import redis
 
 from atomq.core.errors import ConfigurationError, RedisUnavailableError
 from atomq.core.settings import Settings
+from atomq.engine.process import die_with_parent
 
 logger = logging.getLogger("atomq.up")
 
@@ -37,7 +38,6 @@ STOP_TIMEOUT = 60.0
 
 
 def _die_with_parent() -> None:
-    from atomq.engine.process import die_with_parent
 
     die_with_parent(signal.SIGTERM)
 
@@ -206,6 +206,7 @@ class DevServer:
         return 0
 
     def _banner(self, redis_url: str) -> None:
+        # Deferred: loads httpx only when this runs.
         from atomq.features.posts.publishers import outbox_path
 
         where = "private redis-server, data in " + str(self.redis.data_dir) if self.redis else "REDIS_URL"
@@ -226,6 +227,7 @@ class DevServer:
         print("\n".join(lines), flush=True)
 
     def _migrate(self) -> None:
+        # Deferred: loads SQLAlchemy only when this runs.
         from atomq.db.engine import Database
         from atomq.db.migrate import upgrade
 
@@ -241,6 +243,7 @@ class DevServer:
 
     def _local_token(self, env: dict[str, str]) -> str:
         """The local admin token (made once, kept in var/api-token), added to the API's tokens."""
+        # Deferred: loads FastAPI, httpx only when this runs.
         from atomq.api.auth import entry_for, generate_token
 
         path = self.settings.data_dir / "api-token"

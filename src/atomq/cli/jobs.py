@@ -12,6 +12,7 @@ import click
 
 from atomq.cli import exits, output
 from atomq.cli.common import Runtime, json_option, url_option
+from atomq.cli.longjobs import print_progress_lines  # issue 6: progress and liveness
 from atomq.core.errors import InvalidJobOptionError, TaskArgumentsError
 from atomq.engine.jobs import TERMINAL_STATUSES
 from atomq.ops import admin, monitor
@@ -146,7 +147,6 @@ def status(job_id: str, url: str | None, as_json: bool) -> None:
         output.print_json(data)
     else:
         _print_status(data)
-        from atomq.cli.longjobs import print_progress_lines  # issue 6: progress and liveness
 
         print_progress_lines(runtime, job_id, data)
 

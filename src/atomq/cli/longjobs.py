@@ -9,13 +9,12 @@ import click
 
 from atomq.cli import output
 from atomq.cli.common import Runtime, json_option, url_option
-from atomq.features.longjobs.progress import job_view
+from atomq.features.longjobs.progress import job_view, live_state, progress_and_liveness
 from atomq.features.longjobs.stopping import MAX_GRACE_SECONDS, stop_job
 
 
 def print_progress_lines(runtime: Runtime, job_id: str, status: dict[str, Any]) -> None:
     """After ``atomq status``: progress and liveness, for a job that reported or is running."""
-    from atomq.features.longjobs.progress import live_state, progress_and_liveness
 
     raw = live_state(runtime.connection, job_id)
     if not raw and status["status"] != "started":

@@ -8,8 +8,10 @@ import click
 
 from atomq.cli import output
 from atomq.cli.common import Runtime, json_option, url_option
+from atomq.cli.recurring import listing, print_listing  # issue 6: recurring jobs
 from atomq.core.logging import setup_logging
 from atomq.core.options import validate_queue_name
+from atomq.engine.scheduler import Scheduler
 from atomq.engine.tasks import load_task_modules
 from atomq.engine.tasks import registry as task_registry
 from atomq.ops import monitor
@@ -130,7 +132,6 @@ def scheduler(ctx: click.Context, url: str | None, queue: tuple[str, ...], limit
     names = _queues(runtime, queue)
     jobs = monitor.list_scheduled(runtime.connection, names, limit=limit)
     status = monitor.scheduler_status(runtime.connection)
-    from atomq.cli.recurring import listing, print_listing  # issue 6: recurring jobs
 
     recurring_jobs = listing(runtime)
     if as_json:
@@ -161,8 +162,6 @@ def scheduler_run(
 ) -> None:
     """Run a standalone scheduler (any number may run; each job is still enqueued once)."""
     import signal
-
-    from atomq.engine.scheduler import Scheduler
 
     runtime = Runtime(url)
     setup_logging(log_level, log_format, log_file)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # the database layer loads only when a command needs it
 
 @contextmanager
 def _database(runtime: Runtime) -> Iterator[Database]:
+    # Deferred: loads SQLAlchemy only when this runs.
     from atomq.db.engine import Database
 
     database = Database.from_settings(runtime.settings)
@@ -37,6 +38,7 @@ def _database(runtime: Runtime) -> Iterator[Database]:
 
 @contextmanager
 def _service(url: str | None) -> Iterator[PostsService]:
+    # Deferred: loads httpx, SQLAlchemy only when this runs.
     from atomq.features.posts.service import PostsService
 
     runtime = Runtime(url)
@@ -93,6 +95,7 @@ def accounts_add(
     as_json: bool,
 ) -> None:
     """Add an account; print its id. Missing credentials are asked for (hidden input)."""
+    # Deferred: loads httpx, SQLAlchemy only when this runs.
     from atomq.features.posts.accounts import AccountInput, account_view, create_account
     from atomq.features.posts.publishers import PLATFORMS
 
@@ -129,6 +132,7 @@ def accounts_add(
 @json_option
 def accounts_list(platform: str | None, user_id: str | None, as_json: bool) -> None:
     """List accounts (credentials are never shown)."""
+    # Deferred: loads httpx, SQLAlchemy only when this runs.
     from atomq.features.posts.accounts import account_view, list_accounts
 
     with _database(Runtime()) as database:
@@ -158,6 +162,7 @@ def accounts_list(platform: str | None, user_id: str | None, as_json: bool) -> N
 @click.argument("account_id")
 def accounts_remove(account_id: str) -> None:
     """Remove an account that has nothing left to publish; its credentials are erased."""
+    # Deferred: loads httpx, SQLAlchemy only when this runs.
     from atomq.features.posts.accounts import remove_account
 
     with _database(Runtime()) as database:
@@ -195,6 +200,7 @@ def posts_list(
     as_json: bool,
 ) -> None:
     """List posts, newest due first."""
+    # Deferred: loads httpx, SQLAlchemy only when this runs.
     from atomq.features.posts.service import post_view
 
     with _service(url) as service:
@@ -228,6 +234,7 @@ def posts_list(
 @json_option
 def posts_show(url: str | None, post_id: str, as_json: bool) -> None:
     """Show a post and its job's status."""
+    # Deferred: loads httpx, SQLAlchemy only when this runs.
     from atomq.features.posts.service import post_view
 
     with _service(url) as service:
@@ -266,6 +273,7 @@ def posts_create(
     as_json: bool,
 ) -> None:
     """Schedule a post; print its id."""
+    # Deferred: loads httpx, SQLAlchemy only when this runs.
     from atomq.features.posts.service import PostInput, post_view
 
     if content is None or content == "-":
@@ -294,6 +302,7 @@ def posts_create(
 @json_option
 def posts_cancel(url: str | None, post_id: str, as_json: bool) -> None:
     """Cancel a post that has not started publishing."""
+    # Deferred: loads httpx, SQLAlchemy only when this runs.
     from atomq.features.posts.service import post_view
 
     with _service(url) as service:

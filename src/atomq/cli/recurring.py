@@ -9,7 +9,8 @@ import click
 
 from atomq.cli import output
 from atomq.cli.common import Runtime, json_option, url_option
-from atomq.engine.tasks import load_task_modules
+from atomq.core.errors import UnknownTaskError
+from atomq.engine.tasks import load_task_modules, registry
 from atomq.features.recurring import schedules as rec
 
 
@@ -62,8 +63,6 @@ def check(path: str) -> None:
     """Check a recurring jobs file (YAML or JSON): cron syntax, timezones, known tasks."""
     runtime = Runtime()
     load_task_modules(runtime.settings.task_modules)
-    from atomq.core.errors import UnknownTaskError
-    from atomq.engine.tasks import registry
 
     schedules = rec.load_schedules_file(path)
     for schedule in schedules:

@@ -6,6 +6,7 @@ import click
 
 from atomq.cli import output
 from atomq.cli.common import Runtime, json_option
+from atomq.core.logging import setup_logging
 
 
 @click.command()
@@ -21,10 +22,9 @@ def serve(host: str, port: int, workers: int, log_level: str, log_file: str | No
     """Serve the HTTP API (OpenAPI at /docs)."""
     import uvicorn
 
-    from atomq.core.logging import setup_logging
-
     settings = Runtime(log_level=log_level, log_format=log_format, log_file=log_file).settings
     setup_logging(log_level, log_format, log_file)
+    # Deferred: loads SQLAlchemy only when this runs.
     from atomq.db.engine import Database
     from atomq.db.migrate import is_current
 
@@ -57,6 +57,7 @@ def token() -> None:
 @json_option
 def token_create(name: str, scope: str, as_json: bool) -> None:
     """Make a new token; print it once, with the entry to add to ATOMQ_API_TOKENS."""
+    # Deferred: loads FastAPI, httpx only when this runs.
     from atomq.api.auth import entry_for, generate_token
 
     if not name.replace("-", "").replace("_", "").isalnum():
@@ -81,6 +82,7 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply every pending migration."""
+    # Deferred: loads SQLAlchemy only when this runs.
     from atomq.db.engine import Database, database_url
     from atomq.db.migrate import upgrade
 
@@ -97,6 +99,7 @@ def db_upgrade() -> None:
 @db.command("current")
 def db_current() -> None:
     """Show the applied and the expected schema revisions."""
+    # Deferred: loads SQLAlchemy only when this runs.
     from atomq.db.engine import Database
     from atomq.db.migrate import current_revisions, head_revisions
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from atomq.cli.common import Runtime
+from atomq.cli.devserver import DevServer
+from atomq.core.logging import setup_logging
 
 
 @click.command()
@@ -29,8 +31,6 @@ def up(workers: int, log_level: str, log_file: str | None, log_format: str) -> N
 
     Data lives under ./var (ATOMQ_DATA_DIR); jobs survive a restart. Ctrl-C stops it all.
     """
-    from atomq.cli.devserver import DevServer
-    from atomq.core.logging import setup_logging
 
     settings = Runtime(log_level=log_level, log_format=log_format, log_file=log_file).settings
     setup_logging(log_level, log_format, log_file)

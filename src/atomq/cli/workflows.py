@@ -14,6 +14,7 @@ from atomq.cli import exits, output
 from atomq.cli.common import Runtime, json_option, url_option
 from atomq.core.errors import ConfigurationError, InvalidInputError
 from atomq.engine.tasks import load_task_modules
+from atomq.features.workflows import load_file
 from atomq.features.workflows.tasks import MAX_PAGE, RUN_STATES
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 
 def _service() -> Any:
+    # Deferred: loads SQLAlchemy only when this runs.
     from atomq.features.workflows import service
 
     return service
@@ -33,6 +35,7 @@ def _service() -> Any:
 def _database(runtime: Runtime) -> Iterator[Database]:
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
+    # Deferred: loads SQLAlchemy only when this runs.
     from atomq.db.engine import Database
 
     database = Database.from_settings(runtime.settings)
@@ -112,7 +115,6 @@ def load(path: str, url: str | None, dry_run: bool) -> None:
     Unknown tasks, cycles and missing dependencies are refused with the step named.
     """
     runtime = _runtime(url)
-    from atomq.features.workflows import load_file
 
     found = [w.validate(runtime.task_queue.registry) for w in load_file(path)]
     if dry_run:

@@ -16,7 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from atomq.core.errors import ConfigurationError
+from atomq.core.errors import ConfigurationError, InvalidJobOptionError
+from atomq.core.options import validate_queue_name
 
 #: Queues a worker listens on when none are given, highest priority first.
 DEFAULT_QUEUES: tuple[str, ...] = ("high_priority", "social_media", "workflows", "default")
@@ -242,8 +243,6 @@ class Settings(BaseSettings):
     def _queues_not_empty(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("at least one queue is required")
-        from atomq.core.errors import InvalidJobOptionError
-        from atomq.core.options import validate_queue_name
 
         for name in value:
             try:

@@ -57,6 +57,7 @@ from atomq.core.settings import Settings
 from atomq.core.timeutil import utcnow
 from atomq.engine import hooks, plugins, stats
 from atomq.engine.fast_scripts import FastScripts, pairs
+from atomq.engine.isolation import run_forked
 from atomq.engine.jobs import AtomqJob, error_summary, refusal_reason, set_next_retry_delay
 from atomq.engine.process import set_process_title
 from atomq.engine.queues import AtomqQueue, schedule_deferred, schedule_retry
@@ -416,8 +417,6 @@ class FastWorker:
         self.shared.set(job.id, time.monotonic() + timeout + HARD_KILL_GRACE)
         try:
             if spec.isolation == "fork":
-                from atomq.engine.isolation import run_forked
-
                 preload([spec])  # once per process; the child starts with the imports done
                 self._in_job = True
                 forked: tuple[str, Any] = run_forked(self, job, timeout)

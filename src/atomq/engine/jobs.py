@@ -22,7 +22,7 @@ from rq.job import Job, JobStatus
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
-from atomq.core.errors import UnknownTaskError
+from atomq.core.errors import UnknownTaskError, UnreadableJobError
 from atomq.engine.stats import due_time
 from atomq.engine.tasks import TaskSpec, registry
 
@@ -128,7 +128,6 @@ def load_job(job_id: str, connection: Any) -> AtomqJob:
     Raises RQ's ``NoSuchJobError`` when there is none and
     :class:`~atomq.core.errors.UnreadableJobError` when its record cannot be decoded.
     """
-    from atomq.core.errors import UnreadableJobError
 
     job = AtomqJob(job_id, connection=connection)
     try:

@@ -24,6 +24,7 @@ from rq.scripts import _build_hset_args, get_unique_schedule_script
 from rq.serializers import JSONSerializer
 
 from atomq.core import keys
+from atomq.core.timeutil import utcnow
 from atomq.engine import stats
 from atomq.engine.jobs import AtomqJob
 
@@ -165,8 +166,6 @@ def schedule_retry(job: Job, queue: AtomqQueue, pipe: Any) -> None:
     interval = job.get_retry_interval()
     job.retries_left = (job.retries_left or 1) - 1
     if interval:
-        from atomq.core.timeutil import utcnow
-
         queue.schedule_job(job, utcnow() + timedelta(seconds=interval), pipeline=pipe)
     else:
         queue._enqueue_job(job, pipeline=pipe, at_front=job.enqueue_at_front_on_retry)
@@ -174,7 +173,6 @@ def schedule_retry(job: Job, queue: AtomqQueue, pipe: Any) -> None:
 
 def schedule_deferred(job: Job, queue: AtomqQueue, delay: float, pipe: Any) -> None:
     """Put ``job`` back as scheduled ``delay`` seconds from now, its retries untouched."""
-    from atomq.core.timeutil import utcnow
 
     queue.schedule_job(job, utcnow() + timedelta(seconds=delay), pipeline=pipe)
 

@@ -32,8 +32,10 @@ import redis
 
 from atomq.core.connection import connect
 from atomq.core.settings import Settings
-from atomq.engine.fast import RUNNING_ID_BYTES, Shared
+from atomq.engine.fast import RUNNING_ID_BYTES, FastWorker, Shared
+from atomq.engine.process import die_with_parent
 from atomq.engine.recovery import recover_worker
+from atomq.engine.rq_worker import Worker
 from atomq.engine.scheduler import Scheduler
 
 logger = logging.getLogger("atomq.supervisor")
@@ -270,7 +272,6 @@ def _child_setup() -> None:
     # Children must not run the supervisor's handlers (inherited through fork).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    from atomq.engine.process import die_with_parent
 
     die_with_parent(signal.SIGTERM)
 
@@ -287,8 +288,6 @@ def _worker_main(settings: Settings, options: WorkerOptions, name: str, shared: 
     _child_setup()
     connection = connect(settings, check=False)
     if options.worker_class == "rq":
-        from atomq.engine.rq_worker import Worker
-
         Worker(
             options.queues,
             connection=connection,
@@ -297,7 +296,6 @@ def _worker_main(settings: Settings, options: WorkerOptions, name: str, shared: 
             default_timeout=options.default_timeout,
         ).work(burst=options.burst, max_jobs=options.max_jobs, logging_level=options.log_level)
         return
-    from atomq.engine.fast import FastWorker
 
     FastWorker(
         options.queues,

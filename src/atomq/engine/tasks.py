@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, overload
 
-from atomq.core.errors import ConfigurationError, TaskArgumentsError, UnknownTaskError
+from atomq.core.errors import ConfigurationError, InvalidJobOptionError, TaskArgumentsError, UnknownTaskError
 from atomq.core.options import ENQUEUE_OPTIONS, TASK_NAME_PATTERN, validate_queue_name
 from atomq.engine import plugins
 
@@ -214,7 +214,6 @@ def task(
             raise ConfigurationError(
                 f"invalid task name {task_name!r}: use letters, digits and _ . : - (max 128 characters)"
             )
-        from atomq.core.errors import InvalidJobOptionError
 
         try:
             validate_queue_name(queue)

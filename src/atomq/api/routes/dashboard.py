@@ -28,6 +28,7 @@ from atomq.core.errors import AtomqError, NotFoundError, UnavailableError
 from atomq.core.options import validate_queue_name
 from atomq.dashboard import overview
 from atomq.dashboard.sections import load_sources
+from atomq.dashboard.sessions import csrf_matches
 from atomq.engine.plugins import Context
 from atomq.ops import admin, monitor
 from atomq.ops.admin import delete_job
@@ -172,7 +173,6 @@ async def _act(
             "dashboard: refused a cross-origin %s from %s", request.url.path, request.headers.get("origin")
         )
         return web.problem(request, state, 403, "Refused", "the request came from another site", who)
-    from atomq.dashboard.sessions import csrf_matches
 
     if not csrf_matches(who.session, str(form.get("csrf") or "")):
         return web.problem(
@@ -293,11 +293,12 @@ async def logout(request: Request, state: State) -> Response:
     form = await request.form()
     try:
         who = web.viewer(request, state)
-        if who is not None and web.same_origin(request):
-            from atomq.dashboard.sessions import csrf_matches
-
-            if csrf_matches(who.session, str(form.get("csrf") or "")):
-                web.store(state).delete(who.session_id)
+        if (
+            who is not None
+            and web.same_origin(request)
+            and csrf_matches(who.session, str(form.get("csrf") or ""))
+        ):
+            web.store(state).delete(who.session_id)
     except (redis.ConnectionError, redis.TimeoutError):
         pass  # the cookie goes anyway; the session expires on its own
     response = web.redirect(f"{web.BASE}/login")

@@ -23,6 +23,7 @@ from atomq.features.posts.credentials import CredentialsBox
 from atomq.features.posts.models import Account, ScheduledPost
 from atomq.features.posts.netguard import HostPolicy, check_url
 from atomq.features.posts.publishers import PLATFORMS
+from atomq.features.posts.publishers.mastodon import VISIBILITIES
 from atomq.features.posts.validation import check_text, is_id
 
 #: Options each platform accepts, with a check for each value.
@@ -248,8 +249,6 @@ def _check_options(platform: str, options: dict[str, Any]) -> dict[str, Any]:
                 field=where,
             )
         if kind == "visibility":
-            from atomq.features.posts.publishers.mastodon import VISIBILITIES
-
             if value not in VISIBILITIES:
                 raise InvalidInputError(f"{where} must be one of {', '.join(VISIBILITIES)}", field=where)
         elif kind == "text" and (not isinstance(value, str) or not 0 < len(value) <= 16):

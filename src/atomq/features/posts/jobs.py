@@ -54,6 +54,7 @@ def job_timeout(settings: Settings, post: ScheduledPost) -> int | None:
     Media uploads lengthen an attempt; a job killed at its timeout while its attempt still
     holds the lease would leave the post waiting for that lease to run out.
     """
+    # Deferred: loads httpx only when this runs.
     from atomq.features.posts.publishing import attempt_seconds
 
     needed = math.ceil(attempt_seconds(settings, len(post.media_urls or []))) + JOB_TIMEOUT_MARGIN

@@ -46,6 +46,7 @@ from atomq.features.posts.publishers import (
     idempotency_of,
     requests_per_post,
 )
+from atomq.features.posts.publishers.mastodon import MEDIA_PROCESSING_WAIT
 from atomq.features.posts.ratelimit import AccountLimiter, limit_for
 from atomq.features.posts.records import load_post, update_post
 from atomq.features.posts.runtime import PostsRuntime
@@ -81,7 +82,6 @@ def attempt_seconds(settings: Settings, media: int = 0) -> float:
     Each of ``media`` files adds its download, upload and the wait for the platform to
     process it (all before the post itself is sent).
     """
-    from atomq.features.posts.publishers.mastodon import MEDIA_PROCESSING_WAIT
 
     timeout = settings.posts_publish_timeout
     per_media = 3 * timeout + MEDIA_PROCESSING_WAIT

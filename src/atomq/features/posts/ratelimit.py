@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 
+from atomq.core.connection import blocking_timeout
 from atomq.core.settings import Settings
 from atomq.features.posts.publishers import PLATFORMS
 
@@ -164,7 +165,6 @@ class AccountLimiter:
 
     def wait_released(self, account_id: str, seconds: float) -> None:
         """Block until the account's in-flight publish ends, or ``seconds`` pass."""
-        from atomq.core.connection import blocking_timeout
 
         self.connection.blpop([self.keys(account_id)[3]], timeout=blocking_timeout(self.connection, seconds))
 

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from atomq.core.timeutil import utcnow
 from atomq.engine.plugins import Context, periodic
+from atomq.engine.task_queue import TaskQueue
 
 if TYPE_CHECKING:
     # Every atomq process imports this module (to register the reconciler); the database
@@ -75,6 +77,7 @@ def reconcile_posts(ctx: Context) -> None:
         return
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
+    # Deferred: loads httpx, SQLAlchemy only when this runs.
     from atomq.features.posts.runtime import PostsRuntime
 
     try:
@@ -92,8 +95,7 @@ def reconcile(runtime: PostsRuntime, now: datetime | None = None) -> Report:
     """One pass over the database; see the module documentation."""
     from sqlalchemy import or_, select
 
-    from atomq.core.timeutil import utcnow
-    from atomq.engine.task_queue import TaskQueue
+    # Deferred: loads SQLAlchemy only when this runs.
     from atomq.features.posts.models import ScheduledPost
 
     now = now or utcnow()
@@ -141,6 +143,7 @@ def _scheduled(
     then act on the few whose job is missing or ended (read whole only then)."""
     from sqlalchemy import select
 
+    # Deferred: loads SQLAlchemy only when this runs.
     from atomq.features.posts.jobs import LIVE_STATUSES, job_id_for, job_statuses
     from atomq.features.posts.models import ScheduledPost
 
@@ -177,7 +180,7 @@ def _check_scheduled(
     entering: datetime,
 ) -> None:
     """Act on a scheduled post whose job is missing (``status`` None) or ended."""
-    from atomq.core.timeutil import utcnow
+    # Deferred: loads SQLAlchemy only when this runs.
     from atomq.features.posts.jobs import delete_job, ensure_job
     from atomq.features.posts.models import ScheduledPost
     from atomq.features.posts.records import update_post
@@ -228,6 +231,7 @@ def _check_scheduled(
 def _publishing(
     runtime: PostsRuntime, tq: TaskQueue, post: ScheduledPost, now: datetime, report: Report
 ) -> None:
+    # Deferred: loads SQLAlchemy only when this runs.
     from atomq.features.posts.jobs import LIVE_STATUSES, ensure_job, job_id_for, job_statuses
     from atomq.features.posts.models import Account, ScheduledPost
     from atomq.features.posts.publishing import mark_unconfirmed, resumable

@@ -18,12 +18,14 @@ from functools import cached_property
 import httpx
 import redis
 
+from atomq.core.connection import connect
 from atomq.core.settings import Settings, load_settings
-from atomq.db.engine import Database
+from atomq.db.engine import Database, database_url
 from atomq.features.posts.credentials import CredentialsBox
 from atomq.features.posts.models import Account
 from atomq.features.posts.netguard import HostPolicy
 from atomq.features.posts.publishers import Publisher, build_publisher
+from atomq.features.posts.publishers.http import make_client
 from atomq.features.posts.ratelimit import AccountLimiter
 
 PublisherFactory = Callable[[Account], Publisher]
@@ -45,7 +47,6 @@ class PostsRuntime:
     @cached_property
     def http(self) -> httpx.Client:
         """One client (TLS context, keep-alive connections) for every HTTP publisher."""
-        from atomq.features.posts.publishers.http import make_client
 
         return make_client(
             HostPolicy.parse(self.settings.posts_allowed_hosts), self.settings.posts_publish_timeout
@@ -72,7 +73,6 @@ _runtimes: dict[tuple[int, int, int], PostsRuntime] = {}
 
 def process_database(settings: Settings) -> Database:
     """This process's database for ``settings`` (one engine per process and URL)."""
-    from atomq.db.engine import database_url
 
     key = (os.getpid(), database_url(settings))
     database = _databases.get(key)
@@ -87,7 +87,6 @@ def process_database(settings: Settings) -> Database:
 def from_environment(connection: redis.Redis | None = None) -> PostsRuntime:
     """This process's runtime for the current environment, on ``connection`` (the worker's)
     when given; built on first use and kept while the environment stays the same."""
-    from atomq.core.connection import connect
 
     environment = hash(frozenset(os.environ.items()))
     key = (os.getpid(), environment, id(connection))

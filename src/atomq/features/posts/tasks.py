@@ -50,6 +50,7 @@ def process_scheduled_post(post_id: str, user_id: str, revision: int | None = No
     """
     from rq import get_current_job
 
+    # Deferred: loads httpx, SQLAlchemy only when this runs.
     from atomq.features.posts.publishing import publish_post
     from atomq.features.posts.runtime import from_environment
 

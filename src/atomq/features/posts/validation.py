@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from atomq.core.errors import InvalidInputError
 from atomq.core.timeutil import to_aware
 from atomq.features.posts.publishers import PLATFORMS
+from atomq.features.posts.publishers.mastodon import URL_WEIGHT
 
 #: How far in the past a due time may be and still count as "now" (clock skew, slow clients).
 PAST_TOLERANCE = timedelta(seconds=5)
@@ -125,8 +126,6 @@ def _zone_name(when: datetime) -> str:
 def content_length(content: str, platform: str) -> int:
     """Characters as ``platform`` counts them (Mastodon counts every URL as 23)."""
     if platform == "mastodon":
-        from atomq.features.posts.publishers.mastodon import URL_WEIGHT
-
         return len(_URL.sub("x" * URL_WEIGHT, content))
     return len(content)
 

@@ -47,6 +47,7 @@ from atomq.core import keys
 from atomq.core.errors import ConfigurationError, DuplicateJobError
 from atomq.core.settings import Settings
 from atomq.engine.plugins import Context, periodic
+from atomq.engine.task_queue import TaskQueue
 
 logger = logging.getLogger("atomq.features.recurring.schedules")
 
@@ -312,7 +313,6 @@ def _plan_periodic(ctx: Context) -> None:
     schedules = all_schedules(ctx.settings)
     if not schedules:
         return
-    from atomq.engine.task_queue import TaskQueue
 
     counts = plan(TaskQueue(settings=ctx.settings, connection=ctx.connection), schedules, time.time())
     if any(counts.values()):

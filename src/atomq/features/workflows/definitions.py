@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from atomq.core.errors import AtomqError, ConfigurationError, InvalidInputError
-from atomq.core.options import validate_queue_name
+from atomq.core.options import check_json, validate_queue_name
 from atomq.engine.tasks import Retry, TaskRegistry
 
 #: Workflow and step names: they appear in job ids, URLs and logs.
@@ -189,7 +189,6 @@ class Workflow:
                 spec.bind((), trial)
             except AtomqError as exc:
                 raise WorkflowDefinitionError(f"{label}: {exc.message}", field="steps") from None
-            from atomq.core.options import check_json
 
             try:
                 check_json(dict(step.kwargs), "kwargs")

@@ -21,6 +21,7 @@ from atomq.db.base import new_id, utcnow
 from atomq.db.engine import Database
 from atomq.engine.task_queue import TaskQueue
 from atomq.engine.tasks import Retry
+from atomq.features.longjobs.stopping import stop_job
 from atomq.features.workflows.definitions import Workflow, WorkflowDefinitionError, registered_workflows
 from atomq.features.workflows.models import WorkflowDefinitionRecord, WorkflowRun, WorkflowStep
 from atomq.features.workflows.tasks import MAX_PAGE, STEP_TASK
@@ -272,7 +273,6 @@ def cancel_run(
     database: Database, tq: TaskQueue, run_id: str, *, grace: float | None = None
 ) -> dict[str, Any]:
     """Cancel a run: pending and queued steps are canceled, running ones asked to stop."""
-    from atomq.features.longjobs.stopping import stop_job
 
     to_cancel: list[str] = []
     to_stop: list[str] = []

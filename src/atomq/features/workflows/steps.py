@@ -21,7 +21,7 @@ from atomq.core.errors import AtomqError, JobStopped, PermanentError, UnknownTas
 from atomq.core.options import check_json
 from atomq.core.settings import Settings, load_settings
 from atomq.db.base import utcnow
-from atomq.db.engine import Database
+from atomq.db.engine import Database, database_url
 from atomq.engine.task_queue import TaskQueue
 from atomq.engine.tasks import registry
 from atomq.features.workflows.models import WorkflowRun, WorkflowStep
@@ -40,7 +40,6 @@ _warmed = False
 
 def _database(settings: Settings) -> Database:
     """One engine per database URL for the process (and its forks: see below)."""
-    from atomq.db.engine import database_url
 
     key = database_url(settings)
     with _lock:

@@ -29,6 +29,7 @@ MAX_PAGE = 200
 @task(STEP_TASK, queue="workflows", preload=("atomq.features.workflows.steps",))
 def workflow_step(run_id: str, step: str, attempt: int) -> Any:
     """Run one step of a workflow run (see :mod:`atomq.features.workflows.steps`)."""
+    # Deferred: a cycle (atomq.features.workflows.tasks is imported while the module below is initialising).
     from atomq.features.workflows.steps import run_step
 
     return run_step(run_id, step, attempt)

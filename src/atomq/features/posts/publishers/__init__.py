@@ -21,6 +21,10 @@ from atomq.features.posts.publishers.base import (
     RateLimited,
     Rejected,
 )
+from atomq.features.posts.publishers.http import make_client
+from atomq.features.posts.publishers.mastodon import IDEMPOTENCY_WINDOW, MastodonPublisher
+from atomq.features.posts.publishers.outbox import OutboxPublisher
+from atomq.features.posts.publishers.webhook import DEFAULT_IDEMPOTENCY_WINDOW, WebhookPublisher
 
 __all__ = [
     "PLATFORMS",
@@ -71,12 +75,8 @@ def idempotency_of(platform: str, options: dict[str, Any]) -> tuple[bool, float]
     Known without building a publisher, so the reconciler can decide whether resending is safe.
     """
     if platform == "mastodon":
-        from atomq.features.posts.publishers.mastodon import IDEMPOTENCY_WINDOW
-
         return True, IDEMPOTENCY_WINDOW
     if platform == "webhook" and options.get("idempotent"):
-        from atomq.features.posts.publishers.webhook import DEFAULT_IDEMPOTENCY_WINDOW
-
         return True, float(options.get("idempotency_window", DEFAULT_IDEMPOTENCY_WINDOW))
     return False, 0.0
 
@@ -102,17 +102,11 @@ def build_publisher(
     the publisher).
     """
     if platform == "outbox":
-        from atomq.features.posts.publishers.outbox import OutboxPublisher
-
         return OutboxPublisher(outbox_path(settings))
     owned = client is None
     if client is None:
-        from atomq.features.posts.publishers.http import make_client
-
         client = make_client(HostPolicy.parse(settings.posts_allowed_hosts), settings.posts_publish_timeout)
     if platform == "mastodon":
-        from atomq.features.posts.publishers.mastodon import MastodonPublisher
-
         return MastodonPublisher(
             client,
             owns_client=owned,
@@ -120,8 +114,6 @@ def build_publisher(
             media_timeout=settings.posts_publish_timeout,
         )
     if platform == "webhook":
-        from atomq.features.posts.publishers.webhook import WebhookPublisher
-
         idempotent, window = idempotency_of(platform, options)
         return WebhookPublisher(client, idempotent=idempotent, idempotency_window=window, owns_client=owned)
     if owned:
