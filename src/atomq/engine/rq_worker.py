@@ -62,6 +62,9 @@ WORKER_TTL = 20
 #: Seconds between heartbeats while a job runs (RQ's job monitoring interval).
 JOB_MONITORING_INTERVAL = 10
 
+#: Longest wait of the command listener between two looks at its stop flag.
+PUBSUB_POLL_SECONDS = 1.0
+
 #: Seconds between heartbeats while idle.
 IDLE_HEARTBEAT_SECONDS = 5.0
 
@@ -305,6 +308,17 @@ class Worker(RQWorker):
     def handle_payload(self, message: Any) -> None:
         if not hooks.command(self, parse_payload(message), self._running, self._stop_now):
             super().handle_payload(message)
+
+    def subscribe(self) -> None:
+        """Listen for commands as RQ does, but wake every second: redis-py 8.2 made stopping
+        the listener wait for its current read, and RQ's 60 s read made a burst worker hang
+        for up to a minute at exit."""
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]  # RQ types it None
+            sleep_time=PUBSUB_POLL_SECONDS, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
 
     def _running(self) -> tuple[str | None, object]:
         """The running job's id, and its execution as the token of this run of it."""
