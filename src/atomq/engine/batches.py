@@ -38,6 +38,7 @@ from atomq.engine.queues import wake_workers
 
 if TYPE_CHECKING:
     from atomq.engine.task_queue import TaskQueue
+    from atomq.engine.tasks import TaskSpec
 
 
 #: Outcomes counted per batch, each with a bitmap.
@@ -101,10 +102,11 @@ def enqueue_batch(
         raise InvalidInputError(f"enqueue_batch does not take {sorted(unsupported)}", field="options")
     calls = list(items)
     chunk_size = chunk_size or tq.settings.batch_chunk_size
-    batch_id = _check_batch(tq, task, calls, batch_id, chunk_size)
+    spec = tq.registry.get(task)
+    batch_id = _check_batch(spec, calls, batch_id, chunk_size)
     # One job built the normal way gives every default (queue, timeout, retries, TTLs) and
     # RQ's field layout; each item's hash is that template with its own data and id.
-    queue, template_job, at_front = tq._build(task, (), dict(calls[0]), dict(options))
+    queue, template_job, at_front = tq._build(spec, (), dict(calls[0]), dict(options))
     batch = Batch(batch_id, task, queue.name, len(calls))
     payloads = _serialize(template_job.serializer, task, calls)
     with tq._redis_errors():
@@ -145,7 +147,7 @@ def _refused_midway(exc: redis.RedisError, batch: Batch, queued: int) -> None:
         ) from None
 
 
-def _check_batch(tq: TaskQueue, task: str, calls: list[Any], batch_id: str | None, chunk_size: int) -> str:
+def _check_batch(spec: TaskSpec, calls: list[Any], batch_id: str | None, chunk_size: int) -> str:
     """Refuse a batch that cannot be queued whole; return its id."""
     if not calls:
         raise InvalidInputError("a batch needs at least one item", field="items")
@@ -159,7 +161,6 @@ def _check_batch(tq: TaskQueue, task: str, calls: list[Any], batch_id: str | Non
         validate_job_id(batch_id, field="batch_id")
         if len(batch_id) > 100:
             raise InvalidInputError("batch_id must be at most 100 characters", field="batch_id")
-    spec = tq.registry.get(task)
     for index, call in enumerate(calls):
         if not isinstance(call, Mapping):
             raise TaskArgumentsError(

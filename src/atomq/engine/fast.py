@@ -58,11 +58,11 @@ from atomq.core.timeutil import utcnow
 from atomq.engine import hooks, plugins, stats
 from atomq.engine.fast_scripts import FastScripts, pairs
 from atomq.engine.isolation import run_forked
-from atomq.engine.jobs import AtomqJob, error_summary, refusal_reason, set_next_retry_delay
+from atomq.engine.jobs import AtomqJob, error_summary, resolve_task, set_next_retry_delay
 from atomq.engine.process import set_process_title
 from atomq.engine.queues import AtomqQueue, schedule_deferred, schedule_retry
 from atomq.engine.scripts import Scripts, decode
-from atomq.engine.tasks import preload, registry
+from atomq.engine.tasks import TaskRegistry, preload, registry
 
 logger = logging.getLogger("atomq.worker")
 
@@ -146,9 +146,11 @@ class FastWorker:
         name: str | None = None,
         default_timeout: int | None = None,
         shared: Shared | None = None,
+        tasks: TaskRegistry | None = None,
     ) -> None:
         plugins.load("hooks")  # what the features follow at each step of a job (batches, progress)
         self.queues = list(queues)
+        self.tasks = tasks if tasks is not None else registry  # the tasks this worker may run
         self.connection = connection
         self.settings = settings
         self.name = name or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
@@ -378,7 +380,7 @@ class FastWorker:
     def _run(self, claimed: Claimed) -> None:
         """Run one claimed job; keep its success for the next round trip, record a failure now."""
         job, queue = claimed.job, claimed.queue
-        refusal = refusal_reason(job)
+        refusal = resolve_task(job, self.tasks)
         if refusal:
             self.current = None
             self._refuse(claimed, refusal)
@@ -412,7 +414,7 @@ class FastWorker:
     def _execute(self, claimed: Claimed, timeout: float) -> tuple[str, Any]:
         """Run the job; return ("ok", value) or (outcome, (exception, traceback text))."""
         job = claimed.job
-        spec = registry.get(job.func_name or "")
+        spec = job.spec
         self._stop_job = None
         self.shared.set(job.id, time.monotonic() + timeout + HARD_KILL_GRACE)
         try:

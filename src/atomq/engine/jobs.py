@@ -24,7 +24,7 @@ from rq.serializers import JSONSerializer
 
 from atomq.core.errors import UnknownTaskError, UnreadableJobError
 from atomq.engine.stats import due_time
-from atomq.engine.tasks import TaskSpec, registry
+from atomq.engine.tasks import TaskRegistry, TaskSpec, registry
 
 logger = logging.getLogger("atomq.engine.jobs")
 
@@ -56,10 +56,16 @@ class AtomqJob(Job):
         """The registered task name this job runs (RQ calls it ``func_name``)."""
         return self.func_name
 
+    #: The registered task this job runs, once looked up (see :func:`resolve_task`).
+    _spec: TaskSpec | None = None
+
     @property
     def spec(self) -> TaskSpec:
-        """The registered task, or :class:`~atomq.core.errors.UnknownTaskError`."""
-        return registry.get(self.func_name or "")
+        """The registered task, or :class:`~atomq.core.errors.UnknownTaskError` (looked up in the
+        process-wide registry unless :func:`resolve_task` bound the job to another)."""
+        if self._spec is None:
+            self._spec = registry.get(self.func_name or "")
+        return self._spec
 
     @property
     def func(self) -> Any:
@@ -232,14 +238,16 @@ def status_dict(job: Job, *, refresh: bool = False) -> dict[str, Any]:
     }
 
 
-def refusal_reason(job: Job) -> str | None:
-    """Why a worker must not run ``job`` (undecodable payload, unregistered task), or ``None``."""
+def resolve_task(job: AtomqJob, tasks: TaskRegistry | None = None) -> str | None:
+    """Look up the task ``job`` runs in ``tasks`` (the process-wide registry by default) and bind
+    it to the job, so nothing looks it up again; return why a worker must not run the job
+    (undecodable payload, unregistered task), or ``None``."""
     try:
         name = job.func_name
     except DeserializationError:
         return "its payload is not JSON (atomq never unpickles job data)"
     try:
-        registry.get(name or "")
+        job._spec = (tasks if tasks is not None else registry).get(name or "")
     except UnknownTaskError as exc:
         return str(exc)
     return None

@@ -43,11 +43,11 @@ from atomq.core.errors import Defer, JobStopped, PermanentError, RetryableError,
 from atomq.core.logging import job_log_fields, log_context
 from atomq.core.settings import Settings
 from atomq.engine import hooks, plugins, stats
-from atomq.engine.jobs import AtomqJob, refusal_reason, set_next_retry_delay
+from atomq.engine.jobs import AtomqJob, resolve_task, set_next_retry_delay
 from atomq.engine.process import die_with_parent, limit_memory
 from atomq.engine.queues import AtomqQueue, schedule_deferred
 from atomq.engine.scripts import Scripts, decode
-from atomq.engine.tasks import preload
+from atomq.engine.tasks import TaskRegistry, preload, registry
 
 logger = logging.getLogger("atomq.worker")
 
@@ -85,8 +85,10 @@ class Worker(RQWorker):
         name: str | None = None,
         default_timeout: int | None = None,
         idle_poll: float = IDLE_POLL_SECONDS,
+        tasks: TaskRegistry | None = None,
     ) -> None:
         plugins.load("hooks")  # what the features follow at each step of a job (batches, progress)
+        self.tasks = tasks if tasks is not None else registry  # the tasks this worker may run
         # Read by RQ's constructor (through connection_timeout), so set before it runs.
         self.settings = settings
         self.default_job_timeout = default_timeout or settings.default_timeout
@@ -216,7 +218,8 @@ class Worker(RQWorker):
             except NoSuchJobError:
                 self.connection.lrem(self.claimed_key, -1, job_id)
                 continue
-            refusal = refusal_reason(job)
+            assert isinstance(job, AtomqJob)  # job_class is AtomqJob
+            refusal = resolve_task(job, self.tasks)
             if refusal:
                 self._refuse(job, refusal)
                 continue

@@ -168,14 +168,14 @@ class TaskQueue:
 
     def enqueue(self, task: str, /, *args: Any, **kwargs: Any) -> AtomqJob:
         """Queue a call of ``task`` now. Returns the job (``job.id`` is what to keep)."""
-        call_args, call_kwargs, options = self._split(task, args, kwargs)
-        return self._submit(task, call_args, call_kwargs, options, when=None)
+        spec, call_args, call_kwargs, options = self._split(task, args, kwargs)
+        return self._submit(spec, call_args, call_kwargs, options, when=None)
 
     def enqueue_in(self, delay: timedelta | float, task: str, /, *args: Any, **kwargs: Any) -> AtomqJob:
         """Queue a call of ``task`` to run after ``delay`` (a timedelta or seconds)."""
         when = utcnow() + as_timedelta(delay, field="delay")
-        call_args, call_kwargs, options = self._split(task, args, kwargs)
-        return self._submit(task, call_args, call_kwargs, options, when=when)
+        spec, call_args, call_kwargs, options = self._split(task, args, kwargs)
+        return self._submit(spec, call_args, call_kwargs, options, when=when)
 
     def enqueue_at(self, when: datetime, task: str, /, *args: Any, **kwargs: Any) -> AtomqJob:
         """Queue a call of ``task`` to run at ``when``.
@@ -184,8 +184,8 @@ class TaskQueue:
         the past queues the job at once.
         """
         due = to_aware(when, self.settings.tz, field="at")
-        call_args, call_kwargs, options = self._split(task, args, kwargs)
-        return self._submit(task, call_args, call_kwargs, options, when=due)
+        spec, call_args, call_kwargs, options = self._split(task, args, kwargs)
+        return self._submit(spec, call_args, call_kwargs, options, when=due)
 
     def enqueue_many(self, calls: Iterable[Call | Mapping[str, Any] | tuple[Any, ...]]) -> list[AtomqJob]:
         """Queue many calls in one round trip to Redis.
@@ -209,7 +209,9 @@ class TaskQueue:
                     f"call {index}: unknown options {sorted(unknown)}", field="options"
                 )
             try:
-                queue, job, at_front = self._build(call.task, tuple(call.args), dict(call.kwargs), options)
+                queue, job, at_front = self._build(
+                    self.registry.get(call.task), tuple(call.args), dict(call.kwargs), options
+                )
             except AtomqError as exc:
                 raise type(exc)(f"call {index}: {exc.message}", field=exc.field) from None
             prepared.append((queue, job, at_front))
@@ -250,7 +252,8 @@ class TaskQueue:
 
     def _split(
         self, task: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]:
+    ) -> tuple[TaskSpec, tuple[Any, ...], dict[str, Any], dict[str, Any]]:
+        """The task's spec (looked up once per call), its arguments and the enqueue options."""
         spec = self.registry.get(task)
         explicit_kwargs = kwargs.pop("kwargs", None)
         explicit_args = kwargs.pop("args", None)
@@ -265,7 +268,7 @@ class TaskQueue:
                 raise TaskArgumentsError("kwargs= must be a mapping", field="kwargs")
             if explicit_args is not None and not isinstance(explicit_args, list | tuple):
                 raise TaskArgumentsError("args= must be a list or tuple", field="args")
-            return tuple(explicit_args or ()), dict(explicit_kwargs or {}), options
+            return spec, tuple(explicit_args or ()), dict(explicit_kwargs or {}), options
         clashes = spec.colliding_parameters() & set(options)
         if clashes:
             names = ", ".join(sorted(clashes))
@@ -274,11 +277,11 @@ class TaskQueue:
                 f"pass the task's arguments as kwargs={{...}}",
                 field="kwargs",
             )
-        return args, kwargs, options
+        return spec, args, kwargs, options
 
     def _submit(
         self,
-        task: str,
+        spec: TaskSpec,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         options: dict[str, Any],
@@ -287,7 +290,7 @@ class TaskQueue:
     ) -> AtomqJob:
         scheduled = when is not None and when > utcnow()
         status = JobStatus.SCHEDULED if scheduled else JobStatus.QUEUED
-        queue, job, at_front = self._build(task, args, kwargs, options, status=status)
+        queue, job, at_front = self._build(spec, args, kwargs, options, status=status)
         unique = bool(options.get("unique"))
         if unique and not job._id:
             raise InvalidJobOptionError("unique=True needs a job_id", field="unique")
@@ -306,14 +309,13 @@ class TaskQueue:
 
     def _build(
         self,
-        task: str,
+        spec: TaskSpec,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         options: dict[str, Any],
         *,
         status: JobStatus = JobStatus.QUEUED,
     ) -> tuple[AtomqQueue, AtomqJob, bool]:
-        spec = self.registry.get(task)
         spec.bind(args, kwargs)
         check_json(list(args), "args")
         check_json(kwargs, "kwargs")
@@ -330,7 +332,7 @@ class TaskQueue:
         queue = self.queue(queue_name)
         retry = self._retry(options.get("retry", spec.retry))
         job = queue.create_job(
-            task,
+            spec.name,
             args=list(args),
             kwargs=kwargs,
             timeout=self._timeout(options.get("timeout"), spec),

@@ -6,29 +6,15 @@ under ``job``, with ``progress`` and ``liveness`` beside it.
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from atomq.api.deps import Queue, Reader, Writer
+from atomq.api.schemas import GuideStatusOut
 from atomq.features.longjobs.progress import job_view
 from atomq.features.longjobs.stopping import MAX_GRACE_SECONDS, stop_job
 
 router = APIRouter(prefix="/api/v1/tasks/jobs", tags=["jobs"])
-
-
-class JobStatusOut(BaseModel):
-    """The guide's job status dictionary."""
-
-    job_id: str
-    status: str
-    created_at: str | None
-    enqueued_at: str | None
-    started_at: str | None
-    ended_at: str | None
-    result: Any = None
-    error: str | None
 
 
 class ProgressOut(BaseModel):
@@ -48,7 +34,7 @@ class LivenessOut(BaseModel):
 
 
 class JobViewOut(BaseModel):
-    job: JobStatusOut
+    job: GuideStatusOut
     progress: ProgressOut | None
     liveness: LivenessOut
 

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from atomq.api.deps import Queue, Reader, State, Writer
+from atomq.api.schemas import GuideStatusOut
 from atomq.engine.jobs import TERMINAL_STATUSES
 from atomq.ops import admin, monitor
 from atomq.ops.submission import submit
@@ -55,17 +56,9 @@ class EnqueueIn(BaseModel):
     ttl: int | None = Field(None, ge=-1, le=MAX_SECONDS, description="Seconds the job may wait to start.")
 
 
-class JobOut(BaseModel):
+class JobOut(GuideStatusOut):
     """The guide's status dictionary, then where the job runs; admin-only fields last."""
 
-    job_id: str
-    status: str
-    created_at: str | None
-    enqueued_at: str | None
-    started_at: str | None
-    ended_at: str | None
-    result: Any
-    error: str | None
     queue: str | None = None
     task: str | None = None
     description: str | None = None

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from atomq.api.deps import Reader, State, Writer
+from atomq.api.schemas import GuideStatusOut
 from atomq.features.posts.service import MAX_PAGE, PostChanges, PostInput, PostsService, post_view
 
 router = APIRouter(prefix="/api/v1/tasks/scheduled-posts", tags=["scheduled posts"])
@@ -95,17 +96,11 @@ class PostPage(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last.")
 
 
-class PostStatusOut(BaseModel):
+class PostStatusOut(GuideStatusOut):
     """The guide's job status dictionary, with the post's own state merged in."""
 
-    job_id: str | None
+    job_id: str | None  # type: ignore[assignment]  # a post beyond the horizon has no job yet
     status: str = Field(description="The job's status (queued, scheduled, started, finished, failed...)")
-    created_at: str | None
-    enqueued_at: str | None
-    started_at: str | None
-    ended_at: str | None
-    result: Any
-    error: str | None
     job_in_redis: bool = Field(description="False for posts beyond the horizon or whose job expired.")
     post_id: str
     post_status: str

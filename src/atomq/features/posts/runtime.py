@@ -20,7 +20,7 @@ import redis
 
 from atomq.core.connection import connect
 from atomq.core.settings import Settings, load_settings
-from atomq.db.engine import Database, database_url
+from atomq.db.engine import Database, process_database
 from atomq.features.posts.credentials import CredentialsBox
 from atomq.features.posts.models import Account
 from atomq.features.posts.netguard import HostPolicy
@@ -67,21 +67,7 @@ class PostsRuntime:
             self.http.close()
 
 
-_databases: dict[tuple[int, str], Database] = {}
 _runtimes: dict[tuple[int, int, int], PostsRuntime] = {}
-
-
-def process_database(settings: Settings) -> Database:
-    """This process's database for ``settings`` (one engine per process and URL)."""
-
-    key = (os.getpid(), database_url(settings))
-    database = _databases.get(key)
-    if database is None:
-        # Entries of other PIDs are a parent's, inherited through fork: never use them.
-        for stale in [k for k in _databases if k[0] != key[0]]:
-            del _databases[stale]
-        database = _databases[key] = Database.from_settings(settings)
-    return database
 
 
 def from_environment(connection: redis.Redis | None = None) -> PostsRuntime:

@@ -28,7 +28,6 @@ the latest of them runs, at once (``missed="run_once"``).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -45,6 +44,7 @@ from croniter import croniter
 
 from atomq.core import keys
 from atomq.core.errors import ConfigurationError, DuplicateJobError
+from atomq.core.files import read_data_file
 from atomq.core.settings import Settings
 from atomq.engine.plugins import Context, periodic
 from atomq.engine.task_queue import TaskQueue
@@ -178,18 +178,9 @@ def load_schedules_file(path: str | Path) -> list[Schedule]:
     """Schedules from a YAML or JSON file: a list of mappings, or ``{"recurring": [...]}``."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read recurring jobs file {path}: {exc.strerror}") from None
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:
-        raise ConfigurationError(f"{path}: not valid YAML/JSON ({exc})") from None
+        data = read_data_file(path)
+    except ValueError as exc:
+        raise ConfigurationError(f"recurring jobs file: {exc}") from None
     if isinstance(data, Mapping):
         data = data.get("recurring")
     if not isinstance(data, list):

@@ -26,7 +26,6 @@ depends on has succeeded.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from atomq.core.errors import AtomqError, ConfigurationError, InvalidInputError
+from atomq.core.files import read_data_file
 from atomq.core.options import check_json, validate_queue_name
 from atomq.engine.tasks import Retry, TaskRegistry
 
@@ -306,23 +306,9 @@ def load_file(path: str | Path) -> list[Workflow]:
     """Workflows from a JSON or YAML file (one mapping, or a list of them), structure checked."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise WorkflowDefinitionError(f"cannot read {path}: {exc.strerror}", field="file") from None
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise WorkflowDefinitionError(f"{path}: not valid YAML ({exc})", field="file") from None
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise WorkflowDefinitionError(
-                f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})", field="file"
-            ) from None
+        data = read_data_file(path)
+    except ValueError as exc:
+        raise WorkflowDefinitionError(str(exc), field="file") from None
     items = data if isinstance(data, list) else [data]
     return [Workflow.from_dict(item, source=str(path)).validate() for item in items]
 

@@ -10,8 +10,6 @@ under a newer attempt is not run again.
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from typing import Any
 
 from rq.job import get_current_job
@@ -19,9 +17,9 @@ from sqlalchemy.orm import configure_mappers
 
 from atomq.core.errors import AtomqError, JobStopped, PermanentError, UnknownTaskError
 from atomq.core.options import check_json
-from atomq.core.settings import Settings, load_settings
+from atomq.core.settings import load_settings
 from atomq.db.base import utcnow
-from atomq.db.engine import Database, database_url
+from atomq.db.engine import process_database
 from atomq.engine.task_queue import TaskQueue
 from atomq.engine.tasks import registry
 from atomq.features.workflows.models import WorkflowRun, WorkflowStep
@@ -33,30 +31,7 @@ logger = logging.getLogger("atomq.features.workflows")
 # costing tens of milliseconds per step; done once here, in the worker, before it forks.
 configure_mappers()
 
-_lock = threading.Lock()
-_databases: dict[str, Database] = {}
 _warmed = False
-
-
-def _database(settings: Settings) -> Database:
-    """One engine per database URL for the process (and its forks: see below)."""
-
-    key = database_url(settings)
-    with _lock:
-        found = _databases.get(key)
-        if found is None:
-            found = _databases[key] = Database.from_settings(settings)
-        return found
-
-
-def _after_fork_in_child() -> None:
-    # A forked process keeps the engine (its dialect is initialised: no first-connect queries,
-    # ~80 ms on PostgreSQL) but must never use the parent's pooled connections.
-    for database in _databases.values():
-        database.engine.dispose(close=False)
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def warm_database() -> None:
@@ -67,7 +42,7 @@ def warm_database() -> None:
         return
     _warmed = True
     try:
-        database = _database(load_settings())
+        database = process_database(load_settings())
         database.ping()
         database.engine.dispose()  # the worker itself keeps no connection open
     except AtomqError as exc:
@@ -91,7 +66,7 @@ def run_step(run_id: str, step: str, attempt: int) -> Any:
     """Run one step of a workflow run (the body of the ``atomq.workflow_step`` job)."""
     job = get_current_job()
     settings = load_settings()
-    database = _database(settings)
+    database = process_database(settings)
     with database.session() as session:
         run = session.get(WorkflowRun, run_id)
         record = session.get(WorkflowStep, (run_id, step))
