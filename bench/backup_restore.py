@@ -27,7 +27,7 @@ import redis  # noqa: E402
 from atomq.core.settings import load_settings  # noqa: E402
 from atomq.engine.task_queue import Call, TaskQueue  # noqa: E402
 from atomq.ops.backup import create_backup, restore_backup  # noqa: E402
-from tests.support import RedisServer  # noqa: E402
+from testkit.support import RedisServer  # noqa: E402
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import redis
 from atomq.core import keys
 from atomq.core.timeutil import utcnow
 from atomq.db.engine import Database
-from tests.support import RedisServer
+from testkit.support import RedisServer
 
 #: Keys the filler writes; everything else in the keyspace is atomq's.
 FILLER_PREFIX = "filler:"

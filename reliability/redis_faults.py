@@ -18,7 +18,7 @@ from pathlib import Path
 
 import redis
 
-from tests.support import RedisServer, answers, free_port, wait_for
+from testkit.support import RedisServer, answers, free_port, wait_for
 
 # -- a Redis that persists with AOF ---------------------------------------------------------
 

@@ -21,8 +21,8 @@ from atomq.db.migrate import upgrade
 from atomq.engine.task_queue import TaskQueue
 from reliability.ledger import Ledger
 from reliability.tasks_redis import RECORD
-from tests.posts_support import CREDENTIALS_KEY, POSTS_OVERRIDES
-from tests.support import Processes, cli_env, free_port, wait_for
+from testkit.posts import CREDENTIALS_KEY, POSTS_OVERRIDES
+from testkit.support import Processes, cli_env, free_port, wait_for
 
 #: The module workers import for the scenarios' task.
 TASK_MODULES = "reliability.tasks_redis"

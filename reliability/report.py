@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reliability.sizes import FULL
+from testkit.sizes import FULL
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.support import answers, free_port, wait_for
+from testkit.support import answers, free_port, wait_for
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,11 @@ from atomq.core.timeutil import utcnow
 from atomq.engine.supervisor import RESTART_DELAY_FIRST
 from reliability.ledger import Ledger
 from reliability.report import report
-from reliability.sizes import size
 from reliability.workers_support import Killer, leftovers, statuses, worker_env
-from tests.fakes.server import Plan
-from tests.posts_support import schedule
-from tests.support import wait_for
+from testkit.fakes.server import Plan
+from testkit.posts import schedule
+from testkit.sizes import size
+from testkit.support import wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 

@@ -31,11 +31,11 @@ from reliability.redis_support import (
     wait_all_recorded,
 )
 from reliability.report import report
-from reliability.sizes import size
 from reliability.tasks_redis import RECORD
-from tests.fakes.mastodon import FakeMastodon
-from tests.posts_support import Accounts, schedule
-from tests.support import Processes, wait_for
+from testkit.fakes.mastodon import FakeMastodon
+from testkit.posts import Accounts, schedule
+from testkit.sizes import size
+from testkit.support import Processes, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(int(size(120, 900)))]
 

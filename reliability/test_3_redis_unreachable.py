@@ -24,8 +24,8 @@ from reliability.ledger import Ledger
 from reliability.redis_faults import TcpProxy
 from reliability.redis_support import ApiServer, ledger_times, process_env, sqlite_database, wait_all_recorded
 from reliability.report import report
-from reliability.sizes import size
-from tests.support import Processes, RedisServer, wait_for
+from testkit.sizes import size
+from testkit.support import Processes, RedisServer, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(int(size(120, 900)))]
 

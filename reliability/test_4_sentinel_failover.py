@@ -32,9 +32,9 @@ from reliability.redis_support import (
     wait_all_recorded,
 )
 from reliability.report import report
-from reliability.sizes import size
 from reliability.tasks_redis import RECORD
-from tests.support import Processes, wait_for
+from testkit.sizes import size
+from testkit.support import Processes, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(int(size(120, 900)))]
 

@@ -26,9 +26,9 @@ import reliability.tasks_workers  # noqa: F401 - registers the tasks in this pro
 from atomq.core import keys
 from reliability.ledger import Ledger
 from reliability.report import report
-from reliability.sizes import FULL, size
 from reliability.workers_support import leftovers, statuses, worker_env
-from tests.support import ROOT, wait_for
+from testkit.sizes import FULL, size
+from testkit.support import ROOT, wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 

@@ -26,7 +26,6 @@ import reliability.tasks_workers  # noqa: F401 - registers the tasks in this pro
 from atomq.engine.fast import HARD_KILL_GRACE
 from reliability.ledger import Ledger
 from reliability.report import report
-from reliability.sizes import size
 from reliability.workers_support import (
     alive_pids,
     attempt_seconds,
@@ -37,7 +36,8 @@ from reliability.workers_support import (
     statuses,
     worker_env,
 )
-from tests.support import wait_for
+from testkit.sizes import size
+from testkit.support import wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 

@@ -40,8 +40,8 @@ from reliability.capacity_support import (
     small_redis,
 )
 from reliability.report import report
-from reliability.sizes import size
-from tests.support import cli_env, run_cli
+from testkit.sizes import size
+from testkit.support import cli_env, run_cli
 
 #: The issue's bound on how long a refused enqueue may take: 99% of all refusals meet it.
 #: The rest may not exceed WORST_S: on the 2 shared cores this runs on, a process that is
@@ -280,7 +280,7 @@ def test_a_post_scheduled_while_redis_is_full_is_kept_and_gets_its_job_later(ful
     from atomq.features.posts.reconciler import reconcile
     from atomq.features.posts.runtime import PostsRuntime
     from atomq.features.posts.service import PostInput, PostsService
-    from tests.posts_support import POSTS_OVERRIDES
+    from testkit.posts import POSTS_OVERRIDES
 
     full = full_redis
     settings = full.settings.model_copy(update=POSTS_OVERRIDES)

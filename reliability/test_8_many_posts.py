@@ -30,8 +30,8 @@ from atomq.features.posts.reconciler import reconcile
 from atomq.features.posts.runtime import PostsRuntime
 from reliability.capacity_support import Timings, insert_posts
 from reliability.report import report
-from reliability.sizes import FULL, size
-from tests.posts_support import Accounts
+from testkit.posts import Accounts
+from testkit.sizes import FULL, size
 
 POSTS = int(size(30_000, 1_000_000))
 SPAN = timedelta(days=size(15, 365))

@@ -29,10 +29,10 @@ import redis
 
 from atomq.api.auth import entry_for
 from reliability.report import report
-from tests.fakes.webhook import FakeWebhookReceiver
-from tests.posts_support import CREDENTIALS_KEY
-from tests.support import Processes, cli_env, free_port, run_cli, wait_for
-from tests.test_redis_acl import acl_redis, url  # noqa: F401 - acl_redis is a fixture
+from testkit.acl import url
+from testkit.fakes.webhook import FakeWebhookReceiver
+from testkit.posts import CREDENTIALS_KEY
+from testkit.support import Processes, cli_env, free_port, run_cli, wait_for
 
 pytestmark = pytest.mark.slow
 

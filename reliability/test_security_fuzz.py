@@ -29,8 +29,8 @@ from schemathesis.specs.openapi.checks import (
 
 from atomq.api.app import create_app
 from reliability.report import report
-from reliability.sizes import size
-from tests.conftest import TOKENS
+from testkit.fixtures import TOKENS
+from testkit.sizes import size
 
 pytestmark = pytest.mark.slow
 

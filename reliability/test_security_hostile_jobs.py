@@ -26,7 +26,7 @@ import redis
 
 from atomq.core import keys
 from reliability.report import report
-from tests.conftest import TOKENS
+from testkit.fixtures import TOKENS
 
 pytestmark = pytest.mark.slow
 

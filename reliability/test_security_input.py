@@ -26,7 +26,7 @@ from atomq.core.timeutil import utcnow
 from atomq.db.base import Base
 from atomq.db.engine import Database
 from reliability.report import report
-from tests.conftest import TOKENS
+from testkit.fixtures import TOKENS
 
 KB10 = "x" * 10_240
 SQL = "x' OR '1'='1'; DROP TABLE scheduled_posts; --"

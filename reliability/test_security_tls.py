@@ -18,7 +18,7 @@ from atomq.core.settings import load_settings
 from atomq.engine.task_queue import TaskQueue
 from reliability.report import report
 from reliability.security_support import TlsRedis, issue_server_cert, make_ca
-from tests.support import cli_env, run_cli
+from testkit.support import cli_env, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -21,9 +21,9 @@ from fastapi.testclient import TestClient
 from atomq.api.app import create_app
 from reliability import security_resolver
 from reliability.report import report
-from tests.fakes.webhook import FakeWebhookReceiver
-from tests.posts_support import POSTS_OVERRIDES
-from tests.support import run_cli
+from testkit.fakes.webhook import FakeWebhookReceiver
+from testkit.posts import POSTS_OVERRIDES
+from testkit.support import run_cli
 
 pytestmark = pytest.mark.slow
 

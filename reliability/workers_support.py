@@ -20,7 +20,7 @@ from rq.results import Result
 from atomq.core import keys
 from atomq.engine.scripts import decode
 from reliability.ledger import Ledger
-from tests.support import children_of
+from testkit.support import children_of
 
 #: What the worker processes of these scenarios import.
 TASK_MODULES = "reliability.tasks_workers"

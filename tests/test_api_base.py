@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi import Request
 
-from tests.conftest import TOKENS
+from testkit.fixtures import TOKENS
 
 
 def test_health_needs_no_token(api):
@@ -25,7 +25,7 @@ def test_ready_is_503_when_redis_is_unreachable(api_settings, database):
     from fastapi.testclient import TestClient
 
     from atomq.api.app import create_app
-    from tests.support import free_port
+    from testkit.support import free_port
 
     settings = api_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     with TestClient(create_app(settings, database=database)) as client:

@@ -7,8 +7,8 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.api_support import api_client, auth
-from tests.support import GUIDE_STATUS_KEYS, wait_for
+from testkit.api import api_client, auth
+from testkit.support import GUIDE_STATUS_KEYS, wait_for
 
 ADMIN_ONLY = {"args", "kwargs", "meta", "traceback"}
 

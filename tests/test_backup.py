@@ -16,7 +16,7 @@ from atomq.cli import exits
 from atomq.core.settings import load_settings
 from atomq.engine.task_queue import TaskQueue
 from atomq.ops import monitor
-from tests.support import PostgresDatabase, RedisServer, cli_env, run_cli, wait_for
+from testkit.support import PostgresDatabase, RedisServer, cli_env, run_cli, wait_for
 
 ROWS = [(i, f"note {i} \N{SNOWMAN}") for i in range(1, 26)]
 
@@ -171,7 +171,7 @@ def test_a_damaged_backup_is_refused(env, tq, tmp_path, target_redis):
 
 
 def test_backup_says_clearly_when_redis_is_unreachable(tmp_path):
-    from tests.support import free_port
+    from testkit.support import free_port
 
     env = cli_env(f"redis://127.0.0.1:{free_port()}/0", tmp_path / "var")
     done = run_cli(env, "backup", "--skip-database", "--to", str(tmp_path / "b"))

@@ -11,7 +11,7 @@ from atomq.core import keys
 from atomq.engine.batches import chunked, item_job_id
 from atomq.features.batches.progress import batch_progress
 from atomq.features.batches.tracking import cancel_batch, reconcile_active, reconcile_batch
-from tests.support import wait_for
+from testkit.support import wait_for
 
 
 def ground_truth(connection, batch):

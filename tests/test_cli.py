@@ -14,7 +14,7 @@ import redis
 
 from atomq.cli import exits
 from atomq.core import keys
-from tests.support import GUIDE_STATUS_KEYS, RedisServer, cli_env, free_port, run_cli, wait_for
+from testkit.support import GUIDE_STATUS_KEYS, RedisServer, cli_env, free_port, run_cli, wait_for
 
 
 def test_enqueue_status_and_worker_round_trip(cli, burst):

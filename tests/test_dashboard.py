@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from atomq.api.app import create_app
 from atomq.engine import plugins
-from tests.conftest import TOKENS
+from testkit.fixtures import TOKENS
 
 
 @pytest.fixture
@@ -253,7 +253,7 @@ def test_timeline_shows_scheduled_jobs_and_plugged_in_sources(api, tq, monkeypat
 
 
 def test_progress_shows_running_jobs_against_their_timeout(api, tq, procs, tmp_path):
-    from tests.support import wait_for
+    from testkit.support import wait_for
 
     started = tmp_path / "started"
     job = tq.enqueue("sleep_for", seconds=30, started_file=str(started))

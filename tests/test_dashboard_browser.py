@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from atomq.api.auth import entry_for
-from tests.conftest import TOKENS
-from tests.support import free_port, wait_for
+from testkit.fixtures import TOKENS
+from testkit.support import free_port, wait_for
 
 CHROMIUM = os.environ.get("ATOMQ_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -9,7 +9,7 @@ from atomq.core.errors import DatabaseUnavailableError
 from atomq.core.settings import load_settings
 from atomq.db.engine import Database, database_url
 from atomq.db.migrate import current_revisions, head_revisions, is_current
-from tests.support import free_port
+from testkit.support import free_port
 
 
 def test_migrations_reach_every_head(database):
@@ -36,7 +36,7 @@ def test_unreachable_database_is_a_clear_error_without_password():
 
 
 def test_db_cli_upgrades_and_reports(cli, env, tmp_path):
-    from tests.support import run_cli
+    from testkit.support import run_cli
 
     env = dict(env, DATABASE_URL=f"sqlite:///{tmp_path / 'cli.db'}")
     before = run_cli(env, "db", "current")

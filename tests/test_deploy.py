@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support import ROOT, Processes, free_port, run_cli, wait_for
+from testkit.support import ROOT, Processes, free_port, run_cli, wait_for
 
 DEPLOY = ROOT / "deploy"
 UNITS = sorted((DEPLOY / "systemd").glob("*.service")) + sorted((DEPLOY / "systemd").glob("*.timer"))
@@ -208,7 +208,7 @@ def test_logrotate_rotates_while_workers_keep_writing(env, procs, tq, tmp_path):
 
 def test_redis_conf_keeps_jobs_safe(tmp_path):
     """The shipped redis.conf starts, with AOF every second, noeviction and the ACL users."""
-    from tests.test_redis_acl import PASSWORDS, acl_with_passwords
+    from testkit.acl import PASSWORDS, acl_with_passwords
 
     port = free_port()
     process = subprocess.Popen(

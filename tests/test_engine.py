@@ -16,8 +16,8 @@ from atomq.core import keys
 from atomq.engine.fast_scripts import FastScripts
 from atomq.engine.jobs import load_job
 from atomq.engine.recovery import recover_worker
-from reliability.sizes import size
-from tests.support import wait_for
+from testkit.sizes import size
+from testkit.support import wait_for
 
 
 def test_jobs_run_by_the_fast_worker_read_correctly_through_rq(tq, connection, burst):

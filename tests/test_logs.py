@@ -7,7 +7,7 @@ import subprocess
 
 import httpx
 
-from tests.support import free_port, wait_for
+from testkit.support import free_port, wait_for
 
 
 def grep(pattern, path):

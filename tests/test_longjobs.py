@@ -8,7 +8,7 @@ import time
 
 from atomq.features.longjobs.progress import job_view, report_progress
 from atomq.features.longjobs.stopping import stop_job
-from tests.support import GUIDE_STATUS_KEYS, wait_for
+from testkit.support import GUIDE_STATUS_KEYS, wait_for
 
 
 def view(tq, job_id):

@@ -13,7 +13,7 @@ from atomq.engine import plugins
 from atomq.engine.periodic import PeriodicRunner
 from atomq.engine.plugins import Context, Periodic
 from atomq.ops import metrics
-from tests.api_support import api_client, auth
+from testkit.api import api_client, auth
 
 
 @pytest.fixture
@@ -208,7 +208,7 @@ def test_queue_overview_matches_the_cli_counts(tq, connection, burst):
 def test_metrics_are_503_while_redis_is_unreachable(settings, tmp_path):
     import redis
 
-    from tests.support import free_port
+    from testkit.support import free_port
 
     unreachable = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
     with api_client(settings, unreachable, tmp_path) as client:

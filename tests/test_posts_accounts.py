@@ -33,8 +33,8 @@ def open_api(api_settings, connection, database):
     from fastapi.testclient import TestClient
 
     from atomq.api.app import create_app
-    from tests.conftest import ApiClient
-    from tests.posts_support import POSTS_OVERRIDES
+    from testkit.fixtures import ApiClient
+    from testkit.posts import POSTS_OVERRIDES
 
     settings = api_settings.model_copy(update={**POSTS_OVERRIDES, "posts_allowed_hosts": ["*"]})
     with TestClient(create_app(settings, redis_client=connection, database=database)) as client:

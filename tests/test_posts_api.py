@@ -11,7 +11,7 @@ import pytest
 from atomq.core import keys
 from atomq.core.timeutil import utcnow
 from atomq.features.posts.publishing import publish_post
-from tests.support import GUIDE_STATUS_KEYS
+from testkit.support import GUIDE_STATUS_KEYS
 
 BASE = "/api/v1/tasks/scheduled-posts"
 

@@ -9,7 +9,7 @@ import pytest
 
 from atomq.cli import exits
 from atomq.core.timeutil import utcnow
-from tests.support import run_cli
+from testkit.support import run_cli
 
 
 @pytest.fixture

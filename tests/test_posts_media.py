@@ -17,9 +17,9 @@ from atomq.features.posts.publishers.mastodon import MastodonPublisher
 from atomq.features.posts.publishing import idempotency_key, publish_post
 from atomq.features.posts.ratelimit import AccountLimiter, Limit
 from atomq.features.posts.runtime import PostsRuntime
-from tests.fakes.mastodon import MediaHost, rate_limited, server_error, slow
-from tests.fakes.server import Plan
-from tests.posts_support import schedule
+from testkit.fakes.mastodon import MediaHost, rate_limited, server_error, slow
+from testkit.fakes.server import Plan
+from testkit.posts import schedule
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
 JPEG = b"\xff\xd8\xff\xe0" + b"jpeg" * 1000

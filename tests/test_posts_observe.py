@@ -7,7 +7,7 @@ from datetime import timedelta
 from atomq.core.timeutil import utcnow
 from atomq.engine.plugins import Context
 from atomq.features.posts.observe import scheduled_posts
-from tests.posts_support import schedule
+from testkit.posts import schedule
 
 
 def test_posts_by_state_in_metrics(posts_api, service, accounts):

@@ -17,9 +17,9 @@ from atomq.core.timeutil import utcnow
 from atomq.features.posts.publishing import idempotency_key, lease_seconds, publish_post
 from atomq.features.posts.ratelimit import AccountLimiter, Limit
 from atomq.features.posts.service import PostChanges
-from tests.fakes.mastodon import rate_limited, server_error, slow
-from tests.fakes.server import Plan
-from tests.posts_support import schedule
+from testkit.fakes.mastodon import rate_limited, server_error, slow
+from testkit.fakes.server import Plan
+from testkit.posts import schedule
 
 
 def run(runtime, post):

@@ -14,10 +14,10 @@ from atomq.core import keys
 from atomq.core.timeutil import utcnow
 from atomq.features.posts.publishing import idempotency_key
 from atomq.features.posts.service import PostChanges
-from tests.fakes.mastodon import rate_limited, slow
-from tests.fakes.server import Plan
-from tests.posts_support import schedule
-from tests.support import wait_for
+from testkit.fakes.mastodon import rate_limited, slow
+from testkit.fakes.server import Plan
+from testkit.posts import schedule
+from testkit.support import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from atomq.core import keys
 from atomq.core.errors import ConfigurationError
 from atomq.engine.task_queue import TaskQueue
 from atomq.features.recurring.schedules import PLANNED_KEY, Schedule, plan
-from tests.support import wait_for
+from testkit.support import wait_for
 
 
 def utc(*parts):
@@ -150,7 +150,7 @@ def test_scheduler_lists_recurring_jobs_and_bad_definitions_are_refused(cli, env
         "- {name: nightly, task: noop, cron: '30 2 * * *', timezone: Europe/Paris, missed: run_once}\n"
     )
     env_file = dict(env, ATOMQ_RECURRING_FILE=str(good))
-    from tests.support import run_cli
+    from testkit.support import run_cli
 
     shown = run_cli(env_file, "scheduler")
     assert shown.returncode == 0, shown.stderr

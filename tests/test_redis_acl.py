@@ -4,75 +4,16 @@ nothing; what they must not do (FLUSHALL, KEYS, CONFIG, BLMOVE for the API...) i
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
-from pathlib import Path
 
 import pytest
 import redis
 
-from tests import acl_scenario
-from tests.support import ROOT, RedisServer, cli_env, run_cli
-
-ACL_FILE = ROOT / "deploy" / "redis" / "users.acl"
-PASSWORDS = {"worker": "w-secret", "api": "a-secret", "backup": "b-secret", "admin": "admin-secret"}
+from testkit import acl_scenario
+from testkit.acl import ACL_FILE, url
+from testkit.support import cli_env, run_cli
 
 pytestmark = pytest.mark.slow
-
-
-def acl_with_passwords(directory: Path) -> Path:
-    text = ACL_FILE.read_text()
-    for user, password in PASSWORDS.items():
-        placeholder = f"#REPLACE_WITH_SHA256_OF_THE_{user.upper()}_PASSWORD"
-        assert placeholder in text
-        text = text.replace(placeholder, "#" + hashlib.sha256(password.encode()).hexdigest())
-    path = directory / "users.acl"
-    path.write_text(text)
-    return path
-
-
-@pytest.fixture
-def acl_redis(tmp_path):
-    server = RedisServer(tmp_path / "redis", extra=["--aclfile", str(acl_with_passwords(tmp_path))])
-    # RedisServer pings as the default user, which the file disables: start it by hand.
-    server.extra.append("--port")
-    yield _start(server)
-    server.stop()
-
-
-def _start(server: RedisServer) -> RedisServer:
-    import shutil
-    import time
-
-    from tests.support import free_port
-
-    server.extra.pop()
-    server.directory.mkdir(parents=True, exist_ok=True)
-    server.port = free_port()
-    server.process = subprocess.Popen(
-        [
-            shutil.which("redis-server"), "--port", str(server.port), "--bind", "127.0.0.1",
-            "--dir", str(server.directory), "--save", "", "--appendonly", "no",
-            "--logfile", "redis.log", "--repl-diskless-sync-delay", "0", *server.extra,
-        ],
-        start_new_session=True,
-    )  # fmt: skip
-    admin = redis.Redis(port=server.port, username="admin", password=PASSWORDS["admin"])
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            admin.ping()
-            break
-        except redis.ConnectionError:
-            assert server.process.poll() is None, "redis-server exited"
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-    admin.close()
-    return server
-
-
-def url(server: RedisServer, user: str) -> str:
-    return f"redis://{user}:{PASSWORDS[user]}@127.0.0.1:{server.port}/0"
 
 
 def test_workers_and_api_run_everything_with_least_privilege(acl_redis, tmp_path):
@@ -152,7 +93,7 @@ def test_no_password_no_access_and_backups_use_the_backup_user(acl_redis, tmp_pa
 def test_redis_will_not_start_until_the_passwords_are_set(tmp_path):
     import shutil
 
-    from tests.support import free_port
+    from testkit.support import free_port
 
     done = subprocess.run(
         [

@@ -12,7 +12,7 @@ from atomq.engine.periodic import PeriodicRunner, registered
 from atomq.engine.plugins import Context, periodic
 from atomq.engine.recovery import recover_worker
 from atomq.engine.scheduler import Scheduler, leader
-from tests.support import wait_for
+from testkit.support import wait_for
 
 
 def test_tick_moves_only_due_jobs_and_reports_the_next(tq, connection):

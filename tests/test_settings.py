@@ -10,7 +10,7 @@ from atomq.core.connection import connect, parse_target
 from atomq.core.errors import ConfigurationError, RedisUnavailableError
 from atomq.core.settings import DEFAULT_QUEUES, load_settings
 from atomq.engine.tasks import TaskRegistry, task
-from tests.support import free_port
+from testkit.support import free_port
 
 
 def test_defaults(monkeypatch):

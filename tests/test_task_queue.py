@@ -20,7 +20,7 @@ from atomq.core.errors import (
 )
 from atomq.core.settings import load_settings
 from atomq.engine.task_queue import TaskQueue
-from tests.support import GUIDE_STATUS_KEYS
+from testkit.support import GUIDE_STATUS_KEYS
 
 
 def test_enqueue_runs_on_a_worker_and_reports_the_guides_status(tq, burst):

@@ -14,7 +14,7 @@ import pytest
 
 from atomq.core.settings import load_settings
 from atomq.engine.task_queue import TaskQueue
-from tests.support import ROOT, cli_env, free_port, group_pids, wait_for
+from testkit.support import ROOT, cli_env, free_port, group_pids, wait_for
 
 
 def _start_up(env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:

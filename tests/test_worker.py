@@ -17,7 +17,7 @@ import pytest
 from atomq import Retry
 from atomq.core import keys
 from atomq.ops.monitor import failure_detail
-from tests.support import Processes, RedisServer, children_of, cli_env, wait_for
+from testkit.support import Processes, RedisServer, children_of, cli_env, wait_for
 
 
 @pytest.fixture(params=["fast", "rq"])
@@ -293,7 +293,7 @@ def test_deploy_start_workers_script_runs_the_guides_worker(tq, env, tmp_path):
         LOG_FILE=str(log_file),
         ATOMQ=str(Path(sys.executable).with_name("atomq")),
     )
-    from tests.support import ROOT
+    from testkit.support import ROOT
 
     process = subprocess.Popen(
         ["bash", str(ROOT / "deploy" / "start_workers.sh")], env=script_env, start_new_session=True

@@ -13,7 +13,7 @@ from atomq.engine.tasks import load_task_modules
 from atomq.features.workflows import Workflow, WorkflowDefinitionError
 from atomq.features.workflows.reconcile import reconcile
 from atomq.features.workflows.service import cancel_run, get_run, list_runs, retry_run, start_run
-from tests.support import run_cli, wait_for
+from testkit.support import run_cli, wait_for
 
 
 @pytest.fixture

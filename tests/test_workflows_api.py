@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.support import run_cli
+from testkit.support import run_cli
 
 
 @pytest.fixture

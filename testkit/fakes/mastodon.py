@@ -13,7 +13,7 @@ from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any
 
-from tests.fakes.server import FakeServer, Plan, Recorded
+from testkit.fakes.server import FakeServer, Plan, Recorded
 
 
 class FakeMastodon(FakeServer):

@@ -16,7 +16,7 @@ from atomq.db.engine import Database
 from atomq.db.migrate import upgrade
 from atomq.engine import plugins
 from atomq.engine.task_queue import TaskQueue
-from tests.support import (
+from testkit.support import (
     PostgresDatabase,
     Processes,
     RedisServer,
@@ -24,9 +24,6 @@ from tests.support import (
     postgres_available,
     run_cli,
 )
-
-#: Fixtures of the scheduled-posts tests.
-pytest_plugins = ["tests.posts_support"]
 
 #: Tokens the API tests use, one per scope.
 TOKENS = {"read": "atq_test_read_token", "write": "atq_test_write_token", "admin": "atq_test_admin_token"}

@@ -19,8 +19,8 @@ from atomq.features.posts.accounts import AccountInput, create_account
 from atomq.features.posts.models import Account
 from atomq.features.posts.runtime import PostsRuntime
 from atomq.features.posts.service import PostInput, PostsService
-from tests.fakes.mastodon import FakeMastodon
-from tests.fakes.webhook import FakeWebhookReceiver
+from testkit.fakes.mastodon import FakeMastodon
+from testkit.fakes.webhook import FakeWebhookReceiver
 
 #: One key for the whole session: the API (in the test process) and workers must agree.
 CREDENTIALS_KEY = Fernet.generate_key().decode()
@@ -145,7 +145,7 @@ def posts_api(api_settings: Settings, connection: redis.Redis, database: Databas
     from fastapi.testclient import TestClient
 
     from atomq.api.app import create_app
-    from tests.conftest import ApiClient
+    from testkit.fixtures import ApiClient
 
     settings = api_settings.model_copy(update=POSTS_OVERRIDES)
     app = create_app(settings, redis_client=connection, database=database)

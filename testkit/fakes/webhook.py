@@ -7,7 +7,7 @@ import hmac
 import time
 from typing import Any
 
-from tests.fakes.server import FakeServer, Recorded
+from testkit.fakes.server import FakeServer, Recorded
 
 
 class FakeWebhookReceiver(FakeServer):

@@ -16,7 +16,7 @@ from atomq.api.app import create_app
 from atomq.api.auth import entry_for
 from atomq.core.settings import Settings, load_settings
 from atomq.db.engine import Database
-from tests.conftest import TOKENS
+from testkit.fixtures import TOKENS
 
 
 def auth(scope: str = "admin") -> dict[str, str]:

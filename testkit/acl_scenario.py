@@ -31,7 +31,7 @@ from atomq.core.settings import load_settings
 from atomq.engine.task_queue import TaskQueue
 from atomq.ops import admin, monitor
 from atomq.ops.admin import delete_job
-from tests.support import Processes, children_of, cli_env, free_port, wait_for
+from testkit.support import Processes, children_of, cli_env, free_port, wait_for
 
 ADMIN_TOKEN = "atq_acl_scenario_admin_token"
 
