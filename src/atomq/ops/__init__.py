@@ -1,4 +1,5 @@
-"""Operations services: deleting jobs, backups and restores. No click and no HTTP in here;
-``atomq/cli`` and ``atomq/api`` call these."""
-
-from __future__ import annotations
+"""What the surfaces (CLI, API, dashboard) share to operate atomq: reading queues and workers
+(:mod:`~atomq.ops.monitor`, :mod:`~atomq.ops.overview`), changing them
+(:mod:`~atomq.ops.admin`), submitting jobs from plain values (:mod:`~atomq.ops.submission`),
+metrics, ``doctor``, backups and restores.
+"""
