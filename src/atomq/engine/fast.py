@@ -42,8 +42,6 @@ import redis
 from redis.exceptions import NoScriptError
 from rq.defaults import UNSERIALIZABLE_RETURN_VALUE_PAYLOAD
 from rq.job import JobStatus
-from rq.job_lifecycle import record_job_failure
-from rq.results import Result
 from rq.suspension import is_suspended
 from rq.timeouts import JobTimeoutException
 from rq.utils import utcformat
@@ -51,16 +49,16 @@ from rq.version import VERSION
 
 from atomq.core import keys
 from atomq.core.connection import MAX_RECONNECT_BACKOFF_SECONDS, blocking_timeout, describe_client
-from atomq.core.errors import Defer, JobStopped, PermanentError, RetryableError, UnknownTaskError
+from atomq.core.errors import JobStopped
 from atomq.core.logging import job_log_fields, log_context
 from atomq.core.settings import Settings
 from atomq.core.timeutil import utcnow
-from atomq.engine import hooks, plugins, stats
+from atomq.engine import hooks, outcomes, plugins, stats
 from atomq.engine.fast_scripts import FastScripts, pairs
 from atomq.engine.isolation import run_forked
-from atomq.engine.jobs import AtomqJob, error_summary, resolve_task, set_next_retry_delay
+from atomq.engine.jobs import AtomqJob, error_summary, resolve_task
 from atomq.engine.process import set_process_title
-from atomq.engine.queues import AtomqQueue, schedule_deferred, schedule_retry
+from atomq.engine.queues import AtomqQueue
 from atomq.engine.scripts import Scripts, decode
 from atomq.engine.tasks import TaskRegistry, preload, registry
 
@@ -546,91 +544,70 @@ class FastWorker:
                     return
 
     def _fail(self, claimed: Claimed, started: Any, error: tuple[BaseException, str], outcome: str) -> None:
-        """Record a failed (or stopped) run through RQ's own failure paths: retry or fail."""
+        """Record a failed (or stopped) run: retried, deferred, failed or stopped (see
+        :mod:`atomq.engine.outcomes`)."""
         job, queue = claimed.job, claimed.queue
         exc, exc_string = error
-        if isinstance(exc, Defer) and outcome != "stopped":
-            self._defer(claimed, started, exc)
+        judgement = outcomes.judge(job, exc, stopped=outcome == "stopped")
+        aq = AtomqQueue(queue, connection=self.connection)
+        self._flush()  # successes before this failure keep their order
+        member = keys.execution_member(job.id, self.name)
+        if judgement.verdict == "deferred":
+            logger.info("Worker %s: job %s deferred by %.1f s: %s", self.name, job.id, judgement.delay, exc)
+            with self.connection.pipeline() as pipe:
+                outcomes.record_deferral(pipe, job, aq, judgement.delay)
+                pipe.zrem(keys.started_key(queue), member)
+                pipe.lrem(self.claimed_key, 1, job.id)
+                pipe.execute()
             return
         ended = utcnow()
-        job.ended_at = ended
-        stopped = outcome == "stopped"
-        if isinstance(exc, PermanentError | UnknownTaskError):
-            job.retries_left = 0
-        elif isinstance(exc, RetryableError) and exc.delay is not None and job.should_retry:
-            set_next_retry_delay(job, exc.delay)
-        retry = job.should_retry and not stopped
-        failure_ttl = job.failure_ttl or self.settings.failure_ttl
-        level = logging.WARNING if retry else logging.ERROR
+        retry = judgement.verdict == "retried"
         logger.log(
-            level,
+            logging.WARNING if retry else logging.ERROR,
             "Worker %s: job %s %s%s: %s\n%s",
             self.name,
             job.id,
-            outcome,
+            "stopped" if judgement.verdict == "stopped" else "failed",
             " (will retry)" if retry else "",
             error_summary(exc_string),
             exc_string.rstrip(),
         )
-        aq = AtomqQueue(queue, connection=self.connection)
-        self._flush()  # successes before this failure keep their order
         with self.connection.pipeline() as pipe:
-            Result.create_failure(
+            outcomes.record_failure(
+                pipe,
                 job,
-                failure_ttl,
+                aq,
+                judgement,
                 exc_string=exc_string,
                 worker_name=self.name,
-                pipeline=pipe,
                 execution_id=self.name,
-                execution_started_at=started,
-                execution_ended_at=ended,
+                started=started,
+                ended=ended,
+                failure_ttl=job.failure_ttl or self.settings.failure_ttl,
             )
-            if retry:
-                schedule_retry(job, aq, pipe)
-            else:
-                job.set_status(JobStatus.STOPPED if stopped else JobStatus.FAILED, pipeline=pipe)
-                job.save(pipeline=pipe, include_meta=False, include_result=False)
-                pipe.zadd(keys.failed_key(queue), {job.id: ended.timestamp() + failure_ttl})
-                pipe.expire(job.key, failure_ttl)
-                hooks.ended([(job, "stopped" if stopped else "failed")], pipe)
-            pipe.zrem(keys.started_key(queue), keys.execution_member(job.id, self.name))
+            pipe.zrem(keys.started_key(queue), member)
             pipe.lrem(self.claimed_key, 1, job.id)
             pipe.hincrby(self.key, "failed_job_count", 1)
             tally = stats.Tally()
             tally.add(
                 queue=queue,
                 task=job.func_name,
-                outcome="stopped" if stopped else "retried" if retry else "failed",
+                outcome=judgement.verdict,
                 duration=(ended - started).total_seconds(),
                 late=started.timestamp() - job.due_at if job.due_at is not None else None,
             )
             tally.write(pipe)
             pipe.execute()
-        if not retry:
+        if judgement.final:
             with contextlib.suppress(redis.RedisError):
                 if self.connection.scard(job.dependents_key):
-                    aq.enqueue_dependents(job)
-
-    def _defer(self, claimed: Claimed, started: Any, exc: Defer) -> None:
-        """The job asked to run later: back to scheduled, no attempt counted, no failure kept."""
-        job, queue = claimed.job, claimed.queue
-        logger.info("Worker %s: job %s deferred by %.1f s: %s", self.name, job.id, exc.delay, exc)
-        self._flush()
-        with self.connection.pipeline() as pipe:
-            job.started_at = None
-            schedule_deferred(job, AtomqQueue(queue, connection=self.connection), exc.delay, pipe)
-            pipe.zrem(keys.started_key(queue), keys.execution_member(job.id, self.name))
-            pipe.lrem(self.claimed_key, 1, job.id)
-            tally = stats.Tally()
-            tally.add(queue=queue, task=job.func_name, outcome="deferred", duration=None)
-            tally.write(pipe)
-            pipe.execute()
+                    outcomes.enqueue_dependents(aq, job)
 
     def _refuse(self, claimed: Claimed, reason: str) -> None:
         job = claimed.job
         logger.error("Worker %s: refusing job %s: %s", self.name, job.id, reason)
         with self.connection.pipeline() as pipe:
-            record_job_failure(job, f"Refused by worker {self.name}: {reason}", pipe)
+            outcomes.record_refusal(pipe, job, reason, self.name)
             pipe.zrem(keys.started_key(claimed.queue), keys.execution_member(job.id, self.name))
             pipe.lrem(self.claimed_key, 1, job.id)
             pipe.execute()

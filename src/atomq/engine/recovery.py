@@ -16,14 +16,13 @@ import redis
 from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
 from rq.job import JobStatus
-from rq.job_lifecycle import record_job_failure
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from atomq.core import keys
-from atomq.engine import stats
+from atomq.engine import outcomes
 from atomq.engine.fast_scripts import FastScripts
 from atomq.engine.jobs import load_job
-from atomq.engine.queues import AtomqQueue, schedule_retry
+from atomq.engine.queues import AtomqQueue
 from atomq.engine.scripts import Scripts, decode
 
 logger = logging.getLogger("atomq.recovery")
@@ -123,19 +122,12 @@ def _abandon(
         if job.get_status(refresh=False) != JobStatus.STARTED or job.worker_name != worker_name:
             pipe.execute()
             return
-        stats.job_ended(pipe, job, "retried" if job.should_retry else "failed", timed=False)
-        if job.should_retry:
-            schedule_retry(job, queue, pipe)
-            report.retried.append(job_id)
-        else:
-            record_job_failure(job, f"Worker {worker_name} died while running this job ({reason}).", pipe)
-            report.failed.append(job_id)
+        why = f"Worker {worker_name} died while running this job ({reason})."
+        verdict = outcomes.record_abandoned(pipe, job, queue, why)
         pipe.execute()
-    if job_id in report.failed:
-        try:
-            queue.enqueue_dependents(job)
-        except redis.RedisError:
-            logger.exception("could not enqueue dependents of failed job %s", job_id)
+    (report.retried if verdict == "retried" else report.failed).append(job_id)
+    if verdict == "failed":
+        outcomes.enqueue_dependents(queue, job)
 
 
 def find_dead_workers(connection: redis.Redis) -> list[str]:

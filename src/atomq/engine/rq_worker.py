@@ -30,22 +30,20 @@ from rq.command import handle_stop_job_command, parse_payload
 from rq.exceptions import NoSuchJobError, StopRequested
 from rq.executions import Execution
 from rq.job import Job
-from rq.job_lifecycle import record_job_failure
 from rq.queue import Queue
-from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.worker import Worker as RQWorker
 from rq.worker import WorkerStatus
 
 from atomq.core import keys
 from atomq.core.connection import MAX_RECONNECT_BACKOFF_SECONDS, blocking_timeout, describe_client
-from atomq.core.errors import Defer, JobStopped, PermanentError, RetryableError, UnknownTaskError
 from atomq.core.logging import job_log_fields, log_context
 from atomq.core.settings import Settings
-from atomq.engine import hooks, plugins, stats
-from atomq.engine.jobs import AtomqJob, resolve_task, set_next_retry_delay
+from atomq.core.timeutil import utcnow
+from atomq.engine import hooks, outcomes, plugins, stats
+from atomq.engine.jobs import AtomqJob, resolve_task
 from atomq.engine.process import die_with_parent, limit_memory
-from atomq.engine.queues import AtomqQueue, schedule_deferred
+from atomq.engine.queues import AtomqQueue
 from atomq.engine.scripts import Scripts, decode
 from atomq.engine.tasks import TaskRegistry, preload, registry
 
@@ -240,11 +238,11 @@ class Worker(RQWorker):
         )
         return job, queue
 
-    def _refuse(self, job: Job, reason: str) -> None:
+    def _refuse(self, job: AtomqJob, reason: str) -> None:
         """Fail a job that must not run, without running anything of it."""
         self.log.error("Worker %s: refusing job %s: %s", self.name, job.id, reason)
         with self.connection.pipeline() as pipeline:
-            record_job_failure(job, f"Refused by worker {self.name}: {reason}", pipeline)
+            outcomes.record_refusal(pipeline, job, reason, self.name)
             pipeline.lrem(self.claimed_key, -1, job.id)
             pipeline.execute()
 
@@ -357,43 +355,50 @@ class Worker(RQWorker):
         exc_string: str = "",
         execution: Execution | None = None,
     ) -> None:
+        """Record a failed, stopped or deferred run through :mod:`atomq.engine.outcomes`, as the
+        fast worker does (RQ's own version retries with ``Job.retry``, which writes the new
+        status outside the pipeline that records the failure)."""
+        assert isinstance(job, AtomqJob)  # job_class is AtomqJob
         exc = self._failure_exc
-        if isinstance(exc, JobStopped):
-            self._stopped_job_id = job.id  # ends as stopped: not failed, not retried
-        if isinstance(exc, Defer) and self._stopped_job_id != job.id:
-            self._defer(job, queue, exc, execution)
-            return
-        if isinstance(exc, PermanentError | UnknownTaskError):
-            job.retries_left = 0
-        elif isinstance(exc, RetryableError) and exc.delay is not None and job.should_retry:
-            set_next_retry_delay(job, exc.delay)
         stopped = self._stopped_job_id == job.id
-        self._failure_outcome = "stopped" if stopped else "retried" if job.should_retry else "failed"
-        if job.should_retry and self._stopped_job_id != job.id:
-            # RQ records nothing for a failed attempt that will be retried; keep it visible.
-            # Written before the job is rescheduled, so whoever sees the new status sees it too.
-            Result.create_failure(
+        self._stopped_job_id = None
+        judgement = outcomes.judge(job, exc, stopped=stopped)
+        aq = AtomqQueue(queue.name, connection=self.connection)
+        with self.connection.pipeline() as pipe:
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
+            if judgement.verdict == "deferred":
+                self.log.info(
+                    "Worker %s: job %s deferred by %.1f s: %s", self.name, job.id, judgement.delay, exc
+                )
+                outcomes.record_deferral(pipe, job, aq, judgement.delay)
+                pipe.execute()
+                return
+            outcomes.record_failure(
+                pipe,
                 job,
-                job.failure_ttl or self.settings.failure_ttl,
+                aq,
+                judgement,
                 exc_string=exc_string,
                 worker_name=self.name,
                 execution_id=execution.id if execution else None,
+                started=execution.created_at if execution else job.started_at,
+                ended=job.ended_at or utcnow(),
+                failure_ttl=job.failure_ttl or self.settings.failure_ttl,
             )
-        try:
-            super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
-        finally:
-            self._failure_outcome = None
-        hooks.ended_now(self.connection, job, _status_text(job))
-
-    def _defer(self, job: Job, queue: Queue, exc: Defer, execution: Execution | None) -> None:
-        """The job asked to run later: back to scheduled, no attempt counted, no failure kept."""
-        self.log.info("Worker %s: job %s deferred by %.1f s: %s", self.name, job.id, exc.delay, exc)
-        with self.connection.pipeline() as pipeline:
-            self.cleanup_execution(job, pipeline=pipeline, execution=execution)
-            job.started_at = None
-            schedule_deferred(job, AtomqQueue(queue.name, connection=self.connection), exc.delay, pipeline)
-            stats.job_ended(pipeline, job, "deferred", timed=False)
-            pipeline.execute()
+            self._failure_outcome = judgement.verdict
+            try:
+                self.increment_failed_job_count(pipe)
+            finally:
+                self._failure_outcome = None
+            if job.started_at and job.ended_at:
+                self.increment_total_working_time(job.ended_at - job.started_at, pipe)
+            try:
+                pipe.execute()
+            except redis.RedisError:
+                self.log.exception("Worker %s: could not record the failure of job %s", self.name, job.id)
+                return
+        if judgement.final:
+            outcomes.enqueue_dependents(aq, job)
 
     # RQ calls these two in the pipeline that records a job's end: the statistics ride along.
     def increment_successful_job_count(self, pipeline: Any = None) -> None:

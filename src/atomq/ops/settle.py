@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import redis
 from rq.exceptions import NoSuchJobError
 from rq.job import JobStatus
-from rq.job_lifecycle import record_job_failure
 
 from atomq.core import keys
+from atomq.engine import outcomes
 from atomq.engine.jobs import load_job
 from atomq.engine.queues import AtomqQueue
 from atomq.engine.recovery import recover_worker
@@ -81,12 +81,8 @@ def _settle_job(
     queue = AtomqQueue(queue_name, connection=connection)
     with connection.pipeline() as pipe:
         pipe.zrem(started_key, composite)
-        if job.should_retry:
-            job.retry(queue, pipe)
-            report.retried.append(job_id)
-        else:
-            record_job_failure(job, RESTORED_REASON, pipe)
-            report.failed.append(job_id)
+        verdict = outcomes.record_abandoned(pipe, job, queue, RESTORED_REASON)
         pipe.execute()
-    if job_id in report.failed:
-        queue.enqueue_dependents(job, refresh_job_status=False)
+    (report.retried if verdict == "retried" else report.failed).append(job_id)
+    if verdict == "failed":
+        outcomes.enqueue_dependents(queue, job)
