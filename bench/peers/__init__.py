@@ -1,2 +1,2 @@
-"""The same two tasks (a no-op and a start-time recorder) for every system the engine
-benchmark compares. Worker processes import these modules."""
+"""The same tasks for every system the benchmarks compare: a no-op, a 100 ms I/O wait and a
+start-time recorder. Worker processes import these modules."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from atomq import task
-from bench.peers.common import record_start
+from bench.peers.common import io_async, io_sync, record_start
 
 
 @task("bench_noop", queue="bench")
@@ -14,3 +14,13 @@ def noop() -> None:
 @task("bench_record", queue="bench")
 def record(index: int, due: float) -> None:
     record_start(index, due)
+
+
+@task("bench_io", queue="bench")
+async def io() -> None:
+    await io_async()
+
+
+@task("bench_io_sync", queue="bench")
+def io_blocking() -> None:
+    io_sync()

@@ -6,7 +6,7 @@ import os
 
 from celery import Celery
 
-from bench.peers.common import record_start
+from bench.peers.common import io_sync, record_start
 
 app = Celery("bench", broker=os.environ["BENCH_REDIS_URL"])
 app.conf.update(
@@ -25,3 +25,8 @@ def noop() -> None:
 @app.task(name="bench.record")
 def record(index: int, due: float) -> None:
     record_start(index, due)
+
+
+@app.task(name="bench.io")
+def io() -> None:
+    io_sync()

@@ -7,7 +7,7 @@ import os
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
-from bench.peers.common import record_start
+from bench.peers.common import io_sync, record_start
 
 broker = RedisBroker(url=os.environ["BENCH_REDIS_URL"])
 dramatiq.set_broker(broker)
@@ -21,3 +21,8 @@ def noop() -> None:
 @dramatiq.actor(queue_name="bench", max_retries=0)
 def record(index: int, due: float) -> None:
     record_start(index, due)
+
+
+@dramatiq.actor(queue_name="bench", max_retries=0)
+def io() -> None:
+    io_sync()

@@ -6,7 +6,7 @@ import os
 
 from huey import RedisHuey
 
-from bench.peers.common import record_start
+from bench.peers.common import io_sync, record_start
 
 huey = RedisHuey("bench", url=os.environ["BENCH_REDIS_URL"], results=False)
 
@@ -19,3 +19,8 @@ def noop() -> None:
 @huey.task()
 def record(index: int, due: float) -> None:
     record_start(index, due)
+
+
+@huey.task()
+def io() -> None:
+    io_sync()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.peers.common import record_start
+from bench.peers.common import io_sync, record_start
 
 
 def noop() -> None:
@@ -11,3 +11,7 @@ def noop() -> None:
 
 def record(index: int, due: float) -> None:
     record_start(index, due)
+
+
+def io() -> None:
+    io_sync()
