@@ -1,0 +1,250 @@
+"""What the benchmarks share: a private redis-server, process handling, percentiles, tables
+and JSON output. Nothing here imports atomq."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Coroutine, Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+RESULTS = ROOT / "bench" / "results"
+
+#: Clock ticks per second of /proc/<pid>/stat's utime and stime.
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """A private redis-server on a free port, without persistence unless ``aof``; stopped by PID."""
+
+    def __init__(self, *, aof: bool = False) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="atomq-bench-"))
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        binary = shutil.which("redis-server") or "redis-server"
+        persistence = ["--appendonly", "yes", "--appendfsync", "everysec"] if aof else ["--appendonly", "no"]
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                *persistence,
+                "--dir",
+                str(self.dir),
+                "--logfile",
+                "redis.log",
+            ],
+            start_new_session=True,
+        )
+        self.client = redis.Redis.from_url(self.url, socket_timeout=30)
+        for _ in range(200):
+            try:
+                self.client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        else:
+            self.stop()
+            raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def proc_cpu_seconds(self) -> float:
+        """utime + stime of the redis-server process, from /proc/<pid>/stat (10 ms ticks)."""
+        with open(f"/proc/{self.process.pid}/stat") as stat:
+            # The command name (field 2) may hold spaces; count fields after its closing ')'.
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def snapshot(self) -> dict[str, float]:
+        """Server-wide counters, read in one round trip (three INFO commands, pipelined)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.info("commandstats")
+        pipe.info("stats")
+        pipe.info("cpu")
+        commands, stats, cpu = pipe.execute()
+        return {
+            "time": time.perf_counter(),
+            "calls": sum(int(v["calls"]) for v in commands.values()),
+            "reads": int(stats["total_reads_processed"]),
+            "info_cpu": float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]),
+            "proc_cpu": self.proc_cpu_seconds(),
+        }
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def redis_costs(
+    before: dict[str, float], after: dict[str, float], units: float, own: int
+) -> dict[str, float]:
+    """Redis commands, round trips and CPU per unit (job, enqueue) between two snapshots.
+
+    ``own`` is how many commands and read events the benchmark itself sent in between
+    (polling). Of the snapshots' own INFO pipelines, the first one's last two commands and
+    the second one's read event fall in between.
+    """
+    proc_ms = (after["proc_cpu"] - before["proc_cpu"]) * 1000 / units
+    info_ms = (after["info_cpu"] - before["info_cpu"]) * 1000 / units
+    return {
+        "commands_per_job": (after["calls"] - before["calls"] - own - 2) / units,
+        "round_trips_per_job": (after["reads"] - before["reads"] - own - 1) / units,
+        "redis_cpu_ms_per_job": proc_ms,
+        "redis_cpu_info_ms_per_job": info_ms,
+        # /proc, read outside Redis, is the figure to trust; INFO cpu cross-checks it.
+        "jobs_per_redis_core": 1000 / proc_ms if proc_ms > 0 else None,
+    }
+
+
+class Processes:
+    """Child processes started in their own sessions, stopped by process group (their PIDs)."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, command: Sequence[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+        with open(log, "ab") as out:
+            process = subprocess.Popen(
+                list(command), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.started.append(process)
+        return process
+
+    def stop(self, grace: float = 20) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for process in self.started:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            # Forked children (saq, huey, dramatiq) may outlive their leader: end the group.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        self.started.clear()
+
+
+class AsyncRunner:
+    """An event loop in a thread, for the asyncio peers' clients (arq, saq, atomq.aio), so
+    that synchronous benchmark code (and a producer thread) can drive them."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def latency_summary(seconds: Sequence[float], prefix: str) -> dict[str, float]:
+    """p50/p99/max in milliseconds of ``seconds``, keys prefixed."""
+    if not seconds:
+        return {}
+    return {
+        f"{prefix}_p50_ms": statistics.median(seconds) * 1000,
+        f"{prefix}_p99_ms": pct(seconds, 0.99) * 1000,
+        f"{prefix}_max_ms": max(seconds) * 1000,
+    }
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per key, the median of the runs' numeric values (other values: the first run's)."""
+    keys = {k for run in runs for k in run}
+    out: dict[str, Any] = {}
+    for key in keys:
+        values = [run[key] for run in runs if run.get(key) is not None]
+        if values and all(isinstance(v, int | float) for v in values):
+            out[key] = statistics.median(values)
+        else:
+            out[key] = values[0] if values else None
+    return out
+
+
+def print_table(
+    results: dict[str, dict[str, Any]], columns: Iterable[tuple[str, str, str]], width: int = 13
+) -> None:
+    """One row per system; ``columns`` are (key, title, format). Missing values print as '-'."""
+    columns = list(columns)
+    name_width = max(len(n) for n in results) + 2
+    header = "system".ljust(name_width) + "".join(title.rjust(width) for _, title, _ in columns)
+    print(header)
+    print("-" * len(header))
+    for name, row in results.items():
+        cells = []
+        for key, _, fmt in columns:
+            value = row.get(key)
+            if value is None:
+                text = "-"
+            elif isinstance(value, str):
+                text = value
+            else:
+                text = fmt.format(value)
+            cells.append(text.rjust(width))
+        print(name.ljust(name_width) + "".join(cells))
+
+
+def write_json(kind: str, payload: dict[str, Any], target: Path | None) -> Path:
+    """Write ``payload`` to ``target`` or bench/results/<kind>-<UTC time>.json."""
+    path = target or RESULTS / f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str))
+    return path
+
+
+def child_env(url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of worker processes: the bench's Redis, bench/ importable, no stray
+    ATOMQ_/REDIS_ settings from the calling shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ATOMQ_", "REDIS_"))}
+    env["BENCH_REDIS_URL"] = url
+    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    env.update(extra or {})
+    return env
