@@ -214,13 +214,16 @@ def print_table(
 ) -> None:
     """One row per system; ``columns`` are (key, title, format). Missing values print as '-'."""
     columns = list(columns)
+    widths = [max(width, len(title) + 2) for _, title, _ in columns]
     name_width = max(len(n) for n in results) + 2
-    header = "system".ljust(name_width) + "".join(title.rjust(width) for _, title, _ in columns)
+    header = "system".ljust(name_width) + "".join(
+        title.rjust(w) for (_, title, _), w in zip(columns, widths, strict=True)
+    )
     print(header)
     print("-" * len(header))
     for name, row in results.items():
         cells = []
-        for key, _, fmt in columns:
+        for (key, _, fmt), w in zip(columns, widths, strict=True):
             value = row.get(key)
             if value is None:
                 text = "-"
@@ -228,7 +231,7 @@ def print_table(
                 text = value
             else:
                 text = fmt.format(value)
-            cells.append(text.rjust(width))
+            cells.append(text.rjust(w))
         print(name.ljust(name_width) + "".join(cells))
 
 
