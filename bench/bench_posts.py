@@ -10,15 +10,25 @@ database (SQLite in a temporary directory, or ``--database-url``), ``atomq serve
 2. measures ``GET /api/v1/tasks/scheduled-posts`` latency (p50/p95) with and without
    filters and deep in the cursor chain, at 1,000 posts and again at the full size - the ratio
    shows how the list scales;
-3. with the workers running, publishes ``--burst`` posts through the outbox publisher due
-   spread over one minute, then ``--burst`` posts due at the same instant, and reports
-   lateness (published_at - scheduled_for) p50/p99/max; ``--burst`` no-op ``ping`` jobs due
-   at one instant are the engine's own floor, measured in the same run, for the ratio.
+3. with the workers running, publishes ``--lateness-posts`` posts through the outbox
+   publisher due spread over one minute, then as many due at the same instant, and reports
+   lateness (published_at - scheduled_for) p50/p99/max; as many no-op ``ping`` jobs due at
+   one instant are the engine's own floor, measured in the same run, for the ratio.
+
+Scenarios instead of the above (bench/posts_scenarios.py; webhook accounts on a local fake
+platform that answers after ``--platform-latency`` ms; ``atomq worker --count 2``):
+
+* ``--burst``: ``--posts`` (400) posts on ``--accounts`` (200) accounts, all due at one
+  instant: lateness at the platform p50/p99/max, early, duplicates, vs a ``ping`` floor;
+* ``--fairness``: ``--accounts`` (200) single posts alone, then again due together with
+  ``--posts`` (2,000) posts of one account: the singles' p99 lateness, and the ratio.
 
 Figures are printed and written as JSON under bench/results/.
 
     .venv/bin/python bench/bench_posts.py                     # 100,000 posts, SQLite
     .venv/bin/python bench/bench_posts.py --posts 20000 --database-url postgresql://...
+    .venv/bin/python bench/bench_posts.py --burst --platform-latency 200
+    .venv/bin/python bench/bench_posts.py --fairness --posts 1000
 """
 
 from __future__ import annotations
@@ -26,14 +36,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,21 +49,11 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # bench.*
+
+from bench.posts_support import Api, create_posts, summary_ms  # noqa: E402
+
 TOKEN = "atq_bench_posts_token"
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def summary_ms(values: list[float]) -> dict[str, float]:
-    return {
-        "p50_ms": round(statistics.median(values) * 1000, 2),
-        "p95_ms": round(pct(values, 0.95) * 1000, 2),
-        "p99_ms": round(pct(values, 0.99) * 1000, 2),
-        "max_ms": round(max(values) * 1000, 2),
-    }
 
 
 @contextmanager
@@ -72,56 +69,6 @@ def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-class Api:
-    """HTTP clients for the API under test, one per thread."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.local = threading.local()
-
-    def client(self) -> httpx.Client:
-        if not hasattr(self.local, "client"):
-            self.local.client = httpx.Client(
-                base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60
-            )
-        client: httpx.Client = self.local.client
-        return client
-
-    def timed(self, method: str, path: str, **kwargs: Any) -> tuple[float, httpx.Response]:
-        started = time.perf_counter()
-        response = self.client().request(method, path, **kwargs)
-        elapsed = time.perf_counter() - started
-        if response.status_code >= 400:
-            raise RuntimeError(f"{method} {path}: {response.status_code} {response.text[:300]}")
-        return elapsed, response
-
-
-def create_posts(
-    api: Api, account: str, count: int, clients: int, due: Callable[[int], datetime], start: int = 0
-) -> tuple[list[float], float, list[str]]:
-    """Create ``count`` posts with ``clients`` threads; return latencies, wall time and ids."""
-    ids: list[str] = [""] * count
-
-    def one(i: int) -> float:
-        elapsed, response = api.timed(
-            "POST",
-            "/api/v1/tasks/scheduled-posts",
-            json={
-                "account_id": account,
-                "content": f"bench post {start + i}",
-                "scheduled_for": due(start + i).isoformat(),
-                "user_id": f"user_{(start + i) % 50}",
-            },
-        )
-        ids[i] = response.json()["id"]
-        return elapsed
-
-    began = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        latencies = list(pool.map(one, range(count), chunksize=64))
-    return latencies, time.perf_counter() - began, ids
 
 
 def list_latency(api: Api, account: str, repeat: int) -> dict[str, dict[str, float]]:
@@ -186,14 +133,37 @@ def lateness(pairs: list[tuple[datetime, datetime]]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--posts", type=int, default=100_000, help="posts to create through the API")
-    parser.add_argument("--burst", type=int, default=1_000, help="posts due in the same minute")
+    parser.add_argument(
+        "--posts",
+        type=int,
+        default=None,
+        help="posts to create through the API (100,000; --burst: 400; --fairness: the busy account's, 2,000)",
+    )
+    parser.add_argument(
+        "--lateness-posts", type=int, default=1_000, help="posts due in the same minute, then at one instant"
+    )
+    parser.add_argument("--burst", action="store_true", help="scenario: posts on many accounts due at once")
+    parser.add_argument(
+        "--fairness", action="store_true", help="scenario: one busy account and many single posts"
+    )
+    parser.add_argument("--accounts", type=int, default=None, help="webhook accounts in a scenario (200)")
+    parser.add_argument(
+        "--platform-latency", type=float, default=0.0, help="ms the fake platform takes to answer"
+    )
+    parser.add_argument(
+        "--lead", type=float, default=None, help="seconds ahead posts are due (default: by size)"
+    )
+    parser.add_argument("--worker-count", type=int, default=2, help="atomq worker --count in a scenario")
     parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients")
     parser.add_argument("--api-workers", type=int, default=1, help="API processes (atomq serve --workers)")
     parser.add_argument("--repeat", type=int, default=100, help="requests per list query")
     parser.add_argument("--database-url", default=None, help="default: SQLite in a temporary directory")
     parser.add_argument("--json", type=Path, default=None, help="results file (default bench/results/)")
     args = parser.parse_args()
+    if args.burst or args.fairness:
+        run_scenarios(args)
+        return
+    args.posts = args.posts or 100_000
 
     from atomq.api.auth import entry_for
     from atomq.cli.devserver import PrivateRedis, free_port
@@ -226,7 +196,7 @@ def main() -> None:
         python = [sys.executable, "-m", "atomq"]
         serve = [*python, "serve", "--port", str(port), "--workers", str(args.api_workers)]
         with process(serve, env, work / "api.log"):
-            api = Api(f"http://127.0.0.1:{port}")
+            api = Api(f"http://127.0.0.1:{port}", TOKEN)
             deadline = time.monotonic() + 60
             while True:
                 try:
@@ -268,7 +238,7 @@ def main() -> None:
                     database,
                     account,
                     args,
-                    lambda i, t0: t0 + timedelta(seconds=60 * i / args.burst),
+                    lambda i, t0: t0 + timedelta(seconds=60 * i / args.lateness_posts),
                     80,
                 )
                 print("published a minute's worth; now all due at one instant...", flush=True)
@@ -276,7 +246,7 @@ def main() -> None:
                     api, database, account, args, lambda i, t0: t0, 20
                 )
                 results["engine_floor_ping_same_instant"] = ping_lateness(
-                    settings, redis_server.url, args.burst
+                    settings, redis_server.url, args.lateness_posts
                 )
     finally:
         database.dispose()
@@ -293,6 +263,20 @@ def main() -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(results, indent=2))
     print(f"\nwritten to {target}")
+
+
+def run_scenarios(args: argparse.Namespace) -> None:
+    from bench.harness import write_json
+    from bench.posts_scenarios import burst, fairness, report
+
+    results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
+    for name, run in (("burst", burst), ("fairness", fairness)):
+        if getattr(args, name):
+            print(f"running the {name} scenario...", file=sys.stderr, flush=True)
+            results[name] = run(args)
+            report(name, results[name], args)
+    kinds = "-".join(k for k in ("burst", "fairness") if getattr(args, k))
+    print(f"\nJSON: {write_json(f'posts-{kinds}', results, args.json)}")
 
 
 def redis_server_info(url: str) -> dict[str, Any]:
@@ -313,9 +297,9 @@ def burst_lateness(
     at: Callable[[int, datetime], datetime],
     lead: float,
 ) -> dict[str, float]:
-    """Create ``args.burst`` posts due at ``at(i, t0)`` (t0 = ``lead`` s ahead) and wait for them."""
+    """Create ``args.lateness_posts`` posts due at ``at(i, t0)`` (t0 = ``lead`` s ahead) and wait for them."""
     t0 = datetime.now(UTC) + timedelta(seconds=lead)
-    _, wall, ids = create_posts(api, account, args.burst, args.clients, lambda i: at(i, t0))
+    _, wall, ids = create_posts(api, account, args.lateness_posts, args.clients, lambda i: at(i, t0))
     if datetime.now(UTC) > t0:
         print(f"warning: creating took {wall:.1f} s, past the first due time", flush=True)
     pairs = wait_published(database, ids, timeout=lead + 600)

@@ -1,0 +1,156 @@
+"""What the posts benchmarks share: an HTTP client for the API, bulk post creation, and a fake
+webhook platform that answers after a set delay and remembers every delivery."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+
+from bench.harness import pct
+
+
+def summary_ms(values: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(statistics.median(values) * 1000, 2),
+        "p95_ms": round(pct(values, 0.95) * 1000, 2),
+        "p99_ms": round(pct(values, 0.99) * 1000, 2),
+        "max_ms": round(max(values) * 1000, 2),
+    }
+
+
+class Api:
+    """HTTP clients for the API under test, one per thread."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url
+        self.token = token
+        self.local = threading.local()
+
+    def client(self) -> httpx.Client:
+        if not hasattr(self.local, "client"):
+            self.local.client = httpx.Client(
+                base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60
+            )
+        client: httpx.Client = self.local.client
+        return client
+
+    def timed(self, method: str, path: str, **kwargs: Any) -> tuple[float, httpx.Response]:
+        started = time.perf_counter()
+        response = self.client().request(method, path, **kwargs)
+        elapsed = time.perf_counter() - started
+        if response.status_code >= 400:
+            raise RuntimeError(f"{method} {path}: {response.status_code} {response.text[:300]}")
+        return elapsed, response
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the API at {self.url} did not start")
+            time.sleep(0.2)
+
+
+def create_posts(
+    api: Api,
+    account: str | Callable[[int], str],
+    count: int,
+    clients: int,
+    due: Callable[[int], datetime],
+    start: int = 0,
+) -> tuple[list[float], float, list[str]]:
+    """Create ``count`` posts with ``clients`` threads; return latencies, wall time and ids.
+
+    ``account`` is one account id, or a function of the post's index."""
+    ids: list[str] = [""] * count
+
+    def one(i: int) -> float:
+        elapsed, response = api.timed(
+            "POST",
+            "/api/v1/tasks/scheduled-posts",
+            json={
+                "account_id": account(start + i) if callable(account) else account,
+                "content": f"bench post {start + i}",
+                "scheduled_for": due(start + i).isoformat(),
+                "user_id": f"user_{(start + i) % 50}",
+            },
+        )
+        ids[i] = response.json()["id"]
+        return elapsed
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        latencies = list(pool.map(one, range(count), chunksize=64))
+    return latencies, time.perf_counter() - began, ids
+
+
+class WebhookPlatform:
+    """A local webhook receiver: notes when each post arrived (first and repeated deliveries),
+    then answers 200 after ``latency`` seconds, as a slow platform would."""
+
+    def __init__(self, latency: float) -> None:
+        self.latency = latency
+        self.lock = threading.Lock()
+        self.deliveries: dict[str, list[float]] = {}
+        platform = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                arrived = time.time()
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    post_id = str(json.loads(body)["post_id"])
+                except (ValueError, KeyError):
+                    post_id = "?"
+                with platform.lock:
+                    platform.deliveries.setdefault(post_id, []).append(arrived)
+                if platform.latency:
+                    time.sleep(platform.latency)
+                answer = json.dumps({"id": f"wh-{post_id}"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *_: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> WebhookPlatform:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def arrived(self, ids: set[str]) -> int:
+        with self.lock:
+            return sum(1 for post_id in ids if post_id in self.deliveries)
+
+    def first_arrivals(self, ids: set[str]) -> dict[str, float]:
+        with self.lock:
+            return {post_id: times[0] for post_id, times in self.deliveries.items() if post_id in ids}
+
+    def duplicates(self, ids: set[str]) -> int:
+        """Posts among ``ids`` delivered more than once."""
+        with self.lock:
+            return sum(1 for post_id in ids if len(self.deliveries.get(post_id, ())) > 1)
