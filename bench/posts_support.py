@@ -3,6 +3,7 @@ webhook platform that answers after a set delay and remembers every delivery."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import threading
@@ -120,11 +121,13 @@ class WebhookPlatform:
                 if platform.latency:
                     time.sleep(platform.latency)
                 answer = json.dumps({"id": f"wh-{post_id}"}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
+                # The worker may be stopped while we wait (end of a scenario): nobody to answer.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
 
             def log_message(self, *_: Any) -> None:
                 return None
