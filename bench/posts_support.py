@@ -109,6 +109,11 @@ class WebhookPlatform:
         platform = self
 
         class Handler(BaseHTTPRequestHandler):
+            def handle(self) -> None:
+                # The worker may be stopped mid-request (end of a scenario): nobody to answer.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    super().handle()
+
             def do_POST(self) -> None:
                 arrived = time.time()
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -121,13 +126,11 @@ class WebhookPlatform:
                 if platform.latency:
                     time.sleep(platform.latency)
                 answer = json.dumps({"id": f"wh-{post_id}"}).encode()
-                # The worker may be stopped while we wait (end of a scenario): nobody to answer.
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(answer)))
-                    self.end_headers()
-                    self.wfile.write(answer)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
 
             def log_message(self, *_: Any) -> None:
                 return None
