@@ -236,10 +236,14 @@ def print_table(
 
 
 def write_json(kind: str, payload: dict[str, Any], target: Path | None) -> Path:
-    """Write ``payload`` to ``target`` or bench/results/<kind>-<UTC time>.json."""
+    """Write ``payload`` to ``target`` or bench/results/<kind>-<UTC time>.json, with the
+    machine's load average at the end (the machine may be shared: a load well above the core
+    count makes every figure of the run suspect)."""
     path = target or RESULTS / f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=str))
+    load = os.getloadavg()
+    path.write_text(json.dumps(payload | {"loadavg_1_5_15": load}, indent=2, default=str))
+    print(f"load average at the end (1/5/15 min): {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     return path
 
 
