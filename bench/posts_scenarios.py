@@ -239,10 +239,10 @@ def fairness(args: argparse.Namespace) -> dict[str, Any]:
         waited = wait_arrived(
             s.platform, set(mixed), (due - datetime.now(UTC)).total_seconds() + PUBLISH_TIMEOUT
         )
+        heavy_done = s.platform.arrived(set(heavy_ids))
         time.sleep(1)
-        out |= {"heavy_posts": big, "singles_wait_s": waited}
+        out |= {"heavy_posts": big, "singles_wait_s": waited, "heavy_arrived_when_singles_done": heavy_done}
         out |= lateness(s, mixed, due, "mixed_")
-        out["heavy_arrived_when_singles_done"] = s.platform.arrived(set(heavy_ids))
     if out.get("alone_late_p99_ms") and out.get("mixed_late_p99_ms"):
         out["ratio_p99_mixed_vs_alone"] = out["mixed_late_p99_ms"] / out["alone_late_p99_ms"]
     return out
