@@ -21,7 +21,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,40 +35,23 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
 
 from atomq.api.auth import entry_for  # noqa: E402
 from atomq.core.settings import load_settings  # noqa: E402
 from atomq.engine import stats  # noqa: E402
 from atomq.engine.task_queue import Call, TaskQueue  # noqa: E402
+from testkit.support import RedisServer, free_port  # noqa: E402
 
 TOKEN = "atq_bench_read_token"
 TASKS = ["ping", "bench_a", "bench_b", "bench_c", "bench_d"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    binary = shutil.which("redis-server") or sys.exit(
-        "redis-server is needed (scripts/bootstrap installs it)"
-    )
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(directory), "--logfile", "redis.log"],
-        start_new_session=True,
-    )  # fmt: skip
-    client = redis.Redis(port=port)
-    for _ in range(200):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    return process, f"redis://127.0.0.1:{port}/0"
+    """A private redis-server (testkit's, as the tests use), stopped by the caller by PID."""
+    server = RedisServer(directory).start()
+    assert server.process is not None
+    return server.process, server.url
 
 
 def fill(url: str, n_jobs: int, n_queues: int) -> dict[str, int]:

@@ -12,14 +12,11 @@ their ratio is meaningful on a noisy machine even when the absolute numbers are 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
 import platform
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,46 +31,16 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from testkit.support import RedisServer  # noqa: E402
 
 
 def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    binary = shutil.which("redis-server")
-    if not binary:
-        sys.exit("redis-server is needed (scripts/bootstrap installs it)")
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(directory),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    client = redis.Redis(port=port)
-    for _ in range(200):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    return process, f"redis://127.0.0.1:{port}/0"
+    """A private redis-server (testkit's, as the tests use), stopped by the caller by PID."""
+    server = RedisServer(directory).start()
+    assert server.process is not None
+    return server.process, server.url
 
 
-@contextlib.contextmanager
 def throwaway_postgres(admin_url: str) -> Iterator[str]:
     """A fresh database on the server of ``admin_url``, dropped afterwards."""
     import sqlalchemy

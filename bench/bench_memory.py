@@ -27,7 +27,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_engine import BIN, SYSTEMS, Server  # noqa: E402 - after the path tweak
+from bench.harness import BIN, Server  # noqa: E402 - after the path tweak
+from bench.systems import SYSTEMS  # noqa: E402
 
 
 def worker_process(system: str, url: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:

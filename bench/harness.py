@@ -1,5 +1,5 @@
-"""What the benchmarks share: a private redis-server, process handling, percentiles, tables
-and JSON output. Nothing here imports atomq."""
+"""What the benchmarks share: a private redis-server (testkit's, the tests' own), process
+handling, percentiles, tables and JSON output. Nothing here imports atomq."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from typing import Any, TypeVar
 
 import redis
 
+from testkit.support import RedisServer
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 RESULTS = ROOT / "bench" / "results"
@@ -33,48 +34,19 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 T = TypeVar("T")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Server:
-    """A private redis-server on a free port, without persistence unless ``aof``; stopped by PID."""
+    """A private redis-server on a free port (testkit's, as the tests use), without persistence
+    unless ``aof``; stopped by PID."""
 
     def __init__(self, *, aof: bool = False) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="atomq-bench-"))
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        binary = shutil.which("redis-server") or "redis-server"
-        persistence = ["--appendonly", "yes", "--appendfsync", "everysec"] if aof else ["--appendonly", "no"]
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                *persistence,
-                "--dir",
-                str(self.dir),
-                "--logfile",
-                "redis.log",
-            ],
-            start_new_session=True,
-        )
+        persistence = ["--appendonly", "yes", "--appendfsync", "everysec"] if aof else []
+        self.server = RedisServer(self.dir, extra=persistence).start()
+        self.port = self.server.port
+        self.url = self.server.url
+        assert self.server.process is not None
+        self.process = self.server.process
         self.client = redis.Redis.from_url(self.url, socket_timeout=30)
-        for _ in range(200):
-            try:
-                self.client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        else:
-            self.stop()
-            raise RuntimeError(f"redis-server did not start on port {self.port}")
 
     def proc_cpu_seconds(self) -> float:
         """utime + stime of the redis-server process, from /proc/<pid>/stat (10 ms ticks)."""
@@ -99,13 +71,8 @@ class Server:
         }
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.client.close()
+        self.server.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
