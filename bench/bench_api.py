@@ -6,7 +6,10 @@ Starts its own redis-server and one `atomq serve` process, fills Redis with ``--
 spread over ``--queues`` queues (60 % queued, 20 % finished, 10 % failed, 10 % scheduled),
 job statistics for 50 queue/task pairs and 8 workers, then measures requests/s and latency
 percentiles of ``GET /api/v1/tasks/queues`` and ``GET /metrics`` against ``GET /health`` (no
-Redis, no auth) run the same way in the same invocation. Load comes from wrk (installed from
+Redis, no auth) run the same way in the same invocation. It also fills 24 h of per-minute
+history for every queue and measures the dashboard's overview page with its charts
+(``GET /dashboard``, logged in): p50/p95/p99 with one client, i.e. the server's time
+(issue 15's bound: p95 <= 100 ms). Load comes from wrk (installed from
 Debian when missing and this runs as root) or, failing that, a small asyncio client.
 Figures are printed and written to bench/results/api-<time>.json.
 """
@@ -39,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from atomq.api.auth import entry_for  # noqa: E402
 from atomq.core.settings import load_settings  # noqa: E402
-from atomq.engine import stats  # noqa: E402
+from atomq.engine import history, stats  # noqa: E402
 from atomq.engine.task_queue import Call, TaskQueue  # noqa: E402
 from testkit.support import RedisServer, free_port  # noqa: E402
 
@@ -115,6 +118,67 @@ def fill(url: str, n_jobs: int, n_queues: int) -> dict[str, int]:
     counts["redis_keys"] = connection.dbsize()
     connection.close()
     return counts
+
+
+def fill_history(url: str, n_queues: int, hours: int = 24) -> None:
+    """Every minute of ``hours`` for every queue, through the workers' own writer and the
+    scheduler's depth sampler, as a busy system leaves it."""
+    connection = redis.Redis.from_url(url)
+    queues = [f"q{i}" for i in range(n_queues)]
+    now = time.time()
+    rng = random.Random(2)
+    with connection.pipeline(transaction=False) as pipe:
+        for back in range(hours * 60):
+            tally = history.HistoryTally()
+            for queue in queues:
+                for outcome in ("finished",) * 20 + ("failed", "retried"):
+                    tally.add(
+                        queue=queue, outcome=outcome, duration=rng.expovariate(5), late=rng.random() / 10
+                    )
+            tally.write(pipe, now=now - back * 60)
+            if back % 100 == 0:
+                pipe.execute()
+        pipe.execute()
+    for back in range(hours * 60):
+        history.sample_depth(connection, queues, retention=hours * 3600, now=now - back * 60)
+    connection.close()
+
+
+def dashboard_client(base: str) -> httpx.Client:
+    """A client logged in to the dashboard with the bench token (nonce cookie, form, session)."""
+    client = httpx.Client(base_url=base, headers={"Origin": base})
+    form = client.get("/dashboard/login").text
+    nonce = re.search(r'name="nonce" value="([^"]+)"', form)
+    assert nonce, "no nonce in the login form"
+    done = client.post(
+        "/dashboard/login", data={"token": TOKEN, "nonce": nonce.group(1), "next": "/dashboard"}
+    )
+    assert done.status_code in (302, 303), done.text
+    return client
+
+
+def dashboard_latency(base: str, n: int = 200) -> dict[str, float]:
+    """``GET /dashboard`` (the overview with its charts), one request at a time."""
+    timings = []
+    client = dashboard_client(base)
+    try:
+        for _ in range(20):  # warm-up: templates compiled, connections open
+            client.get("/dashboard").raise_for_status()
+        for _ in range(n):
+            began = time.perf_counter()
+            response = client.get("/dashboard")
+            timings.append((time.perf_counter() - began) * 1000)
+            response.raise_for_status()
+    finally:
+        client.close()
+    assert 'id="history-data"' in response.text, "the overview has no charts"
+    timings.sort()
+    return {
+        "p50_ms": round(statistics.median(timings), 2),
+        "p95_ms": round(timings[int(0.95 * len(timings)) - 1], 2),
+        "p99_ms": round(timings[int(0.99 * len(timings)) - 1], 2),
+        "bytes": len(response.content),
+    }
 
 
 def start_api(url: str, queues: int, directory: Path, **extra: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -254,6 +318,9 @@ def main() -> None:
     parser.add_argument(
         "--python-load", action="store_true", help="use the asyncio client even if wrk exists"
     )
+    parser.add_argument(
+        "--dashboard-only", action="store_true", help="measure only the dashboard's overview page"
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="atomq-bench-"))
@@ -263,16 +330,22 @@ def main() -> None:
         print(f"bench: filling Redis with {args.jobs:,} jobs in {args.queues} queues...", flush=True)
         data = fill(url, args.jobs, args.queues)
         print(f"bench: {data}", flush=True)
+        fill_history(url, args.queues)
+        print(f"bench: 24 h of per-minute history for {args.queues} queues written", flush=True)
         wrk = None if args.python_load else wrk_binary()
         tool = "wrk 1 thread" if wrk else "python asyncio client"
         results: dict[str, dict[str, Any]] = {}
         # The last run reads Redis on every scrape: what one rendering really costs.
-        runs = [
-            ("health", "/health", {}),
-            ("queues", "/api/v1/tasks/queues", {}),
-            ("metrics", "/metrics", {}),
-            ("metrics_uncached", "/metrics", {"ATOMQ_METRICS_CACHE_SECONDS": "0"}),
-        ]
+        runs = (
+            []
+            if args.dashboard_only
+            else [
+                ("health", "/health", {}),
+                ("queues", "/api/v1/tasks/queues", {}),
+                ("metrics", "/metrics", {}),
+                ("metrics_uncached", "/metrics", {"ATOMQ_METRICS_CACHE_SECONDS": "0"}),
+            ]
+        )
         current_env: dict[str, str] | None = None
         for name, path, extra in runs:
             if extra != current_env:
@@ -293,8 +366,17 @@ def main() -> None:
                 f"p99 {single['p99_ms']} ms, {single['bytes']:,} bytes)",
                 flush=True,
             )
-        base_rps = results["health"]["requests_per_s"]
-        for name in ("queues", "metrics", "metrics_uncached"):
+        stop(api_process)
+        api_process, base = start_api(url, args.queues, workdir)
+        results["dashboard_overview"] = dashboard_latency(base)
+        overview = results["dashboard_overview"]
+        print(
+            f"dashboard overview with charts, one client: p50 {overview['p50_ms']} ms, "
+            f"p95 {overview['p95_ms']} ms, p99 {overview['p99_ms']} ms ({overview['bytes']:,} bytes)",
+            flush=True,
+        )
+        base_rps = results["health"]["requests_per_s"] if "health" in results else 0
+        for name in ("queues", "metrics", "metrics_uncached") if base_rps else ():
             results[name]["ratio_to_health_rps"] = round(results[name]["requests_per_s"] / base_rps, 3)
             print(
                 f"{name}: {results[name]['ratio_to_health_rps']:.2f}x the requests/s of /health", flush=True

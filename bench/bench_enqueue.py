@@ -269,12 +269,15 @@ def main() -> int:
         print(f"bulk APIs: {apis}")
         if extras:
             print_extras(extras, args)
+        goals = issue_targets(results, extras)
+        print_targets(goals)
         target = write_json(
             "enqueue",
             {
                 "args": vars(args) | {"json": str(args.json)},
                 "medians": results,
                 "atomq": extras,
+                "targets": goals,
                 "runs": per_run,
             },
             args.json,
@@ -324,6 +327,64 @@ def print_extras(extras: dict[str, Any], args: argparse.Namespace) -> None:
         )
     else:
         print(f"  task_queue.wait: {extras.get('wait', 'not available')}")
+
+
+#: Peers whose single enqueue atomq's must match (issue 13).
+SINGLE_PEERS = ("huey", "dramatiq", "rq")
+
+
+def issue_targets(results: dict[str, dict[str, Any]], extras: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 13's figures, each as measured in this run against its target."""
+    goals: list[dict[str, Any]] = []
+    atomq = results.get("atomq", {})
+    peers = {name: results[name]["single_per_s"] for name in SINGLE_PEERS if name in results}
+    if peers and isinstance(atomq.get("single_per_s"), float):
+        fastest = max(peers, key=lambda name: peers[name])
+        goals.append(
+            {
+                "figure": f"single enqueue vs the fastest of {', '.join(peers)} ({fastest})",
+                "value": atomq["single_per_s"] / peers[fastest],
+                "target": ">= 1.0",
+                "met": atomq["single_per_s"] >= peers[fastest],
+            }
+        )
+    rq_bulk = results.get("rq", {}).get("bulk_per_s")
+    if isinstance(rq_bulk, float) and isinstance(atomq.get("bulk_per_s"), float):
+        ratio = atomq["bulk_per_s"] / rq_bulk
+        goals.append(
+            {
+                "figure": "enqueue_many vs RQ Queue.enqueue_many",
+                "value": ratio,
+                "target": ">= 2.0",
+                "met": ratio >= 2,
+            }
+        )
+    if isinstance(extras.get("aio_ratio_to_sync_single"), float):
+        ratio = extras["aio_ratio_to_sync_single"]
+        goals.append(
+            {
+                "figure": "atomq.aio, 100 coroutines, vs sync single",
+                "value": ratio,
+                "target": ">= 3.0",
+                "met": ratio >= 3,
+            }
+        )
+    for key, label in (
+        ("enqueue_to_start_p99_ms", "enqueue-to-start p99 (ms)"),
+        ("wait_after_end_p99_ms", "wait() after the end p99 (ms)"),
+    ):
+        if isinstance(extras.get(key), float):
+            goals.append({"figure": label, "value": extras[key], "target": "<= 5", "met": extras[key] <= 5})
+    return goals
+
+
+def print_targets(goals: list[dict[str, Any]]) -> None:
+    if not goals:
+        return
+    print("\nissue 13 targets, this run")
+    for goal in goals:
+        mark = "met" if goal["met"] else "NOT met"
+        print(f"  {goal['figure']}: {goal['value']:.2f} (target {goal['target']}): {mark}")
 
 
 if __name__ == "__main__":

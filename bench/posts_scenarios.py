@@ -31,8 +31,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.harness import BIN, Processes, Server, child_env, free_port, latency_summary
+from bench.harness import BIN, Processes, Server, child_env, latency_summary
 from bench.posts_support import Api, WebhookPlatform, create_posts
+from testkit.support import free_port
 
 #: How long to wait for the last post after the due time, at most (seconds).
 PUBLISH_TIMEOUT = 1800

@@ -98,6 +98,12 @@ def create_posts(
     return latencies, time.perf_counter() - began, ids
 
 
+class _Server(ThreadingHTTPServer):
+    # The default backlog of 5 overflows when a worker opens many connections at once: the
+    # kernel then drops connections it had accepted, and publishes fail mid-request.
+    request_queue_size = 1024
+
+
 class WebhookPlatform:
     """A local webhook receiver: notes when each post arrived (first and repeated deliveries),
     then answers 200 after ``latency`` seconds, as a slow platform would."""
@@ -135,7 +141,7 @@ class WebhookPlatform:
             def log_message(self, *_: Any) -> None:
                 return None
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -118,6 +118,15 @@ class Atomq(System):
         return [command if scheduling else [*command, "--no-scheduler"]]
 
 
+class AtomqNoHistory(Atomq):
+    """The same worker without the per-minute history (issue 15): the difference between the
+    two rows is what recording the history costs."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, name="atomq-nohistory")
+        self.env["ATOMQ_TASK_MODULES"] = "bench.peers.atomq_nohistory_tasks"
+
+
 def atomq_has_concurrency() -> bool:
     """Whether ``atomq worker`` takes ``--concurrency`` (being built in parallel)."""
     shown = subprocess.run(
@@ -344,6 +353,7 @@ class Saq(AsyncSystem):
 
 SYSTEMS: dict[str, Callable[[str], System]] = {
     "atomq": Atomq,
+    "atomq-nohistory": AtomqNoHistory,
     "rq": lambda url: RQ(url, simple=False),
     "rq-simple": lambda url: RQ(url, simple=True),
     "dramatiq": Dramatiq,

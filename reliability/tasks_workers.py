@@ -104,3 +104,28 @@ def hog(key: str, step_mb: int = 64, give_up_mb: int = 3072) -> int:
     while len(held) * step_mb < give_up_mb:
         held.append(bytearray(os.urandom(1)) * (step_mb * 1024 * 1024))
     raise RuntimeError(f"allocated {give_up_mb} MB and no memory limit stopped it")
+
+
+# -- many jobs in flight in one worker process (scenario 10) --------------------------------
+
+
+@task("rel_w_async", timeout=120)
+async def async_long(key: str, seconds: float) -> str:
+    """Waits on the worker's event loop: records ``start:key``, then ``done:key``. No retries:
+    a run handed back because another job made the process die must not cost it an attempt."""
+    import asyncio
+
+    record(f"start:{key}")
+    await asyncio.sleep(seconds)
+    record(f"done:{key}")
+    return key
+
+
+@task("rel_w_deaf_thread", timeout=2)
+def deaf_thread(key: str) -> None:
+    """A plain task stuck in C past its limit, on a worker thread: neither the stop flag nor the
+    exception raised in its thread reach it; the worker gives up on it and has its supervisor
+    kill the process."""
+    record(key)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGUSR1})
+    time.sleep(3600)

@@ -107,7 +107,7 @@ def test_redis_unreachable(
         outage_measured_seconds=round(resumed_at - cut_at, 2),
         worker_processes_crashed=crashes,
     )
-    assert missing == [], missing[:10]
+    assert missing == [], (missing[:10], Processes.log(supervisor)[-20000:])
     assert supervisor.poll() is None and crashes == 0, Processes.log(supervisor)
     assert api_alive, Processes.log(api.process)
     # What needs Redis got a clear 503; the probes answered; nothing was a 500 or a hang.

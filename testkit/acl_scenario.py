@@ -7,7 +7,7 @@ scripts/redis-acl-audit (against all-permitting users, to list the commands each
   finish, fail, retry after a delay, time out, wait on a dependency, get stopped, and a worker
   killed mid-job whose job the supervisor recovers.
 * ``api``: ``atomq serve`` answering probes, ``/api/v1/tasks/queues`` and the dashboard (login,
-  pages, requeue, delete), plus the service functions its endpoints call (enqueue, schedule,
+  pages, requeue, delete, pause, charts, batches), plus the service functions its endpoints call (enqueue, schedule,
   status, cancel, stop, requeue, empty, the monitor listings), run here with an api connection.
 """
 
@@ -28,8 +28,10 @@ import redis
 
 from atomq.api.auth import entry_for
 from atomq.core.settings import load_settings
+from atomq.engine import pause
 from atomq.engine.task_queue import TaskQueue
-from atomq.ops import admin, monitor
+from atomq.features.batches.progress import list_batches
+from atomq.ops import admin, charts, monitor
 from atomq.ops.admin import delete_job
 from testkit.support import Processes, children_of, cli_env, free_port, wait_for
 
@@ -119,11 +121,20 @@ def _jobs(tq: TaskQueue, client: redis.Redis, workdir: Path) -> dict[str, Any]:
     admin.requeue_failed(client, queues=["default"])
     wait_for(lambda: tq.get_job_status(requeue_me)["status"] == "failed", 30, what="requeue-all to run")
     delete_job(client, requeue_me)
+    # Issue 15: pausing and resuming a queue, the charts' history, the batch list.
+    admin.pause_queue(client, "parked")
+    pause.paused_queues(client)
+    admin.resume_queue(client, "parked")
+    charts.job_history(client, tq.settings.queues, range_name="1h")
+    tq.enqueue_batch("add", [{"a": 1, "b": 1}, {"a": 2, "b": 2}])
+    list_batches(client)
     return {"ids": ids, "emptied": emptied}
 
 
 def _kill_mid_job(tq: TaskQueue, workers: Any, workdir: Path) -> str:
-    """SIGKILL the worker process running a job: the supervisor recovers the job."""
+    """SIGKILL the worker process running a job: the supervisor recovers the job (failed, its
+    one attempt used, when it ran alone; run again, in a process of its own, when other jobs
+    ran beside it and which one crashed the worker is unknown)."""
     ledger = workdir / "slow-first"
     job = tq.enqueue("slow_first_attempt", path=str(ledger), seconds=60)
     wait_for(lambda: ledger.exists() and ledger.read_text().strip(), 30, what="the slow job to start")
@@ -180,6 +191,12 @@ def _http(base: str, tq: TaskQueue, outcome: dict[str, Any]) -> dict[str, int]:
     wait_for(lambda: tq.get_job_status(failed_id)["status"] == "failed", 30, what="requeue-all to run")
     post(f"/dashboard/jobs/{outcome['ids']['finished']}/delete", {"csrf": csrf, "next": "/dashboard"})
     outcome["ids"].pop("finished")
+    get("/api/v1/tasks/stats?range=1h", auth)
+    get("/dashboard/queues/default")
+    get("/dashboard/partials/history?range=6h")
+    get("/dashboard/batches")
+    post("/dashboard/queues/parked/pause", {"csrf": csrf, "next": "/dashboard"})
+    post("/dashboard/queues/parked/resume", {"csrf": csrf, "next": "/dashboard"})
     post("/dashboard/logout", {"csrf": csrf})
     time.sleep(0.2)
     return codes

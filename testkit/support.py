@@ -170,11 +170,17 @@ class Processes:
     def start(
         self, *args: str, env: dict[str, str] | None = None, name: str = "proc"
     ) -> subprocess.Popen[bytes]:
+        return self.program(sys.executable, "-m", "atomq", *args, env=env, name=name)
+
+    def program(
+        self, *argv: str, env: dict[str, str] | None = None, name: str = "proc"
+    ) -> subprocess.Popen[bytes]:
+        """Start any program (an example app under uvicorn...), stopped with the others."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}-{len(self.started)}.log"
         with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
             process = subprocess.Popen(
-                [sys.executable, "-m", "atomq", *args],
+                list(argv),
                 env=env or self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

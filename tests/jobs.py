@@ -25,6 +25,16 @@ def fail(message: str = "boom") -> None:
     raise ValueError(message)
 
 
+@task("undecodable_name")
+def undecodable_name(fail: bool = False) -> str:
+    """A file name that is not UTF-8, as os.listdir would return it (a lone surrogate): the
+    text a task can make itself, which Redis, JSON and databases cannot carry as such."""
+    name = os.fsdecode(b"/data/report-\xff.csv")
+    if fail:
+        raise FileNotFoundError(f"no such file: {name}")
+    return name
+
+
 @task("fail_permanently", retry=3)
 def fail_permanently(message: str = "no point retrying") -> None:
     raise PermanentError(message)
@@ -272,3 +282,31 @@ def record_tick(path: str) -> str:
     with open(path, "a") as handle:
         handle.write(f"{job.id if job else '-'}\n")
     return job.id if job else "-"
+
+
+@task("async_sleep", timeout=60)
+async def async_sleep(seconds: float = 0.1, started_file: str | None = None) -> float:
+    """Waits on the event loop: many run at once in one worker process."""
+    import asyncio
+
+    if started_file:
+        Path(started_file).write_text(str(time.time()))
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@task("async_add")
+async def async_add(a: int, b: int) -> int:
+    return a + b
+
+
+@task("async_fail")
+async def async_fail(message: str = "async boom") -> None:
+    raise ValueError(message)
+
+
+@task("thread_sleep", timeout=60)
+def thread_sleep(seconds: float = 0.1) -> float:
+    """Waits in a plain function: a thread of its own."""
+    time.sleep(seconds)
+    return seconds

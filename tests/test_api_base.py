@@ -79,7 +79,9 @@ def test_guides_queue_statistics_shape(api, tq, burst):
         "deferred",
         "canceled",
         "oldest_queued_age",
+        "paused_since",
     }
+    assert social["paused_since"] is None  # flowing (a paused queue gives when it was paused)
 
 
 def test_unknown_endpoint_uses_the_error_shape(api):

@@ -102,10 +102,11 @@ def test_read_scope_sees_the_failure_but_not_its_traceback_and_cannot_act(api, f
     login(api, "read")
     overview = api.get("/dashboard").text
     assert failed_job in overview
-    assert "ValueError: the printer is on fire" in overview
+    # The read scope sees the error's kind, not its message (which may quote arguments).
+    assert "ValueError" in overview and "the printer is on fire" not in overview
     assert 'data-action="requeue"' not in overview and 'data-action="delete"' not in overview
     page = api.get(f"/dashboard/jobs/{failed_job}").text
-    assert "ValueError: the printer is on fire" in page
+    assert "ValueError" in page and "the printer is on fire" not in page
     assert "Traceback (most recent call last)" not in page
     assert "admin tokens only" in page
     refused = api.post(
@@ -119,6 +120,7 @@ def test_read_scope_sees_the_failure_but_not_its_traceback_and_cannot_act(api, f
 def test_write_scope_requeues_but_cannot_delete(api, failed_job, tq):
     login(api, "write")
     overview = api.get("/dashboard").text
+    assert "ValueError: the printer is on fire" in overview, "write sees the error's message"
     assert 'data-action="requeue"' in overview and 'data-action="delete"' not in overview
     csrf = csrf_of(overview)
     refused = api.post(f"/dashboard/jobs/{failed_job}/delete", data={"csrf": csrf}, follow_redirects=False)

@@ -6,72 +6,10 @@ the API and the worker are real processes.
 
 from __future__ import annotations
 
-import os
-import urllib.request
-from pathlib import Path
-
-import pytest
-
-from atomq.api.auth import entry_for
+from testkit.browser import BROWSER_MARKS
 from testkit.fixtures import TOKENS
-from testkit.support import free_port, wait_for
 
-CHROMIUM = os.environ.get("ATOMQ_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed (scripts/bootstrap)"
-    ),
-]
-
-
-@pytest.fixture
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-@pytest.fixture
-def api_server(env, procs, tmp_path):
-    port = free_port()
-    server_env = dict(
-        env,
-        ATOMQ_API_TOKENS=",".join(entry_for(f"test-{s}", s, t) for s, t in TOKENS.items()),
-        DATABASE_URL=f"sqlite:///{tmp_path / 'atomq.db'}",
-        ATOMQ_API_PORT=str(port),
-        ATOMQ_DASHBOARD_REFRESH="1",
-    )
-    procs.start("db", "upgrade", env=server_env, name="migrate").wait(60)
-    server = procs.start("serve", env=server_env, name="api")
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert server.poll() is None, procs.log(server)
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=1) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    wait_for(up, 30, what="the API to answer")
-    return base
+pytestmark = BROWSER_MARKS
 
 
 def test_requeue_a_failed_job_from_the_page_and_see_it_finish(

@@ -35,6 +35,7 @@ METRICS = {
     "atomq_jobs_failed_total",
     "atomq_leader_present",
     "atomq_queue_workers",
+    "atomq_queue_paused_since_timestamp_seconds",
     "up",
 }
 

@@ -15,6 +15,7 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegist
 from atomq.core import keys
 from atomq.engine.fast_scripts import FastScripts
 from atomq.engine.jobs import load_job
+from atomq.engine.leases import Leases
 from atomq.engine.recovery import recover_worker
 from testkit.sizes import size
 from testkit.support import wait_for
@@ -37,7 +38,7 @@ def test_jobs_run_by_the_fast_worker_read_correctly_through_rq(tq, connection, b
         .latest_result()
         .exc_string.startswith("Traceback")
     )
-    assert connection.lrange(keys.claimed_key("fast-1"), 0, -1) == []
+    assert connection.zscore(keys.LEASES, "fast-1") is None  # it gave its lease up on the way out
 
 
 def test_started_jobs_show_in_rqs_started_registry_while_they_run(tq, connection, procs, tmp_path):
@@ -103,9 +104,11 @@ def test_a_poison_job_crashing_its_worker_fails_after_its_retries_while_others_f
     attempts = tmp_path / "attempts"
     poison = tq.enqueue("crash", path=str(attempts))
     others = [tq.enqueue("add", a=i, b=i) for i in range(30)]
-    wait_for(lambda: tq.get_job_status(poison.id)["status"] == "failed", 40, what="the poison job to fail")
-    assert len(attempts.read_text().split()) == 3  # the first run and its two retries
-    assert "killed by SIGSEGV" in tq.get_job_status(poison.id)["error"]
+    wait_for(lambda: tq.get_job_status(poison.id)["status"] == "failed", 60, what="the poison job to fail")
+    # The first run and its two retries; one more when it first crashed beside other jobs (which
+    # of them did it is unknown then: they all go back unharmed and run alone next time).
+    assert len(attempts.read_text().split()) in (3, 4)
+    assert "SIGSEGV" in tq.get_job_status(poison.id)["error"]
     wait_for(lambda: all(tq.get_job_status(j.id)["status"] == "finished" for j in others), 30)
     assert supervisor.poll() is None
 
@@ -130,7 +133,7 @@ def test_a_job_deaf_to_its_time_limit_is_killed_by_the_supervisor(tq, procs):
     started = time.monotonic()
     wait_for(lambda: tq.get_job_status(job.id)["status"] == "failed", 30, what="the stuck job to be killed")
     assert time.monotonic() - started < 20
-    assert "outlived its time limit" in tq.get_job_status(job.id)["error"]
+    assert "did not stop; its worker process is killed" in tq.get_job_status(job.id)["error"]
 
 
 def test_a_long_job_hands_the_jobs_claimed_behind_it_to_other_workers(tq, procs, tmp_path):
@@ -149,24 +152,24 @@ def test_recovery_counts_only_the_running_job_as_attempted(tq, connection):
     jobs = [tq.enqueue("add", a=i, b=0, retry=1) for i in range(4)]
     scripts = FastScripts(connection)
     scripts.load()
+    Leases(connection).join("gone")  # a worker claims only while it holds its lease
     # A worker claimed and started a batch of four, ran the second and died.
     scripts.claim_start(
-        [keys.claimed_key("gone"), keys.worker_key("gone"), keys.queue_key("default")],
+        [keys.worker_key("gone"), keys.queue_key("default")],
         [4, "gone", "2026-01-01T00:00:00.000000Z", time.time(), 60, 300, len(keys.QUEUE_KEY_PREFIX)],
     )
     assert {tq.get_job_status(j.id)["status"] for j in jobs} == {"started"}
-    report = recover_worker(connection, "gone", "worker process killed by SIGKILL", running=jobs[1].id)
+    report = recover_worker(connection, "gone", "worker process killed by SIGKILL", attempted={jobs[1].id})
     assert report.retried == [jobs[1].id]
     assert report.requeued == 3
     for index, job in enumerate(jobs):
         loaded = load_job(job.id, connection)
-        # The job that ran waits for its retry (1 s backoff); the others are queued as before.
-        assert loaded.get_status(refresh=False) == ("scheduled" if index == 1 else "queued")
+        # The job that ran is retried at once (its worker died, not the run: no backoff); the
+        # others are queued as before.
+        assert loaded.get_status(refresh=False) == "queued"
         assert loaded.retries_left == (0 if index == 1 else 1)
     assert StartedJobRegistry("default", connection=connection).get_job_ids() == []
-    assert sorted(connection.lrange(keys.queue_key("default"), 0, -1)) == sorted(
-        j.id.encode() for j in (jobs[0], jobs[2], jobs[3])
-    )
+    assert sorted(connection.lrange(keys.queue_key("default"), 0, -1)) == sorted(j.id.encode() for j in jobs)
 
 
 def test_warm_shutdown_gives_claimed_jobs_back(tq, procs, tmp_path):

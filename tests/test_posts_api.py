@@ -63,9 +63,12 @@ def test_create_show_and_job_at_the_exact_time(posts_api, connection):
     assert datetime.fromisoformat(post["scheduled_for"]) == due
     assert post["job_id"] == f"{post['id']}-r1"
     assert scheduled_at(connection, post["job_id"]) == pytest.approx(due.timestamp(), abs=0.001)
-    shown = posts_api.get(f"{BASE}/{post['id']}", headers=posts_api.auth("read"))
+    shown = posts_api.get(f"{BASE}/{post['id']}", headers=posts_api.auth("write"))
     assert shown.status_code == 200
     assert shown.json() == post
+    # The read scope sees the post's state, not its text (docs/operations.md).
+    watched = posts_api.get(f"{BASE}/{post['id']}", headers=posts_api.auth("read")).json()
+    assert watched == {**post, "content": None, "media_urls": None}
     status = posts_api.get(f"{BASE}/{post['id']}/status", headers=posts_api.auth("read")).json()
     # The guide's job status dictionary, with the post's state merged in.
     assert set(GUIDE_STATUS_KEYS) <= set(status)

@@ -113,9 +113,7 @@ def test_media_that_never_finishes_processing_is_retried_later(
     posts_settings, database, connection, service, accounts, mastodon, media_host
 ):
     runtime = PostsRuntime(posts_settings, database, connection)
-    runtime.publisher_factory = lambda account: MastodonPublisher(
-        runtime.http, owns_client=False, processing_wait=0.5
-    )
+    runtime.publisher_factory = lambda account, client: MastodonPublisher(client, processing_wait=0.5)
     try:
         mastodon.processing_polls = 1_000
         post = schedule(service, accounts.mastodon(mastodon), media_urls=[media_host.add("/a.png", PNG)])

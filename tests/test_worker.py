@@ -108,9 +108,9 @@ def test_sigterm_lets_the_running_job_finish(tq, procs, wclass, tmp_path):
     worker = procs.worker("--worker-class", wclass)
     started, done = tmp_path / "started", tmp_path / "done"
     job = tq.enqueue("sleep_for", seconds=2, started_file=str(started), done_file=str(done))
-    queued_behind = tq.enqueue("add", a=1, b=1)
     wait_for(started.exists, 15, what="job start")
     worker.send_signal(signal.SIGTERM)
+    queued_behind = tq.enqueue("add", a=1, b=1)
     assert worker.wait(20) == 0
     assert done.exists()
     assert status_of(tq, job.id) == "finished"

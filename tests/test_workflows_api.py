@@ -30,9 +30,12 @@ def test_run_a_workflow_through_the_api(api, db_env, tmp_path):
     run = created.json()
     assert run["status"] == "running" and [s["name"] for s in run["steps"]] == ["A", "B", "C", "D"]
     burst(db_env)
-    done = api.get(f"/api/v1/tasks/workflows/runs/{run['id']}", headers=read).json()
+    done = api.get(f"/api/v1/tasks/workflows/runs/{run['id']}", headers=write).json()
     assert done["status"] == "succeeded"
     assert done["steps"][3]["result"] == {"B": 4, "C": 12, "sum": 16}
+    watched = api.get(f"/api/v1/tasks/workflows/runs/{run['id']}", headers=read).json()
+    assert watched["status"] == "succeeded" and watched["input"] is None
+    assert [s["result"] for s in watched["steps"]] == [None] * 4
     listed = api.get(
         "/api/v1/tasks/workflows/runs", params={"workflow": "diamond", "status": "succeeded"}, headers=read
     )
@@ -49,8 +52,10 @@ def test_api_retry_and_errors(api, db_env, tmp_path):
     body = {"input": {"n": 1, "flag": str(flag), "ledger": str(tmp_path / "ledger")}}
     run = api.post("/api/v1/tasks/workflows/gated/runs", json=body, headers=write).json()
     burst(db_env)
-    failed = api.get(f"/api/v1/tasks/workflows/runs/{run['id']}", headers=read).json()
+    failed = api.get(f"/api/v1/tasks/workflows/runs/{run['id']}", headers=write).json()
     assert failed["status"] == "failed" and "gate closed" in failed["error"]
+    watched = api.get(f"/api/v1/tasks/workflows/runs/{run['id']}", headers=read).json()
+    assert "gate closed" not in json.dumps(watched), "read sees that a step failed, not what it said"
     flag.write_text("open")
     retried = api.post(f"/api/v1/tasks/workflows/runs/{run['id']}/retry", headers=write)
     assert retried.status_code == 200 and retried.json()["status"] == "running"

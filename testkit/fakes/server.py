@@ -22,6 +22,8 @@ class Recorded:
     headers: dict[str, str]
     body: bytes
     at: float
+    #: The client's address and port: the same for requests on one keep-alive connection.
+    peer: str = ""
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -40,6 +42,12 @@ class Plan:
     body: Any = None
     delay: float = 0.0
     act: bool = True
+
+
+class _Listener(ThreadingHTTPServer):
+    # socketserver listens with a backlog of 5: a publisher opening more connections at once
+    # (async posts in flight) would see some dropped and time out connecting.
+    request_queue_size = 128
 
 
 class FakeServer:
@@ -88,7 +96,12 @@ class FakeServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 request = Recorded(
-                    method, self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time()
+                    method,
+                    self.path,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    body,
+                    time.time(),
+                    "{}:{}".format(*self.client_address[:2]),
                 )
                 with fake.lock:
                     fake.requests.append(request)
@@ -115,7 +128,7 @@ class FakeServer:
             def log_message(self, format: str, *args: Any) -> None:
                 return None
 
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server = _Listener((self.host, self.port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

@@ -36,6 +36,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        await state.aclose()
         state.close()
 
     app = FastAPI(
@@ -45,8 +46,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.atomq = state
-    errors.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    errors.install(app)  # after every middleware: its last resort wraps them all
     for router in ROUTERS:
         app.include_router(router)
     document_errors(app)

@@ -4,7 +4,9 @@ The dashboard uses the API's tokens. Logging in trades a token for a session coo
 (HttpOnly, SameSite=Strict, Secure over HTTPS, path ``/dashboard``); the session lives in
 Redis (:mod:`atomq.dashboard.sessions`). Every POST carries the session's CSRF token and,
 when the browser sends an ``Origin``, it must be this host. Scopes are the API's: ``read`` to
-look, ``write`` to requeue, ``admin`` to delete and to see job arguments and tracebacks.
+look, ``write`` to requeue, ``admin`` to delete; what each sees follows
+:mod:`atomq.core.visibility`. A token bound to a user cannot log in: the dashboard shows
+every user's work.
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
 
-from atomq.api.auth import SCOPES, Principal, TokenEntry
+from atomq.api.auth import Principal, TokenEntry
 from atomq.api.state import AppState
+from atomq.core.text import printable
+from atomq.core.visibility import SCOPES
 from atomq.dashboard.sessions import Session, SessionStore
 
 #: The session cookie.
@@ -69,13 +74,25 @@ def templates() -> Jinja2Templates:
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        # Text stored with a lone surrogate is shown escaped rather than failing the page.
+        finalize=_printable,
     )
     env.filters["when"] = when
+    env.filters["epoch_when"] = lambda value, zone=None: when(datetime.fromtimestamp(float(value), UTC), zone)
     env.filters["age"] = age
     env.filters["relative"] = relative
     env.filters["href"] = href
     env.filters["pretty"] = lambda value: json.dumps(value, indent=2, default=str)
     return Jinja2Templates(env=env)
+
+
+def _printable(value: Any) -> Any:
+    """What a template prints: text UTF-8 cannot encode comes out as ``\\udXXX``."""
+    if isinstance(value, str) and not value.isascii():
+        shown = printable(value)
+        # Already markup; only surrogates change (into backslash text), so it stays safe.
+        return Markup(shown) if isinstance(value, Markup) else shown  # noqa: S704
+    return value
 
 
 def when(value: datetime | str | None, zone: tzinfo | None = None) -> str:
@@ -134,7 +151,7 @@ def principal_for(entries: list[TokenEntry], session: Session) -> Principal | No
     for entry in entries:
         if hmac.compare_digest(entry.digest, session.token_digest):
             found = entry
-    return Principal(found.name, found.scope) if found else None
+    return found.principal() if found else None
 
 
 def viewer(request: Request, state: AppState) -> Viewer | None:
@@ -147,8 +164,10 @@ def viewer(request: Request, state: AppState) -> Viewer | None:
     if session is None:
         return None
     principal = principal_for(state.tokens, session)
-    if principal is None:
-        sessions.delete(session_id)  # the token was revoked: so is every session made with it
+    if principal is None or principal.user is not None:
+        # The token was revoked (so is every session made with it), or bound to a user since:
+        # the dashboard shows every user's work, so a user's token cannot hold a session.
+        sessions.delete(session_id)
         return None
     return Viewer(principal, session, session_id)
 

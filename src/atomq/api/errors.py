@@ -1,6 +1,8 @@
 """One JSON error shape for every failure: ``{"error": {"code", "message", "field"}}``.
 
 Errors become HTTP statuses here and only here; routes and services raise atomq's errors.
+An error nothing expected becomes a 500 here too (:class:`LastResort`), and the connection
+it came on stays open.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from typing import Any
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from atomq.api.jsonio import SafeJSONResponse as JSONResponse
 from atomq.core.connection import describe_client, full_message, is_out_of_memory
 from atomq.core.errors import (
     AtomqError,
@@ -168,12 +171,45 @@ def install(app: FastAPI) -> None:
         logger.error("%s %s: Redis refused a command: %s", request.method, request.url.path, exc)
         return JSONResponse(error_body("redis_error", "Redis refused the operation"), status_code=503)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("%s %s: unexpected error", request.method, request.url.path)
-        return JSONResponse(
-            error_body("internal_error", "unexpected server error; see the API log"), status_code=500
-        )
+    # Last, so that it wraps every other middleware (see LastResort).
+    app.add_middleware(LastResort)
+
+
+class LastResort:
+    """ASGI middleware: an exception no handler took is logged and answered with the 500 error
+    document, and goes no further.
+
+    Starlette's own last resort (``ServerErrorMiddleware``, where a handler for ``Exception``
+    lands) answers and then re-raises for the server to log; uvicorn, seeing an exception after
+    the answer started, closes the connection. So every 500 reset a keep-alive connection,
+    and the client's next request on it failed too.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            logger.exception("%s %s: unexpected error", scope.get("method"), scope.get("path"))
+            if started:
+                raise  # half an answer went out: closing the connection is all that is left
+            response = JSONResponse(
+                error_body("internal_error", "unexpected server error; see the API log"), status_code=500
+            )
+            await response(scope, receive, send)
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ from atomq.api.auth import TokenEntry, parse_entries
 from atomq.core.connection import connect
 from atomq.core.settings import Settings
 from atomq.db.engine import Database
+from atomq.engine.aio_queue import AsyncTaskQueue
 from atomq.engine.plugins import Context
 from atomq.engine.task_queue import TaskQueue
 from atomq.ops.metrics import CachedExposition, build_registry, load_metric_modules
@@ -57,6 +58,17 @@ class AppState:
     @cached_property
     def task_queue(self) -> TaskQueue:
         return TaskQueue(settings=self.settings, connection=self.redis)
+
+    @cached_property
+    def aio_task_queue(self) -> AsyncTaskQueue:
+        """For waits (``GET /jobs/{id}?wait=``), which must not hold a worker thread or block
+        the event loop; its client is built in the server's loop on first use."""
+        return AsyncTaskQueue(settings=self.settings)
+
+    async def aclose(self) -> None:
+        """Close what belongs to the event loop (before :meth:`close`)."""
+        if "aio_task_queue" in self.__dict__:
+            await self.aio_task_queue.aclose()
 
     def close(self) -> None:
         if "redis" in self.__dict__ and self.redis_client is None:

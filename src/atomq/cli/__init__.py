@@ -8,13 +8,14 @@ Every option can also be set through an environment variable: ``--url`` reads ``
 
 from __future__ import annotations
 
+import io
 import sys
 from typing import Any
 
 import click
 import redis
 
-from atomq.cli import backup, doctor, exits, jobs, monitor, posts, serve, up, worker
+from atomq.cli import backup, doctor, exits, jobs, monitor, pausing, posts, serve, up, worker
 from atomq.cli import batches as batch_commands
 from atomq.cli import longjobs as longjob_commands
 from atomq.cli import recurring as recurring_commands
@@ -86,7 +87,7 @@ def cli() -> None:
 
 def _register_commands() -> None:
 
-    for module in (worker, monitor, jobs, doctor, serve, up, backup, posts):
+    for module in (worker, monitor, jobs, pausing, doctor, serve, up, backup, posts):
         module.register(cli)
     # Issue 6: long-running jobs, batches, workflows, recurring jobs.
     for module in (longjob_commands, batch_commands, workflow_commands, recurring_commands):
@@ -98,6 +99,10 @@ _register_commands()
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    for stream in (sys.stdout, sys.stderr):
+        # Text stored with a lone surrogate prints as \udXXX instead of ending in a traceback.
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     cli.main(args=argv, prog_name="atomq", auto_envvar_prefix="ATOMQ")
 
 

@@ -96,6 +96,7 @@ def batch_enqueue(
 @url_option
 @click.option(
     "--watch/--no-watch",
+    "-w",
     default=None,
     help="Live progress bar until the batch ends (default: when the output is a terminal).",
 )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,7 +13,6 @@ from atomq.cli import exits, output
 from atomq.cli.common import Runtime, json_option, url_option
 from atomq.cli.longjobs import print_progress_lines  # issue 6: progress and liveness
 from atomq.core.errors import InvalidJobOptionError, TaskArgumentsError
-from atomq.engine.jobs import TERMINAL_STATUSES
 from atomq.ops import admin, monitor
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -56,7 +54,8 @@ def parse_assignments(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--timeout", type=click.IntRange(min=1), help="Job timeout in seconds.")
 @click.option("--retry", type=click.IntRange(min=0), help="Retries with exponential backoff.")
 @click.option("--at-front", is_flag=True, help="Put the job at the front of its queue.")
-@click.option("--unique", is_flag=True, help="Refuse if a job with --job-id exists.")
+@click.option("--unique", is_flag=True, help="Refuse if a job with --job-id exists (the default).")
+@click.option("--replace", is_flag=True, help="Overwrite the job with --job-id if it exists.")
 @click.option("--wait", type=click.FloatRange(min=0), help="Wait up to N seconds for the job to end.")
 @json_option
 def enqueue(
@@ -71,6 +70,7 @@ def enqueue(
     retry: int | None,
     at_front: bool,
     unique: bool,
+    replace: bool,
     wait: float | None,
     as_json: bool,
 ) -> None:
@@ -92,6 +92,8 @@ def enqueue(
         options["at_front"] = True
     if unique:
         options["unique"] = True
+    if replace:
+        options["replace"] = True
     tq = runtime.task_queue
     if delay:
         job = tq.enqueue_in(parse_duration(delay), task, kwargs=kwargs, **options)
@@ -120,13 +122,9 @@ def enqueue(
 
 
 def _wait_for_end(tq: Any, job_id: str, seconds: float) -> dict[str, Any]:
-    deadline = time.monotonic() + seconds
-    terminal = {s.value for s in TERMINAL_STATUSES}
-    while True:
-        status: dict[str, Any] = tq.get_job_status(job_id)
-        if status["status"] in terminal or time.monotonic() >= deadline:
-            return status
-        time.sleep(0.05)
+    tq.wait_for_end(job_id, seconds)  # woken by Redis when the job ends
+    status: dict[str, Any] = tq.get_job_status(job_id)
+    return status
 
 
 def _print_status(status: dict[str, Any]) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 
 import click
+from rich.console import Group
+from rich.live import Live
+from rich.text import Text
 
 from atomq.cli import output
 from atomq.cli.common import Runtime, json_option, url_option
@@ -23,63 +26,100 @@ def _queues(runtime: Runtime, chosen: tuple[str, ...]) -> list[str]:
     return list(chosen) or monitor.known_queues(runtime.connection, runtime.settings.queues)
 
 
+#: Seconds between two refreshes of ``atomq info --watch`` when --interval is not given.
+WATCH_INTERVAL_SECONDS = 2.0
+
+_INFO_COLUMNS = [
+    "Queue", "Queued", "Started", "Finished", "Failed", "Scheduled", "Deferred", "Canceled",
+    "Oldest", "Paused",
+]  # fmt: skip
+
+
 @click.command()
 @url_option
 @click.option("--queue", "-q", "queue", multiple=True, help="Only this queue (repeatable).")
 @click.option(
     "--interval", "-i", type=click.FloatRange(min=0.2), help="Refresh every N seconds until Ctrl-C."
 )
+@click.option(
+    "--watch", "-w", is_flag=True, help="A live view redrawn in place until Ctrl-C (every 2 s or --interval)."
+)
 @json_option
-def info(url: str | None, queue: tuple[str, ...], interval: float | None, as_json: bool) -> None:
-    """Queue sizes by state, and the workers serving them."""
+def info(url: str | None, queue: tuple[str, ...], interval: float | None, watch: bool, as_json: bool) -> None:
+    """Queue sizes by state, and the workers serving them; paused queues say since when."""
     runtime = Runtime(url)
+    if watch and not as_json and output.console().is_terminal:
+        _watch_info(runtime, queue, interval or WATCH_INTERVAL_SECONDS)
+        return
+    if watch:  # piped or --json: a fresh table (or JSON document) at each refresh, as --interval
+        interval = interval or WATCH_INTERVAL_SECONDS
+    try:
+        _print_info(runtime, queue, interval, as_json)
+    except KeyboardInterrupt:
+        if not interval:
+            raise
+        # Ctrl-C is how a refreshing view ends: not an error.
+
+
+def _print_info(runtime: Runtime, queue: tuple[str, ...], interval: float | None, as_json: bool) -> None:
     while True:
-        names = _queues(runtime, queue)
-        stats = monitor.queue_stats(runtime.connection, names)
-        workers = monitor.list_workers(runtime.connection)
+        stats, workers = _read_info(runtime, queue)
         if as_json:
             output.print_json(
                 {"queues": [s.as_dict() for s in stats], "workers": [w.as_dict() for w in workers]}
             )
         else:
-            if interval:
+            if interval and output.console().is_terminal:
                 output.console().clear()
-            output.table(
-                "Queues",
-                [
-                    "Queue",
-                    "Queued",
-                    "Started",
-                    "Finished",
-                    "Failed",
-                    "Scheduled",
-                    "Deferred",
-                    "Canceled",
-                    "Oldest",
-                ],
-                [
-                    [
-                        s.name,
-                        s.queued,
-                        s.started,
-                        s.finished,
-                        s.failed,
-                        s.scheduled,
-                        s.deferred,
-                        s.canceled,
-                        output.age(s.oldest_queued_age),
-                    ]
-                    for s in stats
-                ],
-            )
-            serving = {name: sum(1 for w in workers if name in w.queues) for name in names}
-            output.line()
-            output.line(
-                f"{len(workers)} worker(s); per queue: " + ", ".join(f"{n}={c}" for n, c in serving.items())
-            )
+            output.console().print(_info_view(stats, workers))
         if not interval:
             return
         time.sleep(interval)
+
+
+def _read_info(
+    runtime: Runtime, queue: tuple[str, ...]
+) -> tuple[list[monitor.QueueStats], list[monitor.WorkerInfo]]:
+    names = _queues(runtime, queue)
+    return monitor.queue_stats(runtime.connection, names), monitor.list_workers(runtime.connection)
+
+
+def _info_view(stats: list[monitor.QueueStats], workers: list[monitor.WorkerInfo]) -> Group:
+    """The queue table and the workers line, as one renderable (printed once or redrawn live)."""
+    now = time.time()
+    rows = [
+        [
+            s.name,
+            s.queued,
+            s.started,
+            s.finished,
+            s.failed,
+            s.scheduled,
+            s.deferred,
+            s.canceled,
+            output.age(s.oldest_queued_age),
+            None if s.paused_since is None else f"yes, {output.age(max(0.0, now - s.paused_since))}",
+        ]
+        for s in stats
+    ]
+    serving = {s.name: sum(1 for w in workers if s.name in w.queues) for s in stats}
+    summary = f"{len(workers)} worker(s); per queue: " + ", ".join(f"{n}={c}" for n, c in serving.items())
+    return Group(output.make_table("Queues", _INFO_COLUMNS, rows), Text(""), Text(summary))
+
+
+def _watch_info(runtime: Runtime, queue: tuple[str, ...], interval: float) -> None:
+    """Redraw ``atomq info`` in place until Ctrl-C, which ends it quietly (exit 0)."""
+    with Live(console=output.console(), auto_refresh=False, transient=False) as live:
+        try:
+            while True:
+                stats, workers = _read_info(runtime, queue)
+                view = _info_view(stats, workers)
+                stamp = time.strftime("%H:%M:%S")
+                footer = Text(f"updated {stamp}, every {interval:g}s; Ctrl-C to quit", style="dim")
+                live.update(Group(view, footer), refresh=True)
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            return
 
 
 @click.command()

@@ -30,13 +30,18 @@ def print_json(data: Any) -> None:
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """Print a simple table; ``None`` cells show as a dash."""
+    console().print(make_table(title, columns, rows))
+
+
+def make_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+    """The table :func:`table` prints, for a live view to redraw."""
     grid = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     for column in columns:
         justify = "right" if column.lower() in _NUMERIC else "left"
         grid.add_column(column, justify=justify, no_wrap=column.lower() in ("job id", "name"))  # type: ignore[arg-type]
     for row in rows:
         grid.add_row(*("-" if cell is None else str(cell) for cell in row))
-    console().print(grid)
+    return grid
 
 
 def line(text: str = "") -> None:

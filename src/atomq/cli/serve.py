@@ -54,16 +54,23 @@ def token() -> None:
 @token.command("create")
 @click.option("--name", default="admin", show_default=True, help="A label for the token (shown in logs).")
 @click.option("--scope", type=click.Choice(["read", "write", "admin"]), default="read", show_default=True)
+@click.option(
+    "--user",
+    default=None,
+    help="Bind the token to this user: it then reaches only that user's accounts, posts and workflow runs.",
+)
 @json_option
-def token_create(name: str, scope: str, as_json: bool) -> None:
+def token_create(name: str, scope: str, user: str | None, as_json: bool) -> None:
     """Make a new token; print it once, with the entry to add to ATOMQ_API_TOKENS."""
     # Deferred: loads FastAPI, httpx only when this runs.
-    from atomq.api.auth import entry_for, generate_token
+    from atomq.api.auth import USER_PATTERN, entry_for, generate_token
 
     if not name.replace("-", "").replace("_", "").isalnum():
         raise click.BadParameter("use letters, digits, '-' and '_'", param_hint="--name")
+    if user is not None and not USER_PATTERN.fullmatch(user):
+        raise click.BadParameter("use 1-128 characters, no commas or control characters", param_hint="--user")
     secret = generate_token()
-    entry = entry_for(name, scope, secret)
+    entry = entry_for(name, scope, secret, user)
     if as_json:
         output.print_json({"token": secret, "entry": entry})
         return

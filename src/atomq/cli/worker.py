@@ -50,6 +50,14 @@ from atomq.engine.tasks import load_task_modules
     help="Worker processes to run and keep running.",
 )
 @click.option(
+    "--concurrency",
+    type=click.IntRange(1, 10_000),
+    envvar="ATOMQ_WORKER_CONCURRENCY",
+    help="Jobs each worker process runs at once (default 100): async tasks on one event loop, "
+    "tasks that wait on threads; tasks that compute run one after the other. --count spreads "
+    "computing over cores, --concurrency lets waiting work overlap.",
+)
+@click.option(
     "--scheduler/--no-scheduler",
     default=True,
     show_default=True,
@@ -75,6 +83,7 @@ def worker(
     max_jobs: int | None,
     verbose: bool,
     count: int,
+    concurrency: int | None,
     scheduler: bool,
     worker_class: str,
 ) -> None:
@@ -99,6 +108,7 @@ def worker(
         default_timeout=timeout,
         log_level=level,
         worker_class=worker_class,
+        concurrency=concurrency,
     )
     supervisor = Supervisor(settings, options, count=count, with_scheduler=scheduler)
     raise SystemExit(supervisor.run())

@@ -15,9 +15,11 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 import redis
+import redis.asyncio
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
-from atomq.core.errors import ConfigurationError, RedisUnavailableError
+from atomq.core.errors import ConfigurationError, RedisFullError, RedisUnavailableError
 from atomq.core.settings import Settings
 
 #: Seconds to wait for a TCP connection to Redis before giving up on one attempt.
@@ -89,6 +91,21 @@ def connect(settings: Settings, *, check: bool = True, **extra: Any) -> redis.Re
     client (for example a longer ``socket_timeout`` for blocking worker commands).
     """
     target = parse_target(settings)
+    client: redis.Redis = _client(redis.Redis, settings, target, extra)
+    if check:
+        ping(client, target)
+    return client
+
+
+def connect_async(settings: Settings, **extra: Any) -> redis.asyncio.Redis:
+    """An asyncio Redis client for ``settings`` (URL, TLS, unix sockets, Sentinel), as
+    :func:`connect` builds sync ones. Nothing is sent yet: build it inside the event loop that
+    will use it; it connects on its first command."""
+    return _client(redis.asyncio.Redis, settings, parse_target(settings), extra)  # type: ignore[no-any-return]
+
+
+def _client(kind: Any, settings: Settings, target: RedisTarget, extra: dict[str, Any]) -> Any:
+    """A client of class ``kind`` (redis-py's sync or asyncio ``Redis``) for ``settings``."""
     options: dict[str, Any] = {
         "socket_connect_timeout": CONNECT_TIMEOUT,
         "socket_timeout": settings.redis_socket_timeout,
@@ -99,31 +116,29 @@ def connect(settings: Settings, *, check: bool = True, **extra: Any) -> redis.Re
     if target.socket_path:
         options.pop("socket_keepalive")  # a TCP option; Unix sockets take none
     if settings.redis_sentinels:
-        client = _sentinel_client(settings, options)
-    elif settings.redis_url:
+        if kind is redis.asyncio.Redis:
+            return _async_sentinel_client(settings, options)
+        return _sentinel_client(settings, options)
+    if settings.redis_url:
         if target.tls:
             options.update(_tls_options(settings))
         if settings.redis_username and "username" not in options:
             options["username"] = settings.redis_username
         try:
-            client = redis.Redis.from_url(settings.redis_url, **options)
+            return kind.from_url(settings.redis_url, **options)
         except ValueError as exc:
             raise ConfigurationError(
                 f"REDIS_URL is not a valid Redis URL ({exc}): {_redact(settings.redis_url)}",
                 field="REDIS_URL",
             ) from None
-    else:
-        client = redis.Redis(
-            host=settings.redis_host,
-            port=settings.redis_port,
-            db=settings.redis_db,
-            password=settings.redis_password or None,
-            username=settings.redis_username or None,
-            **options,
-        )
-    if check:
-        ping(client, target)
-    return client
+    return kind(
+        host=settings.redis_host,
+        port=settings.redis_port,
+        db=settings.redis_db,
+        password=settings.redis_password or None,
+        username=settings.redis_username or None,
+        **options,
+    )
 
 
 def ping(client: redis.Redis, target: RedisTarget | None = None) -> None:
@@ -140,8 +155,9 @@ def ping(client: redis.Redis, target: RedisTarget | None = None) -> None:
         ) from None
 
 
-def blocking_timeout(client: redis.Redis, wanted: float) -> float:
-    """``wanted`` seconds for a blocking command, cut to fit inside the client's socket timeout.
+def blocking_timeout(client: Any, wanted: float) -> float:
+    """``wanted`` seconds for a blocking command, cut to fit inside the socket timeout of
+    ``client`` (redis-py's sync or asyncio client).
 
     A BLPOP that outlasts the socket timeout is reported as a dead connection; redis-py 8
     clients built without options time out after 5 s.
@@ -153,12 +169,12 @@ def blocking_timeout(client: redis.Redis, wanted: float) -> float:
     return wanted
 
 
-def describe_client(client: redis.Redis) -> str:
+def describe_client(client: Any) -> str:
     """Where ``client`` points, safe to show (no password)."""
     return _where(client, None)
 
 
-def _where(client: redis.Redis, target: RedisTarget | None) -> str:
+def _where(client: Any, target: RedisTarget | None) -> str:
     if target is not None:
         return target.describe()
     kwargs = client.connection_pool.connection_kwargs
@@ -238,7 +254,9 @@ def _tls_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def _sentinel_client(settings: Settings, options: dict[str, Any]) -> redis.Redis:
+def _sentinel_options(
+    settings: Settings, options: dict[str, Any]
+) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     addresses = [_split_host_port(item, "ATOMQ_REDIS_SENTINELS", 26379) for item in settings.redis_sentinels]
     sentinel_options = {
         "socket_connect_timeout": options["socket_connect_timeout"],
@@ -246,6 +264,26 @@ def _sentinel_client(settings: Settings, options: dict[str, Any]) -> redis.Redis
     }
     if settings.redis_password:
         sentinel_options["password"] = settings.redis_password
+    return addresses, sentinel_options
+
+
+def _async_sentinel_client(settings: Settings, options: dict[str, Any]) -> redis.asyncio.Redis:
+    # redis-py's asyncio Sentinel pool asks Sentinel where the primary is for each new
+    # connection. The sync FollowingSentinelPool's faster failover tracking is not repeated
+    # here: producers make short calls, and a refused write reconnects.
+    addresses, sentinel_options = _sentinel_options(settings, options)
+    sentinel = AsyncSentinel(addresses, sentinel_kwargs=sentinel_options, **options)
+    client: redis.asyncio.Redis = sentinel.master_for(
+        settings.redis_sentinel_master,
+        db=settings.redis_db,
+        password=settings.redis_password or None,
+        username=settings.redis_username or None,
+    )
+    return client
+
+
+def _sentinel_client(settings: Settings, options: dict[str, Any]) -> redis.Redis:
+    addresses, sentinel_options = _sentinel_options(settings, options)
     sentinel = Sentinel(addresses, sentinel_kwargs=sentinel_options, **options)
     client: redis.Redis = sentinel.master_for(
         settings.redis_sentinel_master,
@@ -298,6 +336,16 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, redis.exceptions.OutOfMemoryError):
         return True
     return isinstance(exc, redis.ResponseError) and str(exc).lstrip().startswith("OOM")
+
+
+def unavailable_error(exc: BaseException, client: Any) -> RedisUnavailableError | None:
+    """The error to raise instead of redis-py's ``exc`` from ``client`` (sync or asyncio):
+    a lost connection or a write refused by a full Redis; None for anything else."""
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return RedisUnavailableError(f"lost the connection to Redis at {describe_client(client)}: {exc}")
+    if is_out_of_memory(exc):
+        return RedisFullError(full_message(describe_client(client)))
+    return None
 
 
 def full_message(where: str) -> str:

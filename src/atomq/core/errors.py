@@ -12,19 +12,23 @@ The tree (HTTP status in brackets, as the API reports it)::
     │   ├── TaskError
     │   │   ├── UnknownTaskError        no task is registered under that name
     │   │   └── TaskArgumentsError      arguments do not fit the task or are not JSON
-    │   └── InvalidJobOptionError       an enqueue option is malformed (job id, time, queue)
+    │   ├── InvalidJobOptionError       an enqueue option is malformed (job id, time, queue)
+    │   ├── InvalidTextError            text that cannot be encoded as UTF-8 (a lone surrogate)
+    │   └── DuplicateKeyError           a JSON body repeats a key within one object
     ├── NotFoundError                   no such object                                     [404]
     │   ├── JobNotFoundError
     │   ├── BatchNotFoundError
     │   ├── PostNotFoundError
     │   └── AccountNotFoundError
-    └── ConflictError                   the object's state forbids the operation           [409]
-        ├── JobStateError               e.g. cancel a finished job
-        ├── DuplicateJobError           ``unique=True`` and a job with that id exists
-        ├── UnreadableJobError          the job's stored record cannot be decoded
-        ├── PostStateError              e.g. edit or cancel a post that is being published
-        ├── DuplicateAccountError       an account with that platform and handle exists
-        └── AccountInUseError           remove an account that still has posts to publish
+    ├── ConflictError                   the object's state forbids the operation           [409]
+    │   ├── JobStateError               e.g. cancel a finished job
+    │   ├── DuplicateJobError           a job with that id exists (and ``replace`` was not asked)
+    │   ├── UnreadableJobError          the job's stored record cannot be decoded
+    │   ├── PostStateError              e.g. edit or cancel a post that is being published
+    │   ├── DuplicateAccountError       an account with that platform and handle exists
+    │   └── AccountInUseError           remove an account that still has posts to publish
+    ├── JobFailedError                  ``wait()``: the job failed, was stopped or canceled
+    └── WaitTimeoutError                ``wait()``: the job had not ended in time (a TimeoutError)
 
     JobFailure                          raised *by task code* to steer retries
     ├── RetryableError                  a retry may succeed (timeouts, 5xx): uses one retry
@@ -119,6 +123,19 @@ class InvalidJobOptionError(InvalidInputError):
     code = "invalid_option"
 
 
+class InvalidTextError(InvalidInputError):
+    """Text that cannot be encoded as UTF-8: a lone surrogate such as ``"\\ud800"``, which JSON
+    escapes can carry but Redis, the database and every reply would choke on."""
+
+    code = "invalid_text"
+
+
+class DuplicateKeyError(InvalidInputError):
+    """A JSON body repeats a key within one object (JSON parsers disagree on which one wins)."""
+
+    code = "duplicate_key"
+
+
 class NotFoundError(AtomqError):
     """No object with the given id exists."""
 
@@ -150,7 +167,7 @@ class JobStateError(ConflictError):
 
 
 class DuplicateJobError(ConflictError):
-    """``unique=True`` was asked and a job with that id already exists."""
+    """A job with that id already exists (an explicit id is never silently taken over)."""
 
     code = "duplicate_job"
 
@@ -159,6 +176,37 @@ class UnreadableJobError(ConflictError):
     """A job exists but its stored record cannot be read (written by hand, or corrupted)."""
 
     code = "unreadable_job"
+
+
+class JobFailedError(AtomqError):
+    """The job a caller waits for ended without a result: it failed (retries used up), was
+    stopped or was canceled. ``job_id``, ``status`` and ``error`` (the last line of the
+    traceback, when there is one) say which and why."""
+
+    code = "job_failed"
+
+    def __init__(self, job_id: str, status: str, error: str | None) -> None:
+        what = {"failed": "failed", "stopped": "was stopped", "canceled": "was canceled"}.get(status, status)
+        super().__init__(f"job {job_id} {what}" + (f": {error}" if error else ""), field="job_id")
+        self.job_id = job_id
+        self.status = status
+        self.error = error
+
+
+class WaitTimeoutError(AtomqError, TimeoutError):
+    """The job a caller waits for had not ended when the wait ran out (it may still end)."""
+
+    code = "wait_timeout"
+
+    def __init__(self, job_id: str, timeout: float, status: str | None) -> None:
+        state = f" (still {status})" if status else ""
+        super().__init__(
+            f"job {job_id} did not end within {timeout:g} s{state}; wait again or check its status",
+            field="job_id",
+        )
+        self.job_id = job_id
+        self.timeout = timeout
+        self.status = status
 
 
 class PostNotFoundError(NotFoundError):

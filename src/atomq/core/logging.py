@@ -54,6 +54,12 @@ def log_context(**fields: Any) -> Iterator[None]:
         _context.reset(token)
 
 
+def current_log_fields() -> dict[str, Any]:
+    """A copy of the fields every log line gets here and now (to log later, elsewhere, with
+    them: a worker records a job's failure on another thread than the job's)."""
+    return dict(_context.get() or {})
+
+
 def bind_log_fields(**fields: Any) -> None:
     """Add ``fields`` to every later log line of the current job (or :func:`log_context` block).
 

@@ -26,6 +26,11 @@ DEFAULT_QUEUES: tuple[str, ...] = ("high_priority", "social_media", "workflows",
 #: The guide's start_workers.sh uses 300.
 DEFAULT_JOB_TIMEOUT = 300
 
+#: Jobs one worker process holds at once (``atomq worker --concurrency``): async tasks on its
+#: event loop, waiting tasks on threads; tasks that compute run one after the other whatever
+#: this is (see atomq.engine.lanes). Chosen by measurement: docs/operations.md.
+DEFAULT_CONCURRENCY = 100
+
 #: Seconds a finished job and its result stay in Redis (RQ's default of 500 s is too short
 #: for the status endpoints; a day lets people look at yesterday's work).
 DEFAULT_RESULT_TTL = 86_400
@@ -88,6 +93,19 @@ class Settings(BaseSettings):
         default_factory=lambda: list(DEFAULT_QUEUES),
         description="Queues in priority order, highest first.",
     )
+    worker_concurrency: int = Field(
+        default=DEFAULT_CONCURRENCY,
+        ge=1,
+        le=10_000,
+        description="Jobs each worker process runs at once (`atomq worker --concurrency`).",
+    )
+    worker_lease_seconds: float = Field(
+        default=3.0,
+        ge=1.0,
+        le=600.0,
+        description="Seconds a worker's lease lasts without renewal: a host silent this long is "
+        "taken for dead and its jobs run elsewhere (renewed every 0.5 s).",
+    )
     default_timeout: int = Field(
         default=DEFAULT_JOB_TIMEOUT, gt=0, description="Default job timeout, seconds."
     )
@@ -140,6 +158,13 @@ class Settings(BaseSettings):
         default=False,
         description="Serve /metrics without a token (for a Prometheus on a private network); "
         "otherwise it needs a token with the read scope.",
+    )
+    history_retention_seconds: int = Field(
+        default=86_400,
+        ge=3600,
+        le=30 * 86_400,
+        description="How long the per-minute history behind the dashboard's charts and "
+        "GET /api/v1/tasks/stats is kept (issue 15); older minutes expire.",
     )
     metrics_cache_seconds: float = Field(
         default=1.0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from atomq.core.visibility import INTERNALS, allows
 from atomq.engine.jobs import load_jobs
 from atomq.engine.plugins import (
     Context,
@@ -34,7 +35,7 @@ def scheduled_jobs(ctx: Context, until: datetime, limit: int) -> list[TimelineIt
                 status="overdue" if at < ctx.now else "scheduled",
                 link=f"jobs/{entry['job_id']}",
                 # RQ's default description spells out the arguments: admin only, as in the API.
-                detail=entry["description"] if ctx.scope == "admin" else None,
+                detail=entry["description"] if allows(ctx.scope, INTERNALS) else None,
             )
         )
     return items

@@ -1,7 +1,7 @@
 """Everything one dashboard page shows, gathered in a few Redis round trips.
 
-These functions return plain data; the HTTP layer renders it. They decide what each scope
-sees: job arguments and tracebacks only for ``admin``, as in the HTTP API.
+These functions return plain data; the HTTP layer renders it. What each scope sees follows
+:mod:`atomq.core.visibility`, as in the HTTP API.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from atomq.core import visibility
 from atomq.core.options import validate_queue_name
 from atomq.dashboard.sections import SectionResult, collect_progress, collect_timeline
 from atomq.engine.plugins import Context, ProgressItem, TimelineItem
@@ -87,7 +88,7 @@ def gather(ctx: Context, *, window: timedelta = TIMELINE_WINDOW) -> Overview:
     stats = monitor.queue_stats(ctx.connection, names)
     workers = monitor.list_workers(ctx.connection)
     rows = [QueueRow(s, sum(1 for w in workers if s.name in w.queues)) for s in stats]
-    failed = monitor.list_failed(ctx.connection, names, limit=OVERVIEW_FAILED)
+    failed = monitor.list_failed(ctx.connection, names, limit=OVERVIEW_FAILED, scope=ctx.scope)
     end = ctx.now + window
     return Overview(
         now=ctx.now,
@@ -123,17 +124,23 @@ def failed_page(ctx: Context, *, queue: str | None, page: int, per_page: int = 5
     chosen = [validate_queue_name(queue)] if queue else names
     stats = monitor.queue_stats(ctx.connection, chosen)
     page = max(1, page)
-    jobs = monitor.list_failed(ctx.connection, chosen, offset=(page - 1) * per_page, limit=per_page)
+    jobs = monitor.list_failed(
+        ctx.connection, chosen, offset=(page - 1) * per_page, limit=per_page, scope=ctx.scope
+    )
     return FailedPage(queue, names, page, per_page, sum(s.failed for s in stats), jobs)
 
 
-def job_detail(tq: TaskQueue, job_id: str, *, internals: bool) -> dict[str, Any]:
-    """A job's status dictionary and where it ran; arguments and traceback for ``admin`` only."""
-    status = tq.get_job_status(job_id)  # raises JobNotFoundError with a clear message
+def job_detail(tq: TaskQueue, job_id: str, *, scope: str) -> dict[str, Any]:
+    """A job's status dictionary and where it ran, as ``scope`` may see them
+    (:mod:`atomq.core.visibility`): result and error message from ``write`` up, arguments and
+    traceback for ``admin`` only."""
+    status = visibility.job_status(scope, tq.get_job_status(job_id))  # JobNotFoundError if none
     detail = monitor.failure_detail(tq.connection, job_id)
+    internals = visibility.allows(scope, visibility.INTERNALS)
     shown: dict[str, Any] = {**status, **{k: detail[k] for k in ("queue", "task", "worker")}}
-    shown["error_summary"] = detail["error"]
+    shown["error_summary"] = visibility.error_text(scope, detail["error"])
     shown["can_see_internals"] = internals
+    shown["can_see_content"] = visibility.allows(scope, visibility.CONTENT)
     if internals:
         shown["args"] = detail["args"]
         shown["kwargs"] = detail["kwargs"]

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from atomq.core.errors import ConfigurationError, DatabaseUnavailableError
 from atomq.core.settings import Settings
+from atomq.core.text import loads as json_loads
 
 
 def database_url(settings: Settings) -> str:
@@ -33,6 +34,8 @@ def database_url(settings: Settings) -> str:
 def make_engine(settings: Settings, **options: Any) -> Engine:
     """An Engine for the configured database, with SQLite tuned for several processes."""
     url = database_url(settings)
+    # JSON columns read back a lone surrogate (stored as an escape) as visible text.
+    options.setdefault("json_deserializer", json_loads)
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -44,6 +47,7 @@ def make_engine(settings: Settings, **options: Any) -> Engine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30}, **options)
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
     options.setdefault("pool_pre_ping", True)
     options.setdefault("pool_size", 5)
@@ -52,6 +56,8 @@ def make_engine(settings: Settings, **options: Any) -> Engine:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Transactions are begun by _sqlite_begin_immediate, not by the driver (SQLAlchemy's recipe).
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     # WAL lets the API read while a worker writes; foreign keys are off by default in SQLite.
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -59,6 +65,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _sqlite_begin_immediate(connection: Any) -> None:
+    # Jobs now run side by side in one worker (threads, and the event loop's database steps):
+    # two SQLite transactions that both read, then both write, deadlock, and SQLite fails one at
+    # once ("database is locked") instead of waiting its busy timeout. Taking the write lock at
+    # BEGIN makes writers queue behind each other; WAL readers are not held up.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Database:

@@ -12,15 +12,14 @@ batch (progress, cancel, reconciling) is the batches feature's work
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
-import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import redis
-from rq.utils import utcformat
 
 from atomq.core import keys
 from atomq.core.connection import is_out_of_memory
@@ -31,14 +30,16 @@ from atomq.core.errors import (
     RedisFullError,
     TaskArgumentsError,
 )
-from atomq.core.keys import ACTIVE_BATCHES, batch_key, bits_key
-from atomq.core.options import MAX_PAYLOAD_BYTES, check_json, validate_job_id
+from atomq.core.keys import ACTIVE_BATCHES, ALL_BATCHES, batch_key, bits_key
+from atomq.core.options import JOB_ID_PATTERN, MAX_PAYLOAD_BYTES, check_json, validate_job_id
+from atomq.core.settings import Settings
 from atomq.core.timeutil import utcnow
+from atomq.engine.producer import build_job, compress, rq_time
 from atomq.engine.queues import wake_workers
+from atomq.engine.tasks import TaskSpec
 
 if TYPE_CHECKING:
     from atomq.engine.task_queue import TaskQueue
-    from atomq.engine.tasks import TaskSpec
 
 
 #: Outcomes counted per batch, each with a bitmap.
@@ -47,6 +48,18 @@ OUTCOMES: tuple[str, ...] = ("finished", "failed", "stopped", "canceled")
 
 #: Most items one batch may hold.
 MAX_BATCH_ITEMS = 1_000_000
+
+
+#: Longest batch id, so that its items' ids (``<batch>-<index>``) stay valid job ids.
+MAX_BATCH_ID_LENGTH = 100
+
+
+def is_batch_id(value: object) -> TypeGuard[str]:
+    """Whether ``value`` has the form of a batch id (a job id of at most 100 characters): the
+    only ids whose keys are looked up (``b:started`` would name one of a batch's bitmaps)."""
+    if not isinstance(value, str) or len(value) > MAX_BATCH_ID_LENGTH:
+        return False
+    return bool(JOB_ID_PATTERN.fullmatch(value))
 
 
 def item_job_id(batch_id: str, index: int) -> str:
@@ -82,6 +95,89 @@ def chunked(items: Sequence[Any] | Iterable[Any], size: int) -> Iterator[list[An
         yield chunk
 
 
+@dataclass
+class PreparedBatch:
+    """A batch checked and serialized, ready to be written a chunk at a time."""
+
+    batch: Batch
+    #: Hash fields every item shares (RQ's layout, from one job built the normal way).
+    fields: dict[str, Any]
+    payloads: list[bytes]
+    at_front: bool
+    chunk_size: int
+    description: str | None
+    ttl: int | None
+    batch_ttl: int
+
+    def chunks(self) -> Iterator[tuple[int, list[bytes]]]:
+        """(index of the first item, payloads) of each chunk."""
+        index = 0
+        for chunk in chunked(self.payloads, self.chunk_size):
+            yield index, chunk
+            index += len(chunk)
+
+
+def prepare_batch(
+    spec: TaskSpec,
+    items: Iterable[Mapping[str, Any]],
+    settings: Settings,
+    *,
+    batch_id: str | None = None,
+    chunk_size: int | None = None,
+    description: str | None = None,
+    **options: Any,
+) -> PreparedBatch:
+    """Check every item and build the batch's jobs, without touching Redis (the sync and
+    asyncio task queues share this)."""
+    unsupported = set(options) - {"queue", "timeout", "retry", "result_ttl", "failure_ttl", "ttl", "at_front"}
+    if unsupported:
+        raise InvalidInputError(f"enqueue_batch does not take {sorted(unsupported)}", field="options")
+    calls = list(items)
+    chunk_size = chunk_size or settings.batch_chunk_size
+    batch_id = _check_batch(spec, calls, batch_id, chunk_size)
+    # One job built the normal way gives every default (queue, timeout, retries, TTLs) and
+    # RQ's field layout; each item's hash is that template with its own data and id.
+    template = build_job(spec, (), dict(calls[0]), options, settings)
+    fields = {
+        name.decode(): value
+        for name, value in zip(template.template.pairs[::2], template.template.pairs[1::2], strict=True)
+    }
+    fields.update(zip(template.pairs[::2], template.pairs[1::2], strict=True))
+    return PreparedBatch(
+        batch=Batch(batch_id, spec.name, template.queue, len(calls)),
+        fields=fields,
+        payloads=_serialize(spec.name, calls),
+        at_front=template.at_front,
+        chunk_size=chunk_size,
+        description=description,
+        ttl=template.ttl,
+        batch_ttl=settings.batch_ttl,
+    )
+
+
+def queue_chunk(pipe: Any, prepared: PreparedBatch, first: int, chunk: list[bytes]) -> None:
+    """Queue on ``pipe`` (a transaction, sync or asyncio) the writes of one chunk.
+
+    The batch's record rides with the first chunk: a batch of one chunk is written whole or
+    not at all (a full Redis refuses it entirely), and no record ever exists without jobs.
+    """
+    batch = prepared.batch
+    if first == 0:
+        _create_record(pipe, prepared)
+    ids = _write_chunk(pipe, prepared, first, chunk)
+    queue_key = keys.queue_key(batch.queue)
+    pipe.sadd(keys.QUEUES_SET, queue_key)
+    if prepared.at_front:
+        pipe.lpush(queue_key, *reversed(ids))
+    else:
+        pipe.rpush(queue_key, *ids)
+    wake_workers(pipe, batch.queue)
+
+
+def duplicate_batch(batch: Batch) -> DuplicateJobError:
+    return DuplicateJobError(f"a batch with id {batch.id!r} already exists", field="batch_id")
+
+
 def enqueue_batch(
     tq: TaskQueue,
     task: str,
@@ -97,47 +193,32 @@ def enqueue_batch(
     ``options`` are the enqueue options that make sense for a whole batch: ``queue``,
     ``timeout``, ``retry``, ``result_ttl``, ``failure_ttl``, ``ttl``, ``at_front``.
     """
-    unsupported = set(options) - {"queue", "timeout", "retry", "result_ttl", "failure_ttl", "ttl", "at_front"}
-    if unsupported:
-        raise InvalidInputError(f"enqueue_batch does not take {sorted(unsupported)}", field="options")
-    calls = list(items)
-    chunk_size = chunk_size or tq.settings.batch_chunk_size
-    spec = tq.registry.get(task)
-    batch_id = _check_batch(spec, calls, batch_id, chunk_size)
-    # One job built the normal way gives every default (queue, timeout, retries, TTLs) and
-    # RQ's field layout; each item's hash is that template with its own data and id.
-    queue, template_job, at_front = tq._build(spec, (), dict(calls[0]), dict(options))
-    batch = Batch(batch_id, task, queue.name, len(calls))
-    payloads = _serialize(template_job.serializer, task, calls)
+    prepared = prepare_batch(
+        tq.registry.get(task),
+        items,
+        tq.settings,
+        batch_id=batch_id,
+        chunk_size=chunk_size,
+        description=description,
+        **options,
+    )
+    batch = prepared.batch
     with tq._redis_errors():
         if tq.connection.exists(batch_key(batch.id)):
-            raise DuplicateJobError(f"a batch with id {batch.id!r} already exists", field="batch_id")
-        index = 0
-        for chunk in chunked(payloads, chunk_size):
+            raise duplicate_batch(batch)
+        for first, chunk in prepared.chunks():
             with tq.connection.pipeline() as pipe:
-                if index == 0:
-                    # The record rides with the first chunk: a batch of one chunk is written
-                    # whole or not at all (a full Redis refuses it entirely), and no record
-                    # ever exists without jobs.
-                    _create_record(tq, pipe, batch, description)
-                ids = _write_chunk(pipe, template_job, batch, index, chunk)
-                pipe.sadd(keys.QUEUES_SET, queue.key)
-                if at_front:
-                    pipe.lpush(queue.key, *reversed(ids))
-                else:
-                    pipe.rpush(queue.key, *ids)
-                wake_workers(pipe, queue.name)
+                queue_chunk(pipe, prepared, first, chunk)
                 try:
                     pipe.execute()
                 except redis.RedisError as exc:
-                    if index:
-                        _refused_midway(exc, batch, index)
+                    if first:
+                        refused_midway(exc, batch, first)
                     raise
-            index += len(chunk)
     return batch
 
 
-def _refused_midway(exc: redis.RedisError, batch: Batch, queued: int) -> None:
+def refused_midway(exc: redis.RedisError, batch: Batch, queued: int) -> None:
     """Redis filled up after some chunks were written: say exactly what was queued."""
     if is_out_of_memory(exc):
         raise RedisFullError(
@@ -159,8 +240,10 @@ def _check_batch(spec: TaskSpec, calls: list[Any], batch_id: str | None, chunk_s
         batch_id = f"batch_{uuid.uuid4().hex}"
     else:
         validate_job_id(batch_id, field="batch_id")
-        if len(batch_id) > 100:
-            raise InvalidInputError("batch_id must be at most 100 characters", field="batch_id")
+        if len(batch_id) > MAX_BATCH_ID_LENGTH:
+            raise InvalidInputError(
+                f"batch_id must be at most {MAX_BATCH_ID_LENGTH} characters", field="batch_id"
+            )
     for index, call in enumerate(calls):
         if not isinstance(call, Mapping):
             raise TaskArgumentsError(
@@ -171,14 +254,16 @@ def _check_batch(spec: TaskSpec, calls: list[Any], batch_id: str | None, chunk_s
             spec.bind((), dict(call))
             check_json(call, f"items[{index}]")
         except AtomqError as exc:
-            raise type(exc)(f"items[{index}]: {exc.message}", field=f"items[{index}]") from None
+            where = f"items[{index}]"
+            field = exc.field if exc.field and exc.field.startswith(where) else where
+            raise type(exc)(f"{where}: {exc.message}", field=field) from None
     return batch_id
 
 
-def _create_record(tq: TaskQueue, pipe: Any, batch: Batch, description: str | None) -> None:
+def _create_record(pipe: Any, prepared: PreparedBatch) -> None:
     """Queue the batch's record, bitmaps and active entry on ``pipe``."""
+    batch = prepared.batch
     created = time.time()
-    batch_ttl = tq.settings.batch_ttl
     pipe.hset(
         batch_key(batch.id),
         mapping={
@@ -187,51 +272,51 @@ def _create_record(tq: TaskQueue, pipe: Any, batch: Batch, description: str | No
             "total": batch.total,
             "created_at": repr(created),
             "state": "running",
-            "description": description or "",
+            "description": prepared.description or "",
         },
     )
-    pipe.expire(batch_key(batch.id), batch_ttl)
+    pipe.expire(batch_key(batch.id), prepared.batch_ttl)
     for outcome in (*OUTCOMES, "started"):
         # Allocated now so that each bitmap carries the batch's expiry from the start.
         pipe.setbit(bits_key(batch.id, outcome), batch.total - 1, 0)
-        pipe.expire(bits_key(batch.id, outcome), batch_ttl)
+        pipe.expire(bits_key(batch.id, outcome), prepared.batch_ttl)
     pipe.zadd(ACTIVE_BATCHES, {batch.id: created})
+    pipe.zadd(ALL_BATCHES, {batch.id: created})  # issue 15: finished batches stay listable
+    pipe.zremrangebyscore(ALL_BATCHES, "-inf", created - prepared.batch_ttl)
 
 
-def _serialize(serializer: Any, task: str, calls: list[Any]) -> list[bytes]:
+def _serialize(task: str, calls: list[Any]) -> list[bytes]:
     """Each item's job payload (RQ's ``data`` field), refusing oversized ones before any write."""
     payloads = []
     for index, call in enumerate(calls):
-        data = serializer.dumps((task, None, [], dict(call)))
+        data = json.dumps([task, None, [], dict(call)]).encode()
         if len(data) > MAX_PAYLOAD_BYTES:
             raise TaskArgumentsError(
                 f"items[{index}] is {len(data)} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit",
                 field=f"items[{index}]",
             )
-        payloads.append(zlib.compress(data))
+        payloads.append(compress(data))
     return payloads
 
 
-def _write_chunk(pipe: Any, template_job: Any, batch: Batch, first: int, chunk: list[bytes]) -> list[str]:
+def _write_chunk(pipe: Any, prepared: PreparedBatch, first: int, chunk: list[bytes]) -> list[str]:
     """Queue the job hashes of one chunk on ``pipe``; return their ids."""
-    template = template_job.to_dict()
-    serializer = template_job.serializer
-    ttl = template_job.ttl
-    stamp = utcformat(utcnow())
+    batch = prepared.batch
+    stamp = rq_time(utcnow())
     ids = []
     for offset, data in enumerate(chunk):
         index = first + offset
         job_id = item_job_id(batch.id, index)
-        mapping = dict(template)
+        mapping = dict(prepared.fields)
         mapping["data"] = data
         mapping["created_at"] = stamp
         mapping["enqueued_at"] = stamp
         mapping["status"] = "queued"
         mapping["description"] = f"{batch.task} item {index} of batch {batch.id}"
-        mapping["meta"] = serializer.dumps({"batch_id": batch.id, "batch_index": index})
+        mapping["meta"] = json.dumps({"batch_id": batch.id, "batch_index": index}).encode()
         key = keys.job_key(job_id)
         pipe.hset(key, mapping=mapping)
-        if ttl:
-            pipe.expire(key, ttl)
+        if prepared.ttl:
+            pipe.expire(key, prepared.ttl)
         ids.append(job_id)
     return ids

@@ -1,46 +1,47 @@
-"""The fast worker: jobs run in a persistent process, a batch of them per Redis round trip.
+"""The fast worker: up to N jobs at once per process, claimed and recorded in batches.
 
 RQ forks a process per job and spends ~58 Redis commands and a dozen round trips on it; its
-``SimpleWorker`` skips the fork but not the rest. This worker:
+``SimpleWorker`` skips the fork but not the rest, and both run one job at a time, so a job
+waiting 200 ms on a platform holds the whole process. This worker:
 
-* claims and starts a batch of jobs in one script call, into its claimed list, so nothing is
-  lost if it dies; the batch holds about ``BATCH_WINDOW_SECONDS`` of work (many quick jobs,
-  one slow one), and when a job runs long the jobs waiting behind it are handed back to the
-  queue for other workers;
-* runs each job in-process under a time limit (SIGALRM), or in a child process for tasks that
-  ask for it (``isolation="fork"``);
-* records the batch's successes with the next batch's claim in one pipelined round trip,
-  writing exactly what RQ's worker writes where RQ's readers look;
-* shares the id and deadline of the running job with its supervisor, which kills a job stuck
-  in C code past its limit, and after a crash retries (or fails) only the job that was
-  running and requeues the rest of the batch untouched.
+* claims jobs into its own claimed list and marks them started in one script call, at most
+  as many as it can start soon (``--concurrency``: jobs held at once), highest-priority queue
+  first; a crash never loses them, and its supervisor hands them back at once;
+* runs them concurrently (:mod:`atomq.engine.executor`): ``async def`` tasks on one event loop,
+  tasks that wait on threads of their own, tasks that compute one after the other in the
+  process's CPU lane (:mod:`atomq.engine.lanes`);
+* records successes with the next claim, one round trip for many jobs, writing what RQ's
+  worker writes where RQ's readers look (:mod:`atomq.engine.recorder`); failures go through
+  :mod:`atomq.engine.outcomes`;
+* enforces every job's time limit, and shares the running jobs and their kill times with its
+  supervisor (:mod:`atomq.engine.slots`), which kills the process when one is deaf to its
+  limit and hands the others back without using up an attempt.
 
-Failures, retries and dependents take RQ's own (slower, rarer) code paths.
+One thread, the *dispatcher* (the process's main thread), owns claiming and recording; jobs
+tell it they ended through a queue of events, as do the wake-up listener, stop commands and
+signals.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
 import os
+import queue
 import signal
 import socket
 import sys
 import threading
 import time
-import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 import redis
 from redis.exceptions import NoScriptError
-from rq.defaults import UNSERIALIZABLE_RETURN_VALUE_PAYLOAD
 from rq.job import JobStatus
 from rq.suspension import is_suspended
 from rq.timeouts import JobTimeoutException
@@ -50,16 +51,20 @@ from rq.version import VERSION
 from atomq.core import keys
 from atomq.core.connection import MAX_RECONNECT_BACKOFF_SECONDS, blocking_timeout, describe_client
 from atomq.core.errors import JobStopped
-from atomq.core.logging import job_log_fields, log_context
 from atomq.core.settings import Settings
 from atomq.core.timeutil import utcnow
-from atomq.engine import hooks, outcomes, plugins, stats
+from atomq.engine import hooks, pause, plugins
+from atomq.engine.context import Running
+from atomq.engine.executor import Completion, Executor, RunList
 from atomq.engine.fast_scripts import FastScripts, pairs
-from atomq.engine.isolation import run_forked
-from atomq.engine.jobs import AtomqJob, error_summary, resolve_task
+from atomq.engine.jobs import AtomqJob, resolve_task
+from atomq.engine.lanes import Profiles
+from atomq.engine.leases import RENEW_SECONDS, Leases
 from atomq.engine.process import set_process_title
-from atomq.engine.queues import AtomqQueue
-from atomq.engine.scripts import Scripts, decode
+from atomq.engine.recorder import Recorder
+from atomq.engine.recovery import held_jobs
+from atomq.engine.scripts import decode
+from atomq.engine.slots import Slots
 from atomq.engine.tasks import TaskRegistry, preload, registry
 
 logger = logging.getLogger("atomq.worker")
@@ -67,73 +72,42 @@ logger = logging.getLogger("atomq.worker")
 #: Seconds an idle worker waits for a wake-up token before looking at its queues again.
 IDLE_POLL_SECONDS = 1.0
 
-#: A batch holds about this much work (seconds of average job time), at most MAX_BATCH jobs.
+#: Jobs held in the CPU lane: about this much work (seconds of its jobs' average run).
 BATCH_WINDOW_SECONDS = 0.02
+
+#: Most jobs one claim takes.
 MAX_BATCH = 64
 
-#: When a job has run this long, the jobs claimed behind it go back to the queue.
+#: When a job has run this long, the jobs waiting behind it in its lane move on (to a free
+#: thread, or back to the queue for other workers).
 RELEASE_AFTER_SECONDS = 0.25
 
 #: Worker hash TTL is this plus 60 s; heartbeats come every HEARTBEAT_SECONDS.
 WORKER_TTL = 20
 HEARTBEAT_SECONDS = 5.0
 
-#: Seconds past a job's time limit after which the supervisor kills a worker whose job did
-#: not respond to SIGALRM (stuck in C code).
-HARD_KILL_GRACE = 5.0
-
 #: Margin added to a job's time limit for its entry in RQ's started registry.
 REGISTRY_MARGIN = 60
 
+#: Seconds a running job gets to stop after a stop request, or past its time limit, before
+#: the worker gives up on it: records its end, and has its supervisor kill the process to get
+#: the thread back. Shorter than the supervisor's own grace (executor.HARD_KILL_GRACE), which
+#: is for a worker too stuck to do even that.
+STOP_GRACE_SECONDS = 2.0
+GIVE_UP_AFTER_SECONDS = 2.0
 
-#: Bytes of shared memory holding the running job's id (job ids are at most 128 characters).
-RUNNING_ID_BYTES = 160
+#: Longest a success waits to be recorded with others (and with the next claim).
+RECORD_DELAY_SECONDS = 0.002
 
+#: How often the dispatcher looks at running jobs (time limits, slow lanes) while jobs run.
+MONITOR_SECONDS = 0.05
 
-@dataclass
-class Claimed:
-    """A job this worker claimed and marked started, not run yet."""
-
-    job: AtomqJob
-    queue: str
-
-
-@dataclass
-class Finished:
-    """A successful run whose end is still to be recorded (sent with the next claim)."""
-
-    claimed: Claimed
-    started: Any
-    ended: Any
-    value: Any
-    duration: float
-
-
-@dataclass
-class Shared:
-    """Memory the worker shares with its supervisor: what runs now, and until when."""
-
-    deadline: Any = None  # c_double: monotonic time by which the running job must end (0: idle)
-    running: Any = None  # c_char array: id of the running job (empty: idle)
-    jobs: Any = None  # c_long: jobs started since the process started (the supervisor resets it)
-
-    def set(self, job_id: str, deadline: float) -> None:
-        if self.running is not None:
-            self.running.value = job_id.encode()[: RUNNING_ID_BYTES - 1]
-        if self.deadline is not None:
-            self.deadline.value = deadline
-        if self.jobs is not None:
-            self.jobs.value += 1
-
-    def clear(self) -> None:
-        if self.deadline is not None:
-            self.deadline.value = 0.0
-        if self.running is not None:
-            self.running.value = b""
+# Events the dispatcher waits for (besides job ends, which land in a deque).
+_WAKE, _SIGNAL, _STOP_JOB, _NUDGE, _LEASE_LOST = "wake", "signal", "stop-job", "nudge", "lease-lost"
 
 
 class FastWorker:
-    """A worker that runs jobs in-process, RQ-compatible, a batch per round trip."""
+    """A worker that runs up to ``concurrency`` jobs at once, RQ-compatible."""
 
     def __init__(
         self,
@@ -143,7 +117,8 @@ class FastWorker:
         settings: Settings,
         name: str | None = None,
         default_timeout: int | None = None,
-        shared: Shared | None = None,
+        concurrency: int | None = None,
+        slots: Slots | None = None,
         tasks: TaskRegistry | None = None,
     ) -> None:
         plugins.load("hooks")  # what the features follow at each step of a job (batches, progress)
@@ -153,41 +128,62 @@ class FastWorker:
         self.settings = settings
         self.name = name or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
         self.default_timeout = default_timeout or settings.default_timeout
-        self.shared = shared or Shared()
+        self.concurrency = concurrency or settings.worker_concurrency
+        self.slots = slots if slots is not None else Slots.create(self.concurrency)
         self.key = keys.worker_key(self.name)
         self.executions_key = f"{self.key}:executions"
         self.claimed_key = keys.claimed_key(self.name)
         self.queue_keys = [keys.queue_key(q) for q in self.queues]
         self.wake_keys = [keys.wake_key(q) for q in self.queues]
+        self.pauses = pause.PauseWatch(connection, self.queues)  # paused queues are skipped
         self.scripts = FastScripts(connection)
-        self.common_scripts = Scripts(connection)
-        self.buffer: deque[Claimed] = deque()
-        self.finished: list[Finished] = []
-        self.current: Claimed | None = None
-        self.current_started = 0.0
-        self.child_pid: int | None = None
+        self.recorder = Recorder(connection, self.scripts, settings, self.name)
+        self.leases = Leases(connection, settings.worker_lease_seconds)
+        self.executor = Executor(
+            connection=connection,
+            slots=self.slots,
+            default_timeout=self.default_timeout,
+            memory_limit_mb=settings.job_memory_limit_mb,
+            on_done=self._on_done,
+            on_run_list_done=self._on_run_list_done,
+        )
+        self.profiles = Profiles()
+        # Owned by the dispatcher (the heartbeat thread reads `held` under the lock).
+        self.held: dict[str, Running] = {}  # claimed, not yet recorded: waiting or running
+        self.run_lists: set[RunList] = set()
+        self.cpu_lane: RunList | None = None
+        self.async_running = 0
+        self.pending: deque[Running] = deque()  # claimed, waiting for a free lane
+        self.finished: list[Completion] = []
+        self._finished_since = 0.0
         self.successful = 0
         self.failed = 0
-        self._avg_duration = 0.0
-        self._stop_requested = False
-        self._signals = 0
-        self._stop_job: str | None = None
-        self._stop_buffered: set[str] = set()
-        self._timer_armed = False
-        self._in_job = False  # True only while a job's own code runs (signals may raise then)
-        self._suspended = False  # `rq suspend`, checked by the background thread, not per batch
-        self._background_stop = threading.Event()
+        self.started_jobs = 0
+        # Filled by other threads.
+        self.events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self.done: deque[Completion] = deque()
+        self.ended_lists: deque[RunList] = deque()
+        self._idle = False  # the dispatcher is blocked waiting for an event
         self._lock = threading.Lock()
+        self._stopping = False  # warm shutdown: no new claims, running jobs finish
+        self._lease_lost = False  # declared dead while cut off: see _on_lease_lost
+        self._cold = False
+        self._signals = 0
+        self._want_claim = True  # the queues may hold jobs (last claim was full, or a wake-up)
+        self._suspended = False  # `rq suspend`, checked by the background thread
+        self._background_stop = threading.Event()
+        self._waker_armed = threading.Event()
         self._pubsub: Any = None
         self._pubsub_thread: Any = None
 
-    # -- lifecycle --------------------------------------------------------------------------
+    # -- lifecycle ------------------------------------------------------------------------
 
     def work(self, *, burst: bool = False, max_jobs: int | None = None) -> int:
-        """Run jobs until stopped (or, with ``burst``, until the queues are empty). Returns jobs run.
+        """Run jobs until stopped (or, with ``burst``, until the queues are empty). Returns how
+        many jobs it started.
 
-        A Redis outage never loses a job: the worker waits, then records what it could not
-        and carries on with the jobs it holds (unless they were handed to someone else).
+        A Redis outage never loses a job: the worker waits, then records what it could not and
+        carries on with the jobs it holds (unless they were handed to someone else).
         """
         self._install_signals()
         self.scripts.load()
@@ -195,29 +191,94 @@ class FastWorker:
         self._start_background()
         set_process_title(f"atomq worker {self.name}: listening on {','.join(self.queues)}")
         logger.info(
-            "Worker %s: started with PID %d, listening on %s", self.name, os.getpid(), ", ".join(self.queues)
+            "Worker %s: started with PID %d, listening on %s (up to %d jobs at once)",
+            self.name,
+            os.getpid(),
+            ", ".join(self.queues),
+            self.concurrency,
         )
-        done = 0
         try:
-            while not self._stop_requested:
+            while True:
                 try:
-                    if not self.buffer and not self._next_batch(wait=not burst):
-                        if burst:
-                            break
-                        continue
-                    claimed = self._take()
-                    if claimed is None:
-                        continue
-                    self._run(claimed)
-                    done += 1
-                    if max_jobs is not None and done >= max_jobs:
-                        logger.info("Worker %s: ran %d jobs (--max-jobs), quitting", self.name, done)
+                    if self._step(burst=burst, max_jobs=max_jobs):
                         break
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     self.wait_for_redis(exc)
         finally:
             self.teardown()
-        return done
+        return self.started_jobs
+
+    def _step(self, *, burst: bool, max_jobs: int | None) -> bool:
+        """One turn of the dispatcher; True when the worker is done."""
+        self._collect()
+        self._monitor()
+        limit_reached = max_jobs is not None and self.started_jobs >= max_jobs
+        if self._stopping or limit_reached:
+            if limit_reached and not self._stopping:
+                logger.info(
+                    "Worker %s: started %d jobs (--max-jobs); finishing", self.name, self.started_jobs
+                )
+                self._stopping = True
+            self._give_back_waiting()
+            if self.finished:
+                self._round_trip(0)
+            if not self.held:
+                return True
+            self._wait(MONITOR_SECONDS)
+            return False
+        want = self._claimable(max_jobs) if self._want_claim else 0
+        record_in = self._record_in()
+        if want or record_in <= 0:
+            claimed = self._round_trip(want)
+            if want:
+                self._want_claim = len(claimed) >= want
+                self._dispatch(claimed)
+            if claimed or not want:
+                # Jobs started, or successes recorded (which frees room): look again at once.
+                return False
+        if burst and not self.held and not self._want_claim and not self.finished:
+            return True
+        if self._claimable(max_jobs) and not self._want_claim and not burst:
+            self._waker_armed.set()  # listen for new jobs while there is room for them
+        timeout = MONITOR_SECONDS if self.held else IDLE_POLL_SECONDS
+        self._wait(min(timeout, record_in) if self.finished else timeout)
+        return False
+
+    def _record_in(self) -> float:
+        """Seconds until the successes collected so far must be recorded (inf: none pending).
+
+        Recording many at once is what makes a burst of quick jobs cheap; waiting at most
+        :data:`RECORD_DELAY_SECONDS` keeps a job's status (and anyone waiting for its result)
+        up to date.
+        """
+        if not self.finished:
+            return float("inf")
+        if len(self.finished) >= MAX_BATCH or len(self.held) <= len(self.finished):
+            return 0.0  # a full batch, or nothing else runs: no reason to wait
+        return self._finished_since + RECORD_DELAY_SECONDS - time.monotonic()
+
+    def _lanes_in_use(self) -> int:
+        """Jobs running at once: async jobs, thread lanes (the CPU lane counts once)."""
+        return len(self.run_lists) + self.async_running
+
+    def _claimable(self, max_jobs: int | None = None) -> int:
+        """How many jobs to claim now: one per free lane (``--concurrency`` of them), plus what
+        the CPU lane can start soon: about BATCH_WINDOW_SECONDS of its jobs, so a burst of quick
+        jobs is claimed (and recorded) many at a time. None while the CPU lane still holds half
+        a window: claimed then, more of the same would only wait."""
+        if self._suspended or self._stopping:
+            return 0
+        lanes = self.concurrency - self._lanes_in_use() - len(self.pending)
+        lane = self.cpu_lane
+        backlog = len(lane) if lane is not None else 0
+        quick = self.profiles.cpu_duration
+        if backlog and quick * backlog >= BATCH_WINDOW_SECONDS / 2:
+            return 0
+        cpu_room = max(0, min(MAX_BATCH, int(BATCH_WINDOW_SECONDS / quick)) - backlog) if quick > 0 else 0
+        room = max(0, lanes) + cpu_room
+        if max_jobs is not None:
+            room = min(room, max_jobs - self.started_jobs)
+        return max(0, min(MAX_BATCH, room))
 
     def register_birth(self, *, again: bool = False) -> None:
         """Register as RQ does (``rq:worker:<name>``, ``rq:workers``), plus atomq's worker set.
@@ -243,211 +304,103 @@ class FastWorker:
                     "python_version": sys.version,
                     "state": "idle",
                     "worker_class": "atomq.engine.fast.FastWorker",
+                    "concurrency": self.concurrency,
                 },
             )
             pipe.expire(self.key, WORKER_TTL + 60)
             pipe.sadd(keys.RQ_WORKERS_SET, self.key)
-            for queue in self.queues:
-                pipe.sadd(f"{keys.RQ_WORKERS_SET}:{queue}", self.key)
+            for queue_name in self.queues:
+                pipe.sadd(f"{keys.RQ_WORKERS_SET}:{queue_name}", self.key)
             pipe.sadd(keys.WORKERS_SET, self.name)
             pipe.execute()
+        self.leases.join(self.name)
 
     def teardown(self) -> None:
-        """Record what ran, give back what did not, stop the background threads, deregister."""
+        """Record what ran, give back what did not, stop the threads, deregister."""
         self._background_stop.set()
+        self._waker_armed.set()
         with contextlib.suppress(Exception):
             if self._pubsub_thread is not None:
                 self._pubsub_thread.stop()
-                self._pubsub_thread.join(2)
             if self._pubsub is not None:
                 self._pubsub.close()
+        self.executor.shutdown()
         try:
-            self._flush()
-            self.buffer.clear()
-            given = self._give_back_claimed()
-            returned = self.common_scripts.return_claimed(
-                keys=[self.claimed_key], args=[keys.JOB_KEY_PREFIX, keys.QUEUE_KEY_PREFIX]
-            )
+            self._collect()
+            if self.finished:
+                self._round_trip(0)
+            given = self._give_back_waiting() + self.recorder.give_back_all_claimed()
             with self.connection.pipeline() as pipe:
                 pipe.srem(keys.RQ_WORKERS_SET, self.key)
-                for queue in self.queues:
-                    pipe.srem(f"{keys.RQ_WORKERS_SET}:{queue}", self.key)
+                for queue_name in self.queues:
+                    pipe.srem(f"{keys.RQ_WORKERS_SET}:{queue_name}", self.key)
                 pipe.hset(self.key, mapping={"death": utcformat(utcnow()), "state": "dead"})
                 pipe.expire(self.key, 60)
                 pipe.delete(self.executions_key, self.claimed_key)
                 pipe.srem(keys.WORKERS_SET, self.name)
+                self.leases.leave(pipe, self.name)
                 pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             logger.warning("Worker %s: could not deregister, Redis unreachable (%s)", self.name, exc)
             return
-        if given or returned:
-            logger.info(
-                "Worker %s: gave %d unstarted job(s) back to their queues", self.name, given + returned
-            )
+        if given:
+            logger.info("Worker %s: gave %d unstarted job(s) back to their queues", self.name, given)
         logger.info("Worker %s: stopped after %d ok, %d failed", self.name, self.successful, self.failed)
 
-    # -- claiming ---------------------------------------------------------------------------
+    # -- claiming and recording -----------------------------------------------------------
 
-    def _batch_size(self) -> int:
-        if self._avg_duration <= 0:
-            return 1  # nothing known yet: don't hold jobs another worker could run
-        return max(1, min(MAX_BATCH, int(BATCH_WINDOW_SECONDS / self._avg_duration)))
-
-    def _next_batch(self, *, wait: bool) -> bool:
-        """Record the last batch's successes and claim the next batch, in one round trip.
-
-        Without a new batch, wait for a wake-up (unless ``wait`` is False). Returns whether
-        jobs were claimed.
-        """
-        if self._suspended:
-            self._flush()
-            logger.info("Worker %s: suspended (rq suspend); waiting", self.name)
-            time.sleep(1)
-            return False
+    def _round_trip(self, want: int) -> list[Running]:
+        """Record the successes collected so far and claim up to ``want`` jobs from the queues
+        not paused: one round trip."""
+        finished = self.finished
+        claimable = self.pauses.current()
+        claim = want > 0 and bool(claimable.names)
         now = utcnow()
-        claim_keys = [self.claimed_key, self.key, *self.queue_keys]
+        claim_keys = [self.key, *claimable.queue_keys]
         claim_args = [
-            self._batch_size(),
+            want,
             self.name,
             utcformat(now),
             now.timestamp(),
             REGISTRY_MARGIN,
             self.default_timeout,
             len(keys.QUEUE_KEY_PREFIX),
+            self.settings.worker_lease_seconds,
         ]
-        finished = self.finished
 
         def build(pipe: Any) -> None:
             if finished:
-                self._queue_finish(pipe, finished)
-            self.scripts.claim_start.queue(pipe, claim_keys, claim_args)
+                self.recorder.queue_finished(pipe, finished)
+            if claim:
+                self.scripts.claim_start.queue(pipe, claim_keys, claim_args)
+            elif not self.held:
+                pipe.hset(self.key, "state", "idle")
 
         replies = self._pipeline(build)
         self.finished = []
+        if any(reply == b"LEASE" for reply in replies):
+            self._on_lease_lost(finished)
+            return []
         if finished:
-            self._after_finish(finished, replies[0])
+            self.recorder.after_finished(finished, replies[0])
+            for item in finished:
+                self._forget(item.running)
+        if not claim:
+            return []
         reply = replies[-1]
-        if not reply:
-            self.connection.hset(self.key, "state", "idle")
-            if wait:
-                self.connection.blpop(
-                    self.wake_keys, timeout=blocking_timeout(self.connection, IDLE_POLL_SECONDS)
-                )
-            return False
+        claimed: list[Running] = []
         for index in range(0, len(reply), 3):
             job = AtomqJob(decode(reply[index + 1]), connection=self.connection)
             job.restore(pairs(reply[index + 2]))
             job.started_at = now
             job.worker_name = self.name
             job._status = JobStatus.STARTED
-            self.buffer.append(Claimed(job, self.queues[int(reply[index])]))
-        self._hooks_started([c.job for c in list(self.buffer)[-(len(reply) // 3) :]])
-        return True
-
-    def _hooks_started(self, jobs: list[AtomqJob]) -> None:
-        """Tell the features these jobs started; their writes share one round trip (none when
-        no feature wrote anything)."""
-        try:
-            with self.connection.pipeline(transaction=False) as pipe:
-                hooks.started(jobs, pipe)
-                if len(pipe):
-                    pipe.execute()
-        except redis.RedisError:
-            logger.exception(
-                "Worker %s: could not record the start of %d job(s) for features", self.name, len(jobs)
-            )
-
-    def _take(self) -> Claimed | None:
-        """The next claimed job to run, skipping ones stopped while they waited."""
-        with self._lock:
-            claimed = self.buffer.popleft() if self.buffer else None
-            if claimed is None:
-                return None
-            self.current = claimed
-            self.current_started = time.monotonic()
-            stopped = claimed.job.id in self._stop_buffered
-        if stopped:
-            self._stop_buffered.discard(claimed.job.id)
-            error = JobStopped(f"job {claimed.job.id} stopped on request before it ran")
-            self._record_failure(claimed, utcnow(), (error, str(error)), "stopped")
-            return None
+            running = Running(job, claimable.names[int(reply[index])])
+            claimed.append(running)
+            self.held[job.id] = running
+        if claimed:
+            self._hooks_started([r.job for r in claimed])
         return claimed
-
-    # -- running ----------------------------------------------------------------------------
-
-    def _run(self, claimed: Claimed) -> None:
-        """Run one claimed job; keep its success for the next round trip, record a failure now."""
-        job, queue = claimed.job, claimed.queue
-        refusal = resolve_task(job, self.tasks)
-        if refusal:
-            self.current = None
-            self._refuse(claimed, refusal)
-            return
-        timeout = job.timeout or self.default_timeout
-        job.timeout = timeout
-        started = utcnow()
-        with log_context(**job_log_fields(job, queue)):
-            logger.debug("Worker %s: %s: %s (%s) started", self.name, queue, job.description, job.id)
-            clock = time.perf_counter()
-            outcome, value = self._execute(claimed, timeout)
-            duration = time.perf_counter() - clock
-            self._avg_duration = (
-                duration if self._avg_duration == 0 else 0.8 * self._avg_duration + 0.2 * duration
-            )
-            if outcome == "ok":
-                self.successful += 1
-                logger.info(
-                    "Worker %s: %s: Job OK: %s in %.3f s (%s)",
-                    self.name,
-                    queue,
-                    job.description,
-                    duration,
-                    job.id,
-                )
-                self.finished.append(Finished(claimed, started, utcnow(), value, duration))
-                return
-            self.failed += 1
-            self._record_failure(claimed, started, value, outcome)
-
-    def _execute(self, claimed: Claimed, timeout: float) -> tuple[str, Any]:
-        """Run the job; return ("ok", value) or (outcome, (exception, traceback text))."""
-        job = claimed.job
-        spec = job.spec
-        self._stop_job = None
-        self.shared.set(job.id, time.monotonic() + timeout + HARD_KILL_GRACE)
-        try:
-            if spec.isolation == "fork":
-                preload([spec])  # once per process; the child starts with the imports done
-                self._in_job = True
-                forked: tuple[str, Any] = run_forked(self, job, timeout)
-                return forked
-            signal.setitimer(signal.ITIMER_REAL, timeout)
-            self._timer_armed = True
-            try:
-                hooks.running(job, self.connection)
-                self._in_job = True
-                value = job.perform()
-            except BaseException as exc:  # a job's SystemExit must not end the worker
-                self._disarm()
-                outcome = "stopped" if isinstance(exc, JobStopped) else "failed"
-                return outcome, (exc, "".join(traceback.format_exception(exc)))
-            finally:
-                self._in_job = False
-                self._disarm()
-            return "ok", value
-        finally:
-            self._in_job = False
-            hooks.returned(job)
-            with self._lock:
-                self.current = None
-            self.shared.clear()
-
-    def _disarm(self) -> None:
-        if self._timer_armed:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            self._timer_armed = False
-
-    # -- recording outcomes -----------------------------------------------------------------
 
     def _pipeline(self, build: Callable[[Any], None]) -> list[Any]:
         """Build and send one pipeline (one round trip); reload the scripts after a NOSCRIPT."""
@@ -463,184 +416,288 @@ class FastWorker:
                     self.scripts.load()
         raise AssertionError("unreachable")
 
-    def _queue_finish(self, pipe: Any, finished: list[Finished]) -> None:
-        args: list[Any] = [self.name]
-        for item in finished:
-            job, claimed = item.claimed.job, item.claimed
-            result_ttl = job.result_ttl if job.result_ttl is not None else self.settings.result_ttl
-            encoded = ""
-            if item.value is not None:
-                try:
-                    payload = json.dumps(item.value).encode()
-                except (TypeError, ValueError):
-                    payload = json.dumps(UNSERIALIZABLE_RETURN_VALUE_PAYLOAD).encode()
-                encoded = base64.b64encode(payload).decode()
-            ended = item.ended.timestamp()
-            args += [
-                job.id,
-                claimed.queue,
-                utcformat(item.started),
-                utcformat(item.ended),
-                result_ttl,
-                encoded,
-                item.started.timestamp(),
-                ended,
-                round(item.duration, 6),
-                ended + result_ttl if result_ttl > 0 else 0,
-            ]
-        self.scripts.finish_many.queue(pipe, [self.key, self.claimed_key], args)
-        hooks.ended([(item.claimed.job, "finished") for item in finished], pipe)
-        tally = stats.Tally()
-        for item in finished:
-            job = item.claimed.job
-            late = item.started.timestamp() - job.due_at if job.due_at is not None else None
-            tally.add(
-                queue=item.claimed.queue,
-                task=job.func_name,
-                outcome="finished",
-                duration=item.duration,
-                late=late,
+    def _hooks_started(self, jobs: list[AtomqJob]) -> None:
+        """Tell the features these jobs started; their writes share one round trip (none when
+        no feature wrote anything)."""
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                hooks.started(jobs, pipe)
+                if len(pipe):
+                    pipe.execute()
+        except redis.RedisError:
+            logger.exception(
+                "Worker %s: could not record the start of %d job(s) for features", self.name, len(jobs)
             )
-        tally.write(pipe)
 
-    def _flush(self) -> None:
-        """Record pending successes on their own (no claim to pair them with)."""
-        finished = self.finished
-        if not finished:
-            return
-        replies = self._pipeline(lambda pipe: self._queue_finish(pipe, finished))
-        self.finished = []
-        self._after_finish(finished, replies[0])
+    def _forget(self, running: Running) -> None:
+        with self._lock:
+            self.held.pop(running.job.id, None)
 
-    def _after_finish(self, finished: list[Finished], replies: list[Any]) -> None:
-        for item, dependents in zip(finished, replies, strict=True):
-            job = item.claimed.job
-            if dependents == -1:
+    def _collect(self) -> None:
+        """Take in the runs that ended: successes wait for the next round trip, failures are
+        recorded now; lanes that ended are freed."""
+        while self.ended_lists:
+            run_list = self.ended_lists.popleft()
+            self.run_lists.discard(run_list)
+            if run_list is self.cpu_lane:
+                self.cpu_lane = None
+            self._want_claim = True
+        while self.done:
+            item = self.done.popleft()
+            running = item.running
+            job = running.job
+            # A slot is free, and the job may have queued more work (a workflow's next steps).
+            self._want_claim = True
+            if running.task is not None:
+                self.async_running -= 1
+            if running.abandoned:
                 logger.warning(
-                    "Worker %s: job %s ran after it was handed to another worker; its end is not recorded",
+                    "Worker %s: job %s ended (%s) after it was given up on; not recorded again",
                     self.name,
                     job.id,
+                    item.outcome,
                 )
-            elif dependents:
-                try:
-                    job._status = JobStatus.FINISHED
-                    AtomqQueue(item.claimed.queue, connection=self.connection).enqueue_dependents(job)
-                except redis.RedisError:
-                    logger.exception("Worker %s: could not enqueue dependents of %s", self.name, job.id)
+                continue
+            # Async runs and runs in a child process say nothing of the task's use of the CPU.
+            in_thread = running.task is None and not (job.suspect or job.spec.isolation == "fork")
+            self.profiles.observe(job.func_name or "", item.duration, item.cpu if in_thread else None)
+            if item.outcome == "ok":
+                self.successful += 1
+                if not self.finished:
+                    self._finished_since = time.monotonic()
+                self.finished.append(item)
+                continue
+            self.failed += 1
+            self._record_failure(item)
+            self._forget(running)
+        self._start_pending()
 
-    def _record_failure(
-        self, claimed: Claimed, started: Any, error: tuple[BaseException, str], outcome: str
-    ) -> None:
+    def _record_failure(self, item: Completion) -> None:
         """Record a failure, however long Redis is away: the job has run (or been stopped)."""
-        retries_left = claimed.job.retries_left
+        retries_left = item.running.job.retries_left
         while True:
             try:
-                self._fail(claimed, started, error, outcome)
+                self.recorder.record_failure(item)
                 return
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                claimed.job.retries_left = retries_left
+                item.running.job.retries_left = retries_left
                 self.wait_for_redis(exc)
-                if self._stop_requested:
-                    return
 
-    def _fail(self, claimed: Claimed, started: Any, error: tuple[BaseException, str], outcome: str) -> None:
-        """Record a failed (or stopped) run: retried, deferred, failed or stopped (see
-        :mod:`atomq.engine.outcomes`)."""
-        job, queue = claimed.job, claimed.queue
-        exc, exc_string = error
-        judgement = outcomes.judge(job, exc, stopped=outcome == "stopped")
-        aq = AtomqQueue(queue, connection=self.connection)
-        self._flush()  # successes before this failure keep their order
-        member = keys.execution_member(job.id, self.name)
-        if judgement.verdict == "deferred":
-            logger.info("Worker %s: job %s deferred by %.1f s: %s", self.name, job.id, judgement.delay, exc)
-            with self.connection.pipeline() as pipe:
-                outcomes.record_deferral(pipe, job, aq, judgement.delay)
-                pipe.zrem(keys.started_key(queue), member)
-                pipe.lrem(self.claimed_key, 1, job.id)
-                pipe.execute()
-            return
-        ended = utcnow()
-        retry = judgement.verdict == "retried"
-        logger.log(
-            logging.WARNING if retry else logging.ERROR,
-            "Worker %s: job %s %s%s: %s\n%s",
-            self.name,
-            job.id,
-            "stopped" if judgement.verdict == "stopped" else "failed",
-            " (will retry)" if retry else "",
-            error_summary(exc_string),
-            exc_string.rstrip(),
+    # -- dispatching ----------------------------------------------------------------------
+
+    def _dispatch(self, claimed: list[Running]) -> None:
+        """Start the claimed jobs where each belongs (see :mod:`atomq.engine.lanes`)."""
+        unknown: dict[str, RunList] = {}
+        for running in claimed:
+            job = running.job
+            if running.job.id not in self.held:
+                continue  # stopped while it waited for a lane
+            refusal = resolve_task(job, self.tasks)
+            if refusal:
+                self._forget(running)
+                self.recorder.refuse(running, refusal)
+                continue
+            spec = job.spec
+            forked = spec.isolation == "fork" or job.suspect
+            if forked:
+                preload([spec])  # once per process; the child starts with the imports done
+            self.started_jobs += 1
+            kind = "wait" if forked else self.profiles.kind(spec.name, is_async=spec.is_async)
+            if (
+                kind != "cpu"
+                and self._lanes_in_use() >= self.concurrency
+                and not (kind == "unknown" and spec.name in unknown)
+            ):
+                # No free lane: it starts when one frees (or goes back if that takes long).
+                running.queued_at = time.monotonic()
+                self.pending.append(running)
+                self.started_jobs -= 1
+                continue
+            if kind == "async":
+                self.async_running += 1
+                self.executor.submit_async(running)
+            elif kind == "cpu":
+                if self.cpu_lane is None or not self.cpu_lane.append(running):
+                    self.cpu_lane = RunList([running], cpu=True)
+                    self._start_list(self.cpu_lane)
+            elif kind == "unknown" and spec.name in unknown and unknown[spec.name].append(running):
+                pass  # after the first job of a task not seen yet: its first run tells what it is
+            else:
+                run_list = RunList([running], learning=spec.name if kind == "unknown" else None)
+                if kind == "unknown":
+                    unknown[spec.name] = run_list
+                self._start_list(run_list)
+
+    def _start_pending(self) -> None:
+        """Start jobs that waited for a lane, as lanes free up."""
+        while self.pending and self._lanes_in_use() < self.concurrency:
+            batch = [self.pending.popleft()]
+            self._dispatch(batch)
+
+    def _start_list(self, run_list: RunList) -> None:
+        self.run_lists.add(run_list)
+        self.executor.submit(run_list)
+
+    def _monitor(self) -> None:
+        """Time limits and stops of running jobs, and jobs waiting behind one that runs long."""
+        now = time.monotonic()
+        if self.pending and now - self.pending[0].queued_at >= RELEASE_AFTER_SECONDS:
+            # No lane freed in time: other workers may have room for them.
+            waiting = list(self.pending)
+            self.pending.clear()
+            self._hand_back(waiting)
+        for running in list(self.held.values()):
+            if running.phase != "task" or running.abandoned or not running.deadline:
+                continue
+            timed_out = now >= running.deadline
+            if timed_out and running.task is None and running.stop_reason != "time limit":
+                logger.warning(
+                    "Worker %s: job %s outlived its time limit; stopping it", self.name, running.job.id
+                )
+                self.executor.stop(running, "time limit", timed_out=True)
+            if running.stop_reason == "time limit" or (timed_out and not running.stop_at):
+                give_up_at = running.deadline + GIVE_UP_AFTER_SECONDS
+            elif running.stop_at:
+                give_up_at = running.stop_at + STOP_GRACE_SECONDS
+            else:
+                continue
+            if now >= give_up_at:
+                self._give_up_on(running)
+        for run_list in list(self.run_lists):
+            if run_list.learning is not None and len(run_list):
+                kind = self.profiles.kind(run_list.learning, is_async=False)
+                if kind == "wait":  # learnt: each of its jobs waits, so each gets a lane of its own
+                    run_list.learning = None
+                    self.pending.extendleft(reversed(run_list.take_waiting()))
+                    now_ = time.monotonic()
+                    for running in self.pending:
+                        running.queued_at = running.queued_at or now_
+                    self._start_pending()
+                    continue
+                if kind == "cpu":
+                    run_list.learning = None
+            current = run_list.current
+            if not len(run_list) or current is None or current.elapsed < RELEASE_AFTER_SECONDS:
+                continue
+            waiting = run_list.take_waiting()
+            if not waiting:
+                continue
+            if run_list.cpu:
+                # They would wait behind a long computation: other workers can run them now.
+                self.started_jobs -= len(waiting)
+                given = self._hand_back(waiting)
+                logger.debug(
+                    "Worker %s: handed %d waiting job(s) back while a long job runs", self.name, given
+                )
+                continue
+            now_ = time.monotonic()
+            for running in waiting:  # a task not seen yet that waits: a lane each, as they free
+                running.queued_at = now_
+            self.pending.extend(waiting)
+            self._start_pending()
+
+    def _give_up_on(self, running: Running) -> None:
+        """A job did not stop (stuck in C code, or blocking the event loop): record its end
+        here, then have the supervisor kill this process to get its thread back; the other
+        jobs the process runs are handed back without using an attempt."""
+        running.abandoned = True
+        job = running.job
+        timeout = float(job.timeout or self.default_timeout)
+        if running.stop_reason in (None, "time limit"):
+            error: BaseException = JobTimeoutException(
+                f"Task exceeded maximum timeout value ({timeout:g} seconds) and did not stop; "
+                "its worker process is killed"
+            )
+            outcome = "failed"
+        else:
+            error = JobStopped(f"job {job.id} stopped ({running.stop_reason}); its worker process is killed")
+            outcome = "stopped"
+        logger.error("Worker %s: job %s did not stop: %s", self.name, job.id, error)
+        self.failed += 1
+        self._record_failure(
+            Completion(running, outcome, (error, _described(error)), utcnow(), running.elapsed)
         )
-        with self.connection.pipeline() as pipe:
-            outcomes.record_failure(
-                pipe,
-                job,
-                aq,
-                judgement,
-                exc_string=exc_string,
-                worker_name=self.name,
-                execution_id=self.name,
-                started=started,
-                ended=ended,
-                failure_ttl=job.failure_ttl or self.settings.failure_ttl,
-            )
-            pipe.zrem(keys.started_key(queue), member)
-            pipe.lrem(self.claimed_key, 1, job.id)
-            pipe.hincrby(self.key, "failed_job_count", 1)
-            tally = stats.Tally()
-            tally.add(
-                queue=queue,
-                task=job.func_name,
-                outcome=judgement.verdict,
-                duration=(ended - started).total_seconds(),
-                late=started.timestamp() - job.due_at if job.due_at is not None else None,
-            )
-            tally.write(pipe)
-            pipe.execute()
-        if judgement.final:
-            with contextlib.suppress(redis.RedisError):
-                if self.connection.scard(job.dependents_key):
-                    outcomes.enqueue_dependents(aq, job)
+        self._forget(running)
+        if running.slot >= 0:
+            self.slots.expire(running.slot)
 
-    def _refuse(self, claimed: Claimed, reason: str) -> None:
-        job = claimed.job
-        logger.error("Worker %s: refusing job %s: %s", self.name, job.id, reason)
-        with self.connection.pipeline() as pipe:
-            outcomes.record_refusal(pipe, job, reason, self.name)
-            pipe.zrem(keys.started_key(claimed.queue), keys.execution_member(job.id, self.name))
-            pipe.lrem(self.claimed_key, 1, job.id)
-            pipe.execute()
+    def _give_back_waiting(self) -> int:
+        """Return every claimed job not started yet (a warm shutdown)."""
+        waiting: list[Running] = list(self.pending)
+        self.pending.clear()
+        for run_list in list(self.run_lists):
+            waiting += run_list.take_waiting()
+        return self._hand_back(waiting)
 
-    def _give_back_claimed(self) -> int:
-        """Return every job still in the claimed list that this worker started but did not run.
+    def _hand_back(self, waiting: list[Running]) -> int:
+        """Give claimed jobs that have not started back to their queues; how many went.
 
-        Covers the buffer and anything claimed whose reply never reached the buffer.
+        When Redis cannot be reached they stay held, waiting for a lane (the caller took them
+        out of where they waited): after the outage they start here or go back then, rather
+        than sit marked ours with nothing to run them.
         """
-        ids = [decode(job_id) for job_id in self.connection.lrange(self.claimed_key, 0, -1)]
-        if not ids:
+        if not waiting:
             return 0
-        with self.connection.pipeline(transaction=False) as pipe:
-            for job_id in ids:
-                pipe.hget(keys.job_key(job_id), "origin")
-            origins = pipe.execute()
-        args = [self.name]
-        for job_id, origin in zip(ids, origins, strict=True):
-            if origin is not None:
-                args += [job_id, decode(origin)]
-        return int(self.scripts.revert([self.claimed_key], args)) if len(args) > 1 else 0
+        try:
+            given = self.recorder.give_back(waiting)
+        except (redis.ConnectionError, redis.TimeoutError):
+            now = time.monotonic()
+            for running in waiting:
+                running.queued_at = now
+            self.pending.extendleft(reversed(waiting))
+            raise
+        for running in waiting:
+            self._forget(running)
+        return given
 
-    def _give_back(self, claimed: list[Claimed]) -> int:
-        """Return started-but-not-run jobs to the front of their queues."""
-        if not claimed:
-            return 0
-        args = [self.name, *(value for c in claimed for value in (c.job.id, c.queue))]
-        return int(self.scripts.revert([self.claimed_key], args))
+    # -- events from other threads --------------------------------------------------------
 
-    # -- background: heartbeat, fairness, stop commands, signals ----------------------------
+    def _on_done(self, completion: Completion) -> None:
+        """A job ended (any thread)."""
+        self.done.append(completion)
+        if self._idle:
+            self.events.put((_NUDGE, None))
+
+    def _on_run_list_done(self, run_list: RunList) -> None:
+        self.ended_lists.append(run_list)
+        if self._idle:
+            self.events.put((_NUDGE, None))
+
+    def _wait(self, timeout: float) -> None:
+        """Block until an event arrives (or ``timeout``), then handle every pending event."""
+        self._idle = True
+        try:
+            if self.done or self.ended_lists:
+                timeout = 0.0
+            try:
+                event = self.events.get(timeout=timeout) if timeout > 0 else self.events.get_nowait()
+            except queue.Empty:
+                return
+            self._handle(event)
+            while True:
+                try:
+                    self._handle(self.events.get_nowait())
+                except queue.Empty:
+                    return
+        finally:
+            self._idle = False
+
+    def _handle(self, event: tuple[str, Any]) -> None:
+        kind, value = event
+        if kind == _WAKE:
+            self._want_claim = True
+        elif kind == _SIGNAL:
+            self._on_signal_event()
+        elif kind == _STOP_JOB:
+            self._stop_job(value)
+        elif kind == _LEASE_LOST:
+            self._on_lease_lost([])
+
+    # -- background: heartbeat, wake-ups, commands, signals -------------------------------
 
     def _start_background(self) -> None:
-        threading.Thread(target=self._background_loop, name="atomq-background", daemon=True).start()
+        threading.Thread(target=self._background_loop, name="atomq-heartbeat", daemon=True).start()
+        threading.Thread(target=self._waker_loop, name="atomq-waker", daemon=True).start()
         channel = keys.pubsub_channel(self.name)
         self._pubsub = self.connection.pubsub(ignore_subscribe_messages=True)
         self._pubsub.subscribe(**{channel: self._on_command})
@@ -649,47 +706,67 @@ class FastWorker:
         )
 
     def _background_loop(self) -> None:
-        last_beat = last_check = time.monotonic()
+        last_beat = last_check = last_lease = time.monotonic()
         while not self._background_stop.wait(0.1):
             try:
-                self._release_if_slow()
                 now = time.monotonic()
                 if now - last_check >= 1.0:
                     last_check = now
-                    self._suspended = bool(is_suspended(self.connection))
+                    suspended = bool(is_suspended(self.connection))
+                    if suspended != self._suspended:
+                        self._suspended = suspended
+                        logger.info(
+                            "Worker %s: %s", self.name, "suspended (rq suspend)" if suspended else "resumed"
+                        )
+                        self.events.put((_WAKE, None))
+                if now - last_lease >= RENEW_SECONDS:
+                    last_lease = now
+                    if self.leases.renew([self.name]):
+                        self.events.put((_LEASE_LOST, None))
                 if now - last_beat >= HEARTBEAT_SECONDS:
                     last_beat = now
                     self.heartbeat()
             except redis.RedisError as exc:
                 logger.debug("background work failed: %s", exc)
 
-    def _release_if_slow(self) -> None:
-        """When the running job takes long, hand the jobs waiting behind it to other workers."""
-        with self._lock:
-            if self.current is None or not self.buffer:
+    def _waker_loop(self) -> None:
+        """Listen for wake-up tokens while the worker has room for more jobs."""
+        while not self._background_stop.is_set():
+            if not self._waker_armed.wait(1.0):
+                continue
+            if self._background_stop.is_set():
                 return
-            if time.monotonic() - self.current_started < RELEASE_AFTER_SECONDS:
-                return
-            waiting = list(self.buffer)
-            self.buffer.clear()
-        given = self._give_back(waiting)
-        logger.debug("Worker %s: handed %d waiting job(s) back while a long job runs", self.name, given)
+            try:
+                wake_keys = self.pauses.current().wake_keys
+                if wake_keys:
+                    self.connection.blpop(
+                        list(wake_keys), timeout=blocking_timeout(self.connection, IDLE_POLL_SECONDS)
+                    )
+                else:  # every queue paused: look again soon
+                    time.sleep(pause.REFRESH_SECONDS)
+            except (redis.ConnectionError, redis.TimeoutError):
+                time.sleep(1.0)
+            except redis.RedisError as exc:
+                logger.debug("wake-up listener: %s", exc)
+            self._waker_armed.clear()
+            self.events.put((_WAKE, None))
 
     def heartbeat(self) -> None:
-        """Keep the worker, and the running job's started-registry entry, alive."""
+        """Keep the worker, and the started-registry entries of its running jobs, alive."""
         now = utcnow()
         with self._lock:
-            current = self.current
+            held = list(self.held.values())
         with self.connection.pipeline(transaction=False) as pipe:
-            pipe.hset(self.key, "last_heartbeat", utcformat(now))
+            pipe.hset(
+                self.key, mapping={"last_heartbeat": utcformat(now), "state": "busy" if held else "idle"}
+            )
             pipe.expire(self.key, WORKER_TTL + 60)
-            if current is not None:
-                job = current.job
+            for running in held:
+                job = running.job
                 ttl = int(job.timeout or self.default_timeout) + REGISTRY_MARGIN
-                pipe.hset(job.key, "last_heartbeat", utcformat(now))
                 # A long job keeps its registry entry alive, so no cleanup mistakes it for abandoned.
                 pipe.zadd(
-                    keys.started_key(current.queue),
+                    keys.started_key(running.queue),
                     {keys.execution_member(job.id, self.name): now.timestamp() + ttl},
                     xx=True,
                 )
@@ -705,75 +782,109 @@ class FastWorker:
             logger.info("Worker %s: shutdown command received", self.name)
             os.kill(os.getpid(), signal.SIGTERM)
             return
-        if hooks.command(self, payload, self._running, self._stop_now):
+        if hooks.command(self, payload, self._running_token, self._stop_now):
             return
-        if command not in ("stop-job", "kill-horse"):
-            return
-        wanted = payload.get("job_id")
-        with self._lock:
-            current = self.current
-            waiting = {c.job.id for c in self.buffer}
-        if current is not None and (wanted is None or wanted == current.job.id):
-            self._stop_job = current.job.id
-            # Python runs signal handlers in the main thread, where the job runs.
-            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
-        elif wanted in waiting:
-            self._stop_buffered.add(wanted)
-        else:
-            logger.warning("Worker %s: not running job %s; stop ignored", self.name, wanted)
+        if command in ("stop-job", "kill-horse"):
+            self.events.put((_STOP_JOB, payload.get("job_id")))
 
-    def _running(self) -> tuple[str | None, object]:
-        current = self.current
-        return (current.job.id, current) if current is not None else (None, None)
+    def _running_token(self, job_id: str | None = None) -> tuple[str | None, object]:
+        """The job ``job_id`` when it runs here (its id, and this run of it as a token)."""
+        with self._lock:
+            running = self.held.get(job_id) if job_id else None
+        if running is None or running.phase != "task":
+            return None, None
+        return running.job.id, running
 
     def _stop_now(self, job_id: str) -> None:
-        self._on_command({"data": json.dumps({"command": "stop-job", "job_id": job_id})})
+        self.events.put((_STOP_JOB, job_id))
+
+    def _stop_job(self, job_id: str | None) -> None:
+        """Stop a job this worker holds: a waiting one never starts, a running one is stopped."""
+        running = self.held.get(job_id) if job_id else None
+        if running is None:
+            logger.warning("Worker %s: not running job %s; stop ignored", self.name, job_id)
+            return
+        if running.phase == "waiting":
+            for run_list in self.run_lists:
+                with run_list.lock:
+                    if running in run_list.items:
+                        run_list.items.remove(running)
+                        break
+            else:
+                return  # it is starting right now: stop it once it runs
+            running.stop_reason = "on request"
+            self.done.append(_stopped_before_start(running))
+            return
+        self.executor.stop(running, "on request")
+
+    @property
+    def lease_lost(self) -> bool:
+        """Whether this worker stopped because it was declared dead (its lease ran out)."""
+        return self._lease_lost
+
+    def _on_lease_lost(self, finished: list[Completion]) -> None:
+        """This worker was declared dead (its host was cut off or frozen past its lease) and its
+        jobs were handed to other workers: nothing it holds is its own any more. Stop the
+        running jobs (they run elsewhere), record nothing, and exit to be started afresh."""
+        if self._lease_lost:
+            return
+        self._lease_lost = True
+        held = list(self.held.values())
+        logger.error(
+            "Worker %s: lost its lease (declared dead while cut off or frozen); its %d job(s) were "
+            "handed to other workers, so %d finished run(s) are not recorded and %d running job(s) "
+            "are stopped; exiting to start afresh",
+            self.name,
+            len(held),
+            len(finished),
+            sum(1 for r in held if r.phase == "task"),
+        )
+        self._stopping = True
+        self._cold = True
+        for running in held:
+            if running.phase == "task":
+                running.abandoned = True
+                self.executor.stop(running, "lease lost")
+        with self._lock:
+            self.held.clear()
+        for run_list in list(self.run_lists):
+            run_list.take_waiting()
 
     def _install_signals(self) -> None:
-        signal.signal(signal.SIGALRM, self._on_alarm)
-        signal.signal(signal.SIGUSR1, self._on_stop_job)
-        signal.signal(signal.SIGTERM, self._on_shutdown)
-        signal.signal(signal.SIGINT, self._on_shutdown)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
 
-    def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
-        current = self.current
-        if current is not None and self._timer_armed:
-            self._timer_armed = False
-            raise JobTimeoutException(f"Task exceeded maximum timeout value ({current.job.timeout} seconds)")
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Only queue it: the dispatcher acts on it between two steps.
+        self.events.put((_SIGNAL, signum))
 
-    # Signal handlers raise only while a job's own code runs. Anywhere else (a Redis reply half
-    # read, jobs claimed but not yet buffered) an exception would lose track of work; the loop
-    # checks the stop flag instead, at most an idle poll (1 s) later.
-
-    def _on_stop_job(self, signum: int, frame: FrameType | None) -> None:
-        current = self.current
-        if self._in_job and current is not None and self._stop_job == current.job.id:
-            raise JobStopped(f"job {current.job.id} stopped on request")
-
-    def _on_shutdown(self, signum: int, frame: FrameType | None) -> None:
+    def _on_signal_event(self) -> None:
         self._signals += 1
-        self._stop_requested = True
         if self._signals == 1:
-            logger.info("Worker %s: warm shutdown requested (running job finishes)", self.name)
+            self._stopping = True
+            self._waker_armed.set()
+            logger.info("Worker %s: warm shutdown requested (running jobs finish)", self.name)
             return
-        logger.warning("Worker %s: cold shutdown: stopping the running job", self.name)
-        if self._in_job and self.current is not None:
-            self._stop_job = self.current.job.id
-            raise JobStopped("worker shut down while the job ran")
+        if not self._cold:
+            self._cold = True
+            logger.warning("Worker %s: cold shutdown: stopping the running jobs", self.name)
+            for running in list(self.held.values()):
+                if running.phase == "task":
+                    self.executor.stop(running, "worker shut down")
 
-    # -- outages ----------------------------------------------------------------------------
+    # -- outages --------------------------------------------------------------------------
 
     def wait_for_redis(self, error: BaseException) -> None:
         """Block until Redis answers again (exponential backoff), then re-register and drop the
-        claimed jobs that were handed to another worker meanwhile."""
+        waiting jobs that were handed to another worker meanwhile."""
         where = describe_client(self.connection)
         delay = 1.0
         logger.error(
             "Worker %s: Redis at %s unreachable (%s); retrying in %.0f s", self.name, where, error, delay
         )
-        while not self._stop_requested:
+        while not self._stopping or self.held:
             slept = 0.0
-            while slept < delay and not self._stop_requested:  # stay responsive to SIGTERM
+            while slept < delay:
                 time.sleep(0.2)
                 slept += 0.2
             try:
@@ -784,30 +895,62 @@ class FastWorker:
                 logger.warning(
                     "Worker %s: Redis still unreachable (%s); retrying in %.0f s", self.name, exc, delay
                 )
-        if self._stop_requested:
-            return
         logger.info("Worker %s: Redis at %s is back; resuming", self.name, where)
         # The background thread may have recreated part of our hash; set membership tells
         # whether Redis still knows us.
         if not self.connection.sismember(keys.RQ_WORKERS_SET, self.key):
             self.register_birth(again=True)
-        with self._lock:
-            held = list(self.buffer)
-        if held:
+        # A claim whose reply was lost to the outage left jobs marked ours that this worker never
+        # saw: give them back (nothing ran them).
+        unseen = {
+            job_id: queue
+            for job_id, queue in held_jobs(self.connection, self.name).items()
+            if job_id not in self.held
+        }
+        if unseen:
+            args = [self.name]
+            for job_id, queue in unseen.items():
+                args += [job_id, queue]
+            given = int(self.scripts.revert([], args))
+            logger.warning(
+                "Worker %s: %d job(s) claimed as the outage began, never received, went back to their queues",
+                self.name,
+                given,
+            )
+        waiting = [r for r in self.held.values() if r.phase == "waiting"]
+        if waiting:
             with self.connection.pipeline(transaction=False) as pipe:
-                for claimed in held:
-                    member = keys.execution_member(claimed.job.id, self.name)
-                    pipe.zscore(keys.started_key(claimed.queue), member)
+                for running in waiting:
+                    pipe.zscore(
+                        keys.started_key(running.queue), keys.execution_member(running.job.id, self.name)
+                    )
                 still_ours = pipe.execute()
-            with self._lock:
-                lost = {c.job.id for c, ours in zip(held, still_ours, strict=True) if ours is None}
-                self.buffer = deque(c for c in self.buffer if c.job.id not in lost)
+            lost = [r for r, ours in zip(waiting, still_ours, strict=True) if ours is None]
+            if lost:
+                # Given back by a call whose reply the outage lost, or handed on by a recovery.
+                self.pending = deque(r for r in self.pending if r not in lost)
+            for running in lost:
+                for run_list in self.run_lists:
+                    with run_list.lock:
+                        if running in run_list.items:
+                            run_list.items.remove(running)
+                self._forget(running)
             if lost:
                 logger.warning(
                     "Worker %s: %d claimed job(s) were handed to others during the outage",
                     self.name,
                     len(lost),
                 )
+
+
+def _stopped_before_start(running: Running) -> Completion:
+    error = JobStopped(f"job {running.job.id} stopped on request before it ran")
+    return Completion(running, "stopped", (error, _described(error)), utcnow(), 0.0)
+
+
+def _described(error: BaseException) -> str:
+    """An error as a failure Result keeps it: its type and message (it was not raised here)."""
+    return f"{type(error).__module__}.{type(error).__qualname__}: {error}"
 
 
 def _pubsub_error(exc: BaseException, pubsub: Any, thread: Any) -> None:

@@ -23,9 +23,10 @@ from atomq.engine.plugins import registry
 
 logger = logging.getLogger("atomq.hooks")
 
-#: What a worker offers a command hook: the running job's id and a token for this run of it,
-#: and a way to stop that job at once.
-Running = Callable[[], tuple[str | None, object]]
+#: What a worker offers a command hook: given a job id, that job's id and a token for this
+#: run of it when it runs in the worker (``(None, None)`` otherwise), and a way to stop a job
+#: at once.
+Running = Callable[[str | None], tuple[str | None, object]]
 StopNow = Callable[[str], None]
 
 

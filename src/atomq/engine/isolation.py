@@ -23,7 +23,7 @@ from atomq.core.errors import Defer, PermanentError, RetryableError
 from atomq.engine.process import die_with_parent, limit_memory
 
 if TYPE_CHECKING:
-    from atomq.engine.fast import FastWorker
+    from atomq.engine.context import Running
     from atomq.engine.jobs import AtomqJob
 
 #: Longest a reply from the child may be (a return value or a traceback).
@@ -34,17 +34,20 @@ class ChildCrashed(Exception):
     """The job's process died without reporting (signal, or exit without a reply)."""
 
 
-def run_forked(worker: FastWorker, job: AtomqJob, timeout: float) -> tuple[str, Any]:
-    """Run ``job`` in a child process; return what :meth:`FastWorker._execute` returns."""
+def run_forked(
+    running: Running, job: AtomqJob, timeout: float, memory_limit_mb: int | None
+) -> tuple[str, Any]:
+    """Run ``job`` in a child process: ``("ok", value)`` or ``("failed", (exception,
+    traceback text))``. A stop raised in the calling thread kills the child and propagates."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
         os.close(read_fd)
-        _child(job, write_fd, worker.settings.job_memory_limit_mb)
+        _child(job, write_fd, memory_limit_mb)
     os.close(write_fd)
     with contextlib.suppress(OSError):  # also here, so a kill never races the child's own call
         os.setpgid(pid, pid)
-    worker.child_pid = pid
+    running.child_pid = pid
     deadline = time.monotonic() + timeout
     chunks: list[bytes] = []
     try:
@@ -62,12 +65,12 @@ def run_forked(worker: FastWorker, job: AtomqJob, timeout: float) -> tuple[str, 
             if not chunk:
                 break
             chunks.append(chunk)
-    except BaseException as exc:  # a stop request or a cold shutdown, raised in this thread
+    except BaseException:  # a stop request or a cold shutdown, raised in this thread
         _kill(pid)
-        return ("stopped" if type(exc).__name__ == "JobStopped" else "failed"), _error(exc)
+        raise
     finally:
         os.close(read_fd)
-        worker.child_pid = None
+        running.child_pid = None
     _, status = os.waitpid(pid, 0)
     reply = b"".join(chunks)
     if not reply:
@@ -123,6 +126,15 @@ def _kind(exc: BaseException) -> str:
     if isinstance(exc, Defer):
         return "defer"
     return "error"
+
+
+def kill_child(pid: int) -> None:
+    """Kill a forked job's process group (the waiting thread then sees it end)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _kill(pid: int) -> None:

@@ -3,7 +3,8 @@
 RQ imports whatever ``module.function`` a job names and unpickles its payload, so anyone who
 can write to Redis can run code. ``AtomqJob`` closes both doors:
 
-* the serializer is JSON, whatever the caller passes, so a pickle payload is never unpickled;
+* the serializer is JSON, whatever the caller passes, so a pickle payload is never unpickled
+  (and text that cannot be encoded comes back escaped);
 * ``func`` resolves the stored name through the task registry, so ``os.system`` is refused;
 * callbacks and webhooks named in a hand-written job hash are ignored.
 
@@ -12,8 +13,10 @@ It keeps RQ's hash layout, so ``Job.fetch``, ``rq info`` and rq-dashboard read a
 
 from __future__ import annotations
 
+import binascii
 import logging
 import math
+import zlib
 from datetime import datetime, tzinfo
 from typing import Any
 
@@ -22,6 +25,7 @@ from rq.job import Job, JobStatus
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
+from atomq.core import keys, text
 from atomq.core.errors import UnknownTaskError, UnreadableJobError
 from atomq.engine.stats import due_time
 from atomq.engine.tasks import TaskRegistry, TaskSpec, registry
@@ -37,8 +41,25 @@ CANCELABLE_STATUSES = frozenset(
 TERMINAL_STATUSES = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
 
 
+class EscapingJSONSerializer(JSONSerializer):
+    """RQ's JSON serializer, reading back a lone surrogate (stored as a ``\\udXXX`` escape by
+    someone who wrote Redis directly, or before atomq refused them) as visible text, so that
+    no reader or task ever holds text that cannot be encoded."""
+
+    @staticmethod
+    def loads(s: Any, *args: Any, **kwargs: Any) -> Any:
+        return text.loads(s)
+
+
 class AtomqJob(Job):
     """An RQ job restricted to registered tasks and JSON payloads."""
+
+    #: The job ran in a worker that crashed with other jobs in flight: it runs in a process of
+    #: its own from now on, so a job that crashes its worker is found (see atomq.engine.recovery).
+    suspect: bool = False
+
+    #: Jobs of one group run one at a time, fairly beside other groups (see atomq.engine.groups).
+    group: str | None = None
 
     #: When a scheduled job was due (epoch seconds), until it starts; its lateness is measured
     #: against this (see :mod:`atomq.engine.stats`).
@@ -49,7 +70,7 @@ class AtomqJob(Job):
         # door this class exists to close. (Set after RQ's constructor, which would otherwise
         # spend ~35 us per job on a runtime Protocol check of it.)
         super().__init__(id, connection=connection)
-        self.serializer = JSONSerializer
+        self.serializer = EscapingJSONSerializer
 
     @property
     def task_name(self) -> str | None:
@@ -90,6 +111,13 @@ class AtomqJob(Job):
                 "job %s names callback %r; atomq never imports callbacks from Redis", self.id, name
             )
 
+    def to_dict(self, include_meta: bool = True, include_result: bool = True) -> dict[str, Any]:
+        """RQ's hash fields, and the job's group when it has one."""
+        data: dict[str, Any] = super().to_dict(include_meta=include_meta, include_result=include_result)
+        if self.group:
+            data[keys.GROUP_FIELD] = self.group
+        return data
+
     def restore(self, raw_data: Any) -> Any:
         # RQ parses the five timestamps with strptime, the slowest part of loading a job; take
         # them out, let RQ restore the rest, then parse them with fromisoformat (same result).
@@ -106,6 +134,9 @@ class AtomqJob(Job):
         # Webhook URLs stored in Redis would let a writer make workers call arbitrary hosts.
         self.webhooks = []
         self.due_at = due_time(raw_data)
+        group = raw_data.get(keys.GROUP_FIELD.encode()) or raw_data.get(keys.GROUP_FIELD)
+        self.group = group.decode() if isinstance(group, bytes) else group
+        self.suspect = bool(raw_data.get(keys.SUSPECT_FIELD.encode()) or raw_data.get(keys.SUSPECT_FIELD))
         return result
 
 
@@ -213,10 +244,16 @@ def status_dict(job: Job, *, refresh: bool = False) -> dict[str, Any]:
     ``atomq failed --job-id``).
     """
     status = job.get_status(refresh=refresh)
+    latest = latest_result(job) if status != JobStatus.CREATED else None
+    return guide_status(job, latest)
+
+
+def guide_status(job: Job, latest: Result | None) -> dict[str, Any]:
+    """:func:`status_dict` from a job and its latest result already read (no Redis access)."""
+    status = job.get_status(refresh=False)
     result: Any = None
     error: str | None = None
-    latest = latest_result(job) if status != JobStatus.CREATED else None
-    if latest is not None:
+    if latest is not None and status != JobStatus.CREATED:
         if latest.type == Result.Type.SUCCESSFUL:
             if status == JobStatus.FINISHED:
                 result = latest.return_value
@@ -236,6 +273,36 @@ def status_dict(job: Job, *, refresh: bool = False) -> dict[str, Any]:
         "result": result,
         "error": error,
     }
+
+
+def job_from_hash(job_id: str, raw: dict[Any, Any], connection: Any) -> AtomqJob:
+    """A job restored from its hash as read (``HGETALL``), or :class:`UnreadableJobError`.
+
+    ``connection`` is only kept on the job (any truthy object will do where the job is only
+    read, as ``atomq.aio`` does with its asyncio client).
+    """
+    job = AtomqJob(job_id, connection=connection)
+    try:
+        job.restore(raw)
+    except _UNREADABLE as exc:
+        raise UnreadableJobError(
+            f"job {job_id} is stored in a form atomq cannot read ({str(exc)[:200]})", field="job_id"
+        ) from None
+    return job
+
+
+def result_from_entry(job_id: str, entry: Any, connection: Any) -> Result | None:
+    """A results-stream entry (``(id, fields)`` from ``XREVRANGE``/``XREAD``) as RQ's Result,
+    or None when there is none or it cannot be decoded."""
+    if not entry:
+        return None
+    entry_id, payload = entry
+    entry_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    try:
+        return Result.restore(job_id, entry_id, payload, connection=connection, serializer=JSONSerializer)
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError, zlib.error, binascii.Error):
+        logger.warning("job %s has a result atomq cannot decode", job_id)
+        return None
 
 
 def resolve_task(job: AtomqJob, tasks: TaskRegistry | None = None) -> str | None:

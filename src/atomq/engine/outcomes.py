@@ -34,7 +34,8 @@ from rq.results import Result
 
 from atomq.core import keys
 from atomq.core.errors import Defer, JobStopped, PermanentError, RetryableError, UnknownTaskError
-from atomq.engine import hooks, stats
+from atomq.core.text import printable
+from atomq.engine import groups, hooks, stats
 from atomq.engine.jobs import AtomqJob, set_next_retry_delay
 from atomq.engine.queues import AtomqQueue, schedule_deferred, schedule_retry
 
@@ -97,13 +98,16 @@ def record_failure(
     Result.create_failure(
         job,
         failure_ttl,
-        exc_string=exc_string,
+        # A message holding a lone surrogate (a file name read with surrogateescape) would make
+        # the recording fail and take the worker with it: it is kept escaped.
+        exc_string=printable(exc_string),
         worker_name=worker_name,
         pipeline=pipe,
         execution_id=execution_id,
         execution_started_at=started,
         execution_ended_at=ended,
     )
+    groups.release(pipe, job)
     if judgement.verdict == "retried":
         schedule_retry(job, queue, pipe)
         return
@@ -119,18 +123,20 @@ def record_deferral(pipe: Any, job: AtomqJob, queue: AtomqQueue, delay: float) -
     """Queue on ``pipe``: ``job`` runs again in ``delay`` seconds; no attempt counted, nothing
     kept as a failure."""
     job.started_at = None
+    groups.release(pipe, job)
     schedule_deferred(job, queue, delay, pipe)
     stats.job_ended(pipe, job, "deferred", timed=False)
 
 
 def record_abandoned(pipe: Any, job: AtomqJob, queue: AtomqQueue, reason: str) -> Verdict:
     """Queue on ``pipe`` the end of a run whose worker died (or was restored from a backup
-    taken while it ran): retried when the job has retries left, else failed with ``reason``.
-    Returns ``"retried"`` or ``"failed"``."""
+    taken while it ran): retried at once when the job has retries left (its run did not fail,
+    its worker did), else failed with ``reason``. Returns ``"retried"`` or ``"failed"``."""
     verdict: Verdict = "retried" if job.should_retry else "failed"
     stats.job_ended(pipe, job, verdict, timed=False)
+    groups.release(pipe, job)
     if verdict == "retried":
-        schedule_retry(job, queue, pipe)
+        schedule_retry(job, queue, pipe, at_once=True)
     else:
         record_job_failure(job, reason, pipe)
         hooks.ended([(job, "failed")], pipe)
@@ -140,6 +146,7 @@ def record_abandoned(pipe: Any, job: AtomqJob, queue: AtomqQueue, reason: str) -
 def record_refusal(pipe: Any, job: AtomqJob, reason: str, worker_name: str) -> None:
     """Queue on ``pipe``: a worker refused to run ``job`` (its payload is not JSON, or its task
     is not registered there); it fails at once, its retries unused, since no retry can help."""
+    groups.release(pipe, job)
     record_job_failure(job, f"Refused by worker {worker_name}: {reason}", pipe)
 
 

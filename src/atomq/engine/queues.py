@@ -156,16 +156,20 @@ class AtomqQueue(Queue):
             )
 
 
-def schedule_retry(job: Job, queue: AtomqQueue, pipe: Any) -> None:
-    """Queue ``job``'s next attempt on ``pipe``: scheduled after its retry interval, or at once.
+def schedule_retry(job: Job, queue: AtomqQueue, pipe: Any, *, at_once: bool = False) -> None:
+    """Queue ``job``'s next attempt on ``pipe``: scheduled after its retry interval, or at once
+    (``at_once``: at the front of its queue, for a run that ended with its worker rather than
+    by failing: backing off helps a failing service, not a lost worker).
 
     RQ's ``Job.retry`` writes the "scheduled" status straight away, outside the caller's
     transaction, so for a moment a job looks rescheduled while its failure is not yet on
     record; here every write rides in ``pipe``.
     """
-    interval = job.get_retry_interval()
+    interval = 0 if at_once else job.get_retry_interval()
     job.retries_left = (job.retries_left or 1) - 1
-    if interval:
+    if at_once:
+        queue._enqueue_job(job, pipeline=pipe, at_front=True)
+    elif interval:
         queue.schedule_job(job, utcnow() + timedelta(seconds=interval), pipeline=pipe)
     else:
         queue._enqueue_job(job, pipeline=pipe, at_front=job.enqueue_at_front_on_retry)

@@ -10,6 +10,7 @@ vanished). RQ itself notices such jobs only at another worker's maintenance run,
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import redis
@@ -43,26 +44,40 @@ class Recovered:
 
 
 def recover_worker(
-    connection: redis.Redis, worker_name: str, reason: str, *, running: str | None = None
+    connection: redis.Redis,
+    worker_name: str,
+    reason: str,
+    *,
+    attempted: Collection[str] | None = None,
+    suspects: Collection[str] = (),
 ) -> Recovered:
     """Recover every job ``worker_name`` held and deregister it. Safe to call twice.
 
-    ``running`` is the id of the job the worker was running when it died, when known (the
-    fast worker shares it with its supervisor; ``""`` means it ran none). Only that job counts
-    as an attempt (retried or failed); other jobs it had started — claimed in a batch but not
-    run yet — go back to the front of their queues untouched. When unknown (``None``), every
-    started job counts as attempted.
+    ``attempted`` are the ids of the jobs whose run counts as an attempt (retried or failed),
+    when known: the fast worker shares the jobs it runs with its supervisor, which passes those
+    it ran when it died (or only the one it was killed for). Every other job the worker held
+    (claimed but not started, or running beside the one it was killed for) goes back to the
+    front of its queue untouched. When unknown (``None``: a host that vanished, a restored
+    backup), every started job counts as attempted.
+
+    ``suspects`` were running when the worker crashed beside each other, and which of them
+    crashed it is unknown: each goes back untouched but marked, and runs in a process of its own
+    from then on (a job that crashes the process again is then found, and only it pays).
     """
     report = Recovered(worker_name)
     worker_key = keys.worker_key(worker_name)
     executions_key = f"{worker_key}:executions"
     claimed_key = keys.claimed_key(worker_name)
-    # RQ's forking worker records executions; the fast worker's started jobs sit in its
-    # claimed list, their execution named after the worker.
+    # RQ's forking worker records executions and claims into a list; the fast worker's jobs
+    # are its entries in the started registries, their execution named after the worker.
     started: dict[str, str] = {}
     for member in connection.smembers(executions_key):
         job_id, _, execution_id = decode(member).partition(":")
         started[job_id] = execution_id
+    origins: dict[str, str] = {}
+    for job_id, queue in held_jobs(connection, worker_name).items():
+        started.setdefault(job_id, worker_name)
+        origins[job_id] = queue
     claimed = [decode(job_id) for job_id in connection.lrange(claimed_key, 0, -1)]
     if claimed:
         with connection.pipeline(transaction=False) as pipe:
@@ -74,14 +89,19 @@ def recover_worker(
                 started.setdefault(job_id, worker_name)
     untouched: list[str] = []
     for job_id, execution_id in started.items():
-        if running is None or job_id == running:
+        if attempted is None or job_id in attempted:
             _abandon(connection, job_id, execution_id, worker_name, reason, report)
         elif execution_id == worker_name:
-            origin = connection.hget(keys.job_key(job_id), "origin")
+            origin = origins.get(job_id) or connection.hget(keys.job_key(job_id), "origin")
             if origin is not None:
                 untouched += [job_id, decode(origin)]
+    if suspects:
+        with connection.pipeline(transaction=False) as pipe:
+            for job_id in suspects:
+                pipe.hset(keys.job_key(job_id), keys.SUSPECT_FIELD, "1")
+            pipe.execute()
     if untouched:
-        report.requeued += int(FastScripts(connection).revert([claimed_key], [worker_name, *untouched]))
+        report.requeued += int(FastScripts(connection).revert([], [worker_name, *untouched]))
     report.requeued += int(
         Scripts(connection).return_claimed(
             keys=[claimed_key],
@@ -128,6 +148,26 @@ def _abandon(
     (report.retried if verdict == "retried" else report.failed).append(job_id)
     if verdict == "failed":
         outcomes.enqueue_dependents(queue, job)
+
+
+def held_jobs(connection: redis.Redis, worker_name: str) -> dict[str, str]:
+    """The jobs a fast worker holds (claimed, running or about to), by id, with their queue:
+    its executions in the started registries of every known queue."""
+    pattern = "*:" + glob_escape(worker_name)
+    held: dict[str, str] = {}
+    for queue_key in connection.smembers(keys.QUEUES_SET):
+        queue = decode(queue_key)[len(keys.QUEUE_KEY_PREFIX) :]
+        suffix = ":" + worker_name
+        for member, _ in connection.zscan_iter(keys.started_key(queue), match=pattern, count=1000):
+            text = decode(member)
+            if text.endswith(suffix):
+                held[text[: -len(suffix)]] = queue
+    return held
+
+
+def glob_escape(text: str) -> str:
+    """``text`` matched literally in a Redis glob pattern."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def find_dead_workers(connection: redis.Redis) -> list[str]:

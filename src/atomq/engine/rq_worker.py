@@ -40,7 +40,7 @@ from atomq.core.connection import MAX_RECONNECT_BACKOFF_SECONDS, blocking_timeou
 from atomq.core.logging import job_log_fields, log_context
 from atomq.core.settings import Settings
 from atomq.core.timeutil import utcnow
-from atomq.engine import hooks, outcomes, plugins, stats
+from atomq.engine import hooks, outcomes, pause, plugins, stats
 from atomq.engine.jobs import AtomqJob, resolve_task
 from atomq.engine.process import die_with_parent, limit_memory
 from atomq.engine.queues import AtomqQueue
@@ -111,6 +111,7 @@ class Worker(RQWorker):
         # Work-horses are forked per job: import what tasks need once, here, not in every horse.
         preload()
         self.wake_keys = [keys.wake_key(q.name) for q in self.queues]
+        self.pauses = pause.PauseWatch(connection, [q.name for q in self.queues])  # issue 15
 
     @property
     def connection_timeout(self) -> int:
@@ -201,14 +202,19 @@ class Worker(RQWorker):
         if time.monotonic() - self._heartbeat_at > IDLE_HEARTBEAT_SECONDS:
             self.heartbeat()
         while True:
-            reply = self.scripts.claim(
-                keys=[self.claimed_key, *self.queue_keys()], args=[keys.JOB_KEY_PREFIX]
+            claimable = self.pauses.current()  # issue 15: paused queues are neither claimed nor waited on
+            reply = (
+                self.scripts.claim(keys=[self.claimed_key, *claimable.queue_keys], args=[keys.JOB_KEY_PREFIX])
+                if claimable.names
+                else None
             )
             if not reply:
-                if wait:
+                if wait and claimable.names:
                     self.connection.blpop(
-                        self.wake_keys, timeout=blocking_timeout(self.connection, self.idle_poll)
+                        claimable.wake_keys, timeout=blocking_timeout(self.connection, self.idle_poll)
                     )
+                elif wait:
+                    time.sleep(pause.REFRESH_SECONDS)
                 return None
             queue_key, job_id = decode(reply[0]), decode(reply[1])
             try:
@@ -321,9 +327,13 @@ class Worker(RQWorker):
             sleep_time=PUBSUB_POLL_SECONDS, daemon=True, exception_handler=self._pubsub_exception_handler
         )
 
-    def _running(self) -> tuple[str | None, object]:
-        """The running job's id, and its execution as the token of this run of it."""
-        return self.get_current_job_id(), getattr(getattr(self, "execution", None), "id", None)
+    def _running(self, job_id: str | None = None) -> tuple[str | None, object]:
+        """The running job's id, and its execution as the token of this run of it (one job
+        at a time: ``job_id`` only has to match it)."""
+        current = self.get_current_job_id()
+        if job_id is not None and current != job_id:
+            return None, None
+        return current, getattr(getattr(self, "execution", None), "id", None)
 
     def _stop_now(self, job_id: str) -> None:
         handle_stop_job_command(self, {"job_id": job_id})

@@ -29,6 +29,7 @@ from atomq.core import keys
 from atomq.core.connection import blocking_timeout
 from atomq.core.settings import Settings
 from atomq.core.timeutil import utcnow
+from atomq.engine import groups  # noqa: F401 - registers the engine's own periodic sweep
 from atomq.engine.periodic import PeriodicRunner
 from atomq.engine.plugins import Context
 from atomq.engine.queues import WAKE_TOKENS_KEPT

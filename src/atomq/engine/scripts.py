@@ -129,5 +129,6 @@ class Scripts:
 
 
 def decode(value: Any) -> str:
-    """Text from a Redis reply item."""
-    return value.decode() if isinstance(value, bytes) else str(value)
+    """Text from a Redis reply item (bytes that are not UTF-8, written by someone else, come out
+    escaped rather than failing the reader)."""
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)

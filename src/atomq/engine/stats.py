@@ -20,6 +20,9 @@ the job hash (field :data:`DUE_FIELD`) when the job is scheduled and removed whe
 so a job requeued by hand later is not counted as late.
 
 Labels are queue and task names only (both validated, bounded sets); never job ids.
+
+The same job ends also go into the per-minute history behind the dashboard's charts
+(:mod:`atomq.engine.history`), in the same pipeline, for one more command per pipeline.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from atomq.engine import history
 
 logger = logging.getLogger("atomq.stats")
 
@@ -77,12 +82,19 @@ def _observe(pipe: Any, key: str, prefix: str, value: float, bounds: tuple[float
 
 
 def record_job_end(
-    pipe: Any, *, queue: str, task: str | None, outcome: str, duration: float | None = None
+    pipe: Any,
+    *,
+    queue: str,
+    task: str | None,
+    outcome: str,
+    duration: float | None = None,
+    late: float | None = None,
 ) -> None:
     """Count one ended run of a job (and its duration) on ``pipe`` (a pipeline or a client).
 
     ``outcome`` is ``finished``, ``failed`` (no retries left), ``retried`` (another attempt is
-    coming) or ``stopped`` (on request).
+    coming) or ``stopped`` (on request). ``late`` (how late a scheduled job started) goes
+    into the history only: the lateness histogram was fed when the job started.
     """
     if outcome not in OUTCOMES:
         raise ValueError(f"unknown outcome {outcome!r}")
@@ -90,6 +102,14 @@ def record_job_end(
     pipe.hincrby(COUNTS_KEY, f"{prefix}{SEP}{outcome}", 1)
     if duration is not None:
         _observe(pipe, DURATION_KEY, prefix, duration, DURATION_BUCKETS)
+    minute = history.HistoryTally()
+    minute.add(
+        queue=queue,
+        outcome=outcome,
+        duration=duration,
+        late=late,
+    )
+    minute.write(pipe)
 
 
 def record_job_start(
@@ -114,6 +134,7 @@ class Tally:
     counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     durations: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     lateness: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    minute: history.HistoryTally = field(default_factory=history.HistoryTally)
 
     def add(
         self, *, queue: str, task: str | None, outcome: str, duration: float | None, late: float | None = None
@@ -128,6 +149,12 @@ class Tally:
             value = max(0.0, late)
             self.counts[f"l{SEP}{prefix}{SEP}{_bucket(value, LATENESS_BUCKETS)}"] += 1
             self.lateness[prefix] += value
+        self.minute.add(
+            queue=queue,
+            outcome=outcome,
+            duration=duration,
+            late=late,
+        )
 
     def write(self, pipe: Any) -> None:
         for name, count in self.counts.items():
@@ -141,6 +168,7 @@ class Tally:
             pipe.hincrbyfloat(DURATION_KEY, f"{prefix}{SEP}sum", total)
         for prefix, total in self.lateness.items():
             pipe.hincrbyfloat(LATENESS_KEY, f"{prefix}{SEP}sum", total)
+        self.minute.write(pipe)
 
 
 def job_started(pipe: Any, job: Any) -> None:
@@ -156,11 +184,15 @@ def job_ended(pipe: Any, job: Any, outcome: str, *, timed: bool = True) -> None:
     ``timed=False`` counts the run without observing its duration (a job whose worker died
     has no meaningful end time).
     """
-    duration = None
+    duration = late = None
     if timed and job.started_at is not None:
         ended = job.ended_at or datetime.now(UTC).replace(tzinfo=job.started_at.tzinfo)
         duration = (ended - job.started_at).total_seconds()
-    record_job_end(pipe, queue=job.origin, task=_task_of(job), outcome=outcome, duration=duration)
+        due_at = getattr(job, "due_at", None)
+        if due_at is not None:
+            started = job.started_at.replace(tzinfo=job.started_at.tzinfo or UTC)
+            late = started.timestamp() - due_at
+    record_job_end(pipe, queue=job.origin, task=_task_of(job), outcome=outcome, duration=duration, late=late)
 
 
 def _task_of(job: Any) -> str | None:

@@ -8,9 +8,10 @@
   starts; a second signal asks for a cold one (RQ kills the running work-horses).
 * A child that exits 0 (``--burst`` with empty queues, ``--max-jobs`` reached, a shutdown
   command) is not restarted; the supervisor exits when every worker has.
-* A fast worker publishes the deadline of its running job in shared memory; a job still
-  running past it (stuck in C code, deaf to SIGALRM) gets its worker killed, and the job is
-  retried or failed with that reason.
+* A fast worker publishes the jobs it runs and their kill times in shared memory
+  (:mod:`atomq.engine.slots`); a job still running past its kill time (stuck in C code, or an
+  async job blocking the event loop) gets its worker killed: that job is retried or failed
+  with the reason, the other jobs the worker ran are handed back without using an attempt.
 """
 
 from __future__ import annotations
@@ -30,15 +31,22 @@ from typing import Any
 
 import redis
 
+from atomq.core import keys
 from atomq.core.connection import connect
 from atomq.core.settings import Settings
-from atomq.engine.fast import RUNNING_ID_BYTES, FastWorker, Shared
+from atomq.engine.fast import FastWorker
+from atomq.engine.leases import RENEW_SECONDS, Leases
 from atomq.engine.process import die_with_parent
 from atomq.engine.recovery import recover_worker
 from atomq.engine.rq_worker import Worker
 from atomq.engine.scheduler import Scheduler
+from atomq.engine.scripts import decode
+from atomq.engine.slots import Slots
 
 logger = logging.getLogger("atomq.supervisor")
+
+#: Exit code of a worker that found its lease lost (it is restarted, not taken as finished).
+EXIT_LEASE_LOST = 75
 
 #: Backoff before restarting a child that died: first delay, cap, and how long a child must
 #: run before its backoff resets.
@@ -60,6 +68,7 @@ class WorkerOptions:
     default_timeout: int | None = None
     log_level: str = "INFO"
     worker_class: str = "fast"  # "fast" (in-process, default) or "rq" (RQ's fork-per-job worker)
+    concurrency: int | None = None  # jobs per fast worker process (None: ATOMQ_WORKER_CONCURRENCY)
 
 
 @dataclass
@@ -74,8 +83,10 @@ class Slot:
     restart_at: float | None = None
     done: bool = False
     exits: list[int | None] = field(default_factory=list)
-    shared: Shared | None = None  # what the fast worker shares: running job id and deadline
+    shared: Slots | None = None  # what the fast worker shares: running jobs and their kill times
     kill_reason: str | None = None
+    #: Jobs that outlived their kill time when the supervisor killed the worker.
+    overdue: list[str] = field(default_factory=list)
 
 
 class Supervisor:
@@ -96,12 +107,16 @@ class Supervisor:
         names = (
             [options.name] if (count == 1 and options.name) else [f"{base}-{i}" for i in range(1, count + 1)]
         )
-        self.slots = [Slot("worker", name, shared=_shared_memory()) for name in names]
+        concurrency = options.concurrency or settings.worker_concurrency
+        self.slots = [Slot("worker", name, shared=Slots.create(concurrency)) for name in names]
         if with_scheduler:
             self.slots.append(Slot("scheduler", f"{base}-scheduler"))
         self.stopping = False
         self._signals = 0
         self._connection: redis.Redis | None = None
+        self._leases: Leases | None = None
+        self._lease_tick_at = 0.0
+        self._published: dict[str, frozenset[str]] = {}
 
     @property
     def connection(self) -> redis.Redis:
@@ -131,6 +146,7 @@ class Supervisor:
         while True:
             self._wait()
             self._enforce_deadlines()
+            self._tend_leases()
             self._reap_exited()
             workers_left = [s for s in self.slots if s.role == "worker" and not s.done]
             if not workers_left and not self.stopping:
@@ -148,9 +164,14 @@ class Supervisor:
     def _start(self, slot: Slot) -> None:
         target = _scheduler_main if slot.role == "scheduler" else _worker_main
         if slot.shared is not None:
-            slot.shared.clear()
-            slot.shared.jobs.value = 0
+            slot.shared.reset()
         slot.kill_reason = None
+        slot.overdue = []
+        if slot.role == "worker":
+            # The lease exists before the worker does, so no renewal can take a worker that is
+            # still starting for one declared dead (it also takes it itself when it registers).
+            with contextlib.suppress(redis.RedisError):
+                self._lease_scripts().join(slot.name)
         process = _fork.Process(
             target=target, args=(self.settings, self.options, slot.name, slot.shared), name=slot.name
         )
@@ -174,15 +195,83 @@ class Supervisor:
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
         for slot in self.slots:
-            deadline = slot.shared.deadline.value if slot.shared is not None else 0.0
-            if slot.process is None or not deadline or now < deadline or slot.kill_reason:
+            if slot.process is None or slot.shared is None or slot.kill_reason:
                 continue
+            overdue = slot.shared.overdue(now)
+            if not overdue:
+                continue
+            slot.overdue = overdue
             slot.kill_reason = (
-                "the job outlived its time limit without stopping (stuck in C code?); its worker was killed"
+                "the job outlived its time limit without stopping (stuck in C code, or blocking the "
+                "event loop?); its worker was killed"
             )
-            logger.error("worker %s: %s", slot.name, slot.kill_reason)
+            logger.error("worker %s: job(s) %s: %s", slot.name, ", ".join(overdue), slot.kill_reason)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(slot.process.pid or 0, signal.SIGKILL)
+
+    def _tend_leases(self) -> None:
+        """Every RENEW_SECONDS: renew this host's workers' leases and publish what each runs;
+        restart a worker whose lease was lost; recover any host's worker whose lease ran out
+        (see :mod:`atomq.engine.leases`)."""
+        now = time.monotonic()
+        if now < self._lease_tick_at:
+            return
+        self._lease_tick_at = now + RENEW_SECONDS
+        leases = self._lease_scripts()
+        workers = [
+            s for s in self.slots if s.role == "worker" and s.process is not None and s.process.is_alive()
+        ]
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                for slot in workers:
+                    if slot.shared is None:
+                        continue
+                    running = frozenset(job_id for job_id, _ in slot.shared.running())
+                    if self._published.get(slot.name) != running:
+                        leases.publish_running(pipe, slot.name, running)
+                        self._published[slot.name] = running
+                if len(pipe):
+                    pipe.execute()
+            lost = set(leases.renew(s.name for s in workers))
+            for slot in workers:
+                if slot.name in lost and not slot.kill_reason and slot.process is not None:
+                    slot.kill_reason = (
+                        "its lease was lost (this host was cut off or frozen long enough to be taken "
+                        "for dead, and its jobs were handed to other workers); started afresh"
+                    )
+                    logger.error("worker %s: %s", slot.name, slot.kill_reason)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(slot.process.pid or 0, signal.SIGKILL)
+            mine = {s.name for s in self.slots}
+            for name in leases.take_expired():
+                self._recover_vanished(name, ours=name in mine)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            logger.debug("could not tend leases (%s)", exc)
+
+    def _lease_scripts(self) -> Leases:
+        if self._leases is None:
+            self._leases = Leases(self.connection, self.settings.worker_lease_seconds)
+        return self._leases
+
+    def _recover_vanished(self, name: str, *, ours: bool) -> None:
+        """A worker whose lease ran out: its host stopped, froze or was cut off. Its running jobs
+        count as attempted; the others it held go back untouched."""
+        if ours:
+            return  # one of ours that outlived its lease: its restart recovers it
+        running = {decode(job_id) for job_id in self.connection.smembers(keys.running_key(name))}
+        report = recover_worker(
+            self.connection,
+            name,
+            "its host stopped renewing its lease (stopped, frozen or cut off)",
+            attempted=running,
+        )
+        logger.warning(
+            "worker %s (another host) lost its lease: %d job(s) retried, %d failed, %d requeued untouched",
+            name,
+            len(report.retried),
+            len(report.failed),
+            report.requeued,
+        )
 
     def _reap_exited(self) -> None:
         for slot in self.slots:
@@ -209,20 +298,46 @@ class Supervisor:
             # Backoff is for children that cannot start (a bad import, Redis refusing them); one
             # that got as far as running a job was killed at work (OOM killer, an operator, a
             # poison job, whose retries are bounded) and restarts after the first delay.
-            worked = slot.shared is not None and slot.shared.jobs.value > 0
+            worked = slot.shared is not None and slot.shared.started.value > 0
             slot.failures = 1 if ran_for >= RESTART_RESET_AFTER or worked else slot.failures + 1
             delay = min(RESTART_DELAY_MAX, RESTART_DELAY_FIRST * 2 ** (slot.failures - 1))
             slot.restart_at = time.monotonic() + delay
             logger.info("restarting %s %s in %.1f s", slot.role, slot.name, delay)
 
     def _recover(self, slot: Slot, reason: str) -> None:
-        running: str | None = None
+        attempted: set[str] | None = None
+        suspects: set[str] = set()
         if slot.shared is not None and self.options.worker_class == "fast":
-            # The fast worker tells us which job ran when it died: only that one counts as
-            # attempted; the rest of its batch goes back to the queue as if never claimed.
-            running = slot.shared.running.value.decode()
+            # The fast worker tells us which jobs ran when it died. Killed for one deaf to its
+            # time limit, only that one counts as attempted and the others it ran go back
+            # untouched. Died otherwise (a crash in C, the OOM killer) while running one job,
+            # that job counts; while running several, nobody knows which did it: they all go
+            # back untouched, marked to run in processes of their own next time. Jobs it had
+            # claimed but not started go back to their queues as if never claimed.
+            running = {job_id for job_id, _ in slot.shared.running()}
+            if slot.overdue:
+                attempted = set(slot.overdue)
+            elif len(running) <= 1:
+                attempted = running
+            else:
+                attempted, suspects = set(), running
+                logger.warning(
+                    "worker %s died with %d jobs running; each goes back and runs alone next time: %s",
+                    slot.name,
+                    len(running),
+                    ", ".join(sorted(running)[:20]),
+                )
+            spared = sorted(running - attempted - suspects)
+            if spared:
+                logger.warning(
+                    "worker %s: %d job(s) it ran beside the one killed are handed back without using "
+                    "an attempt: %s",
+                    slot.name,
+                    len(spared),
+                    ", ".join(spared[:20]),
+                )
         try:
-            recover_worker(self.connection, slot.name, reason, running=running)
+            recover_worker(self.connection, slot.name, reason, attempted=attempted, suspects=suspects)
         except redis.RedisError as exc:
             # The scheduler's reaper will finish the job once Redis is reachable again.
             logger.error("could not recover jobs of %s now (%s); the reaper will", slot.name, exc)
@@ -276,15 +391,7 @@ def _child_setup() -> None:
     die_with_parent(signal.SIGTERM)
 
 
-def _shared_memory() -> Shared:
-    return Shared(
-        deadline=_fork.Value("d", 0.0, lock=False),
-        running=_fork.Array("c", RUNNING_ID_BYTES, lock=False),
-        jobs=_fork.Value("l", 0, lock=False),
-    )
-
-
-def _worker_main(settings: Settings, options: WorkerOptions, name: str, shared: Shared | None) -> None:
+def _worker_main(settings: Settings, options: WorkerOptions, name: str, shared: Slots | None) -> None:
     _child_setup()
     connection = connect(settings, check=False)
     if options.worker_class == "rq":
@@ -297,18 +404,22 @@ def _worker_main(settings: Settings, options: WorkerOptions, name: str, shared: 
         ).work(burst=options.burst, max_jobs=options.max_jobs, logging_level=options.log_level)
         return
 
-    FastWorker(
+    worker = FastWorker(
         options.queues,
         connection=connection,
         settings=settings,
         name=name,
         default_timeout=options.default_timeout,
-        shared=shared,
-    ).work(burst=options.burst, max_jobs=options.max_jobs)
+        concurrency=options.concurrency,
+        slots=shared,
+    )
+    worker.work(burst=options.burst, max_jobs=options.max_jobs)
+    if worker.lease_lost:
+        raise SystemExit(EXIT_LEASE_LOST)  # not a clean stop: the supervisor starts it afresh
 
 
 def _scheduler_main(
-    settings: Settings, options: WorkerOptions, name: str, shared: Shared | None = None
+    settings: Settings, options: WorkerOptions, name: str, shared: Slots | None = None
 ) -> None:
     _child_setup()
     connection = connect(settings, check=False)

@@ -11,86 +11,66 @@
     cancel_job(job.id)
 
 Keyword arguments go to the task, except the enqueue options (``queue``, ``job_id``,
-``timeout``, ``retry``, ``at_front``, ``meta``, ``depends_on``, ``unique``, ``result_ttl``,
-``failure_ttl``, ``ttl``, ``description``). A task whose own parameter shares one of those names
-takes its arguments through ``kwargs={...}`` instead.
+``timeout``, ``retry``, ``at_front``, ``meta``, ``depends_on``, ``unique``, ``replace``,
+``result_ttl``, ``failure_ttl``, ``ttl``, ``description``, ``group``). A task whose own parameter shares
+one of those names takes its arguments through ``kwargs={...}`` instead.
+
+Each enqueue is one round trip to Redis: :func:`atomq.engine.producer.build_job` checks the
+call and builds the job, and one script writes it whole (:mod:`atomq.engine.producer_scripts`).
+A ``job_id`` of the caller's that already exists is refused with :class:`DuplicateJobError`
+unless ``replace=True`` is passed. ``atomq.aio`` offers the same methods as coroutines.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 import redis
-from rq.command import send_command
-from rq.exceptions import DuplicateJobError as RQDuplicateJobError
 from rq.exceptions import NoSuchJobError
-from rq.job import JobStatus
-from rq.job import Retry as RQRetry
 
 from atomq.core import keys
-from atomq.core.connection import connect, describe_client, full_message, is_out_of_memory
-from atomq.core.errors import (
-    AtomqError,
-    ConfigurationError,
-    DuplicateJobError,
-    InvalidJobOptionError,
-    JobNotFoundError,
-    JobStateError,
-    RedisFullError,
-    RedisUnavailableError,
-    TaskArgumentsError,
-)
-from atomq.core.options import (
-    ENQUEUE_OPTIONS,
-    JOB_ID_PATTERN,
-    MAX_PAYLOAD_BYTES,
-    check_json,
-    description_option,
-    ttl_option,
-    validate_job_id,
-    validate_queue_name,
-)
+from atomq.core.connection import blocking_timeout, connect, unavailable_error
+from atomq.core.errors import AtomqError, WaitTimeoutError
+from atomq.core.options import validate_queue_name
 from atomq.core.settings import Settings, load_settings
 from atomq.core.timeutil import as_timedelta, to_aware, utcnow
 from atomq.engine.batches import Batch, enqueue_batch
-from atomq.engine.jobs import CANCELABLE_STATUSES, TERMINAL_STATUSES, AtomqJob, load_job, status_dict
+from atomq.engine.calls import Call, as_rq_job, build_many, split_call
+from atomq.engine.jobs import AtomqJob, load_job, status_dict
+from atomq.engine.producer import NewJob, build_job
+from atomq.engine.producer_scripts import (
+    CANCEL_SCRIPT,
+    canceled_or_raise,
+    enqueue_call,
+    statuses_or_raise,
+    stop_message,
+)
 from atomq.engine.queues import AtomqQueue
-from atomq.engine.tasks import Retry, TaskRegistry, TaskSpec, load_task_modules
+from atomq.engine.script_calls import call_script
+from atomq.engine.tasks import TaskRegistry, load_task_modules
 from atomq.engine.tasks import registry as default_registry
+from atomq.engine.waiting import (
+    WAIT_SLICE,
+    Seen,
+    block_ms,
+    check_id,
+    finished_from,
+    gone,
+    missing,
+    outcome,
+    queue_reads,
+    seen_from,
+)
 
+__all__ = ["Call", "TaskQueue", "cancel_job", "get_job_status", "task_queue"]
 
-@dataclass(frozen=True)
-class Call:
-    """One task call for :meth:`TaskQueue.enqueue_many`."""
-
-    task: str
-    args: Sequence[Any] = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def coerce(cls, value: Call | Mapping[str, Any] | tuple[Any, ...]) -> Call:
-        """Accept a ``Call``, ``(task, kwargs)`` or ``{"task": ..., "kwargs": ..., ...options}``."""
-        if isinstance(value, Call):
-            return value
-        if isinstance(value, tuple) and len(value) in (1, 2) and isinstance(value[0], str):
-            return cls(value[0], kwargs=value[1] if len(value) == 2 else {})
-        if isinstance(value, Mapping) and isinstance(value.get("task"), str):
-            rest = {k: v for k, v in value.items() if k not in ("task", "args", "kwargs")}
-            return cls(
-                value["task"], args=value.get("args", ()), kwargs=value.get("kwargs", {}), options=rest
-            )
-        raise TaskArgumentsError(
-            f"cannot read {value!r} as a task call: "
-            "use Call(...), (task, kwargs) or {'task': ..., 'kwargs': ...}"
-        )
+#: Jobs ``enqueue_many`` writes per script call: each chunk is written whole or not at all,
+#: and holds Redis for a few milliseconds at most.
+MANY_CHUNK = 200
 
 
 class TaskQueue:
@@ -168,14 +148,11 @@ class TaskQueue:
 
     def enqueue(self, task: str, /, *args: Any, **kwargs: Any) -> AtomqJob:
         """Queue a call of ``task`` now. Returns the job (``job.id`` is what to keep)."""
-        spec, call_args, call_kwargs, options = self._split(task, args, kwargs)
-        return self._submit(spec, call_args, call_kwargs, options, when=None)
+        return self._submit(task, args, kwargs, when=None)
 
     def enqueue_in(self, delay: timedelta | float, task: str, /, *args: Any, **kwargs: Any) -> AtomqJob:
         """Queue a call of ``task`` to run after ``delay`` (a timedelta or seconds)."""
-        when = utcnow() + as_timedelta(delay, field="delay")
-        spec, call_args, call_kwargs, options = self._split(task, args, kwargs)
-        return self._submit(spec, call_args, call_kwargs, options, when=when)
+        return self._submit(task, args, kwargs, when=utcnow() + as_timedelta(delay, field="delay"))
 
     def enqueue_at(self, when: datetime, task: str, /, *args: Any, **kwargs: Any) -> AtomqJob:
         """Queue a call of ``task`` to run at ``when``.
@@ -183,50 +160,31 @@ class TaskQueue:
         A naive ``when`` is wall-clock time in ``ATOMQ_TIMEZONE`` (UTC by default). A time in
         the past queues the job at once.
         """
-        due = to_aware(when, self.settings.tz, field="at")
-        spec, call_args, call_kwargs, options = self._split(task, args, kwargs)
-        return self._submit(spec, call_args, call_kwargs, options, when=due)
+        return self._submit(task, args, kwargs, when=to_aware(when, self.settings.tz, field="at"))
 
     def enqueue_many(self, calls: Iterable[Call | Mapping[str, Any] | tuple[Any, ...]]) -> list[AtomqJob]:
-        """Queue many calls in one round trip to Redis.
+        """Queue many calls, :data:`MANY_CHUNK` per round trip to Redis.
 
-        Every call is checked first; if any is invalid nothing is queued. ``depends_on`` and
-        ``unique`` are not available here (each needs its own atomic check).
+        Every call is checked first; if any is invalid nothing is queued. Each chunk is then
+        written whole or not at all: when Redis refuses one (a ``job_id`` that exists, a
+        ``depends_on`` naming no job), the chunks before it stay queued and the error says
+        how many calls were. A call may depend on an earlier call of the same list.
         """
-        prepared: list[tuple[AtomqQueue, AtomqJob, bool]] = []
-        for index, raw in enumerate(calls):
-            call = Call.coerce(raw)
-            options = dict(call.options)
-            for unsupported in ("depends_on", "unique"):
-                if options.get(unsupported):
-                    raise InvalidJobOptionError(
-                        f"call {index}: {unsupported} is not supported by enqueue_many; use enqueue",
-                        field=unsupported,
-                    )
-            unknown = set(options) - ENQUEUE_OPTIONS
-            if unknown:
-                raise InvalidJobOptionError(
-                    f"call {index}: unknown options {sorted(unknown)}", field="options"
-                )
+        jobs = build_many(self.registry, calls, self.settings)
+        written: list[AtomqJob] = []
+        for start in range(0, len(jobs), MANY_CHUNK):
+            chunk = jobs[start : start + MANY_CHUNK]
             try:
-                queue, job, at_front = self._build(
-                    self.registry.get(call.task), tuple(call.args), dict(call.kwargs), options
-                )
-            except AtomqError as exc:
-                raise type(exc)(f"call {index}: {exc.message}", field=exc.field) from None
-            prepared.append((queue, job, at_front))
-        ids = [job.id for _, job, _ in prepared if job._id]
-        if len(ids) != len(set(ids)):
-            raise InvalidJobOptionError("the same job_id appears more than once", field="job_id")
-        if not prepared:
-            return []
-        with self._redis_errors(), self.connection.pipeline() as pipe:
-            for queue in {id(q): q for q, _, _ in prepared}.values():
-                pipe.sadd(queue.redis_queues_keys, queue.key)
-            for queue, job, at_front in prepared:
-                queue._enqueue_job(job, pipeline=pipe, at_front=at_front)
-            pipe.execute()
-        return [job for _, job, _ in prepared]
+                statuses = self._write(chunk, all_or_none=True)
+            except AtomqError as exc:  # refused by Redis: say what the chunks before wrote
+                if start:
+                    exc.message = f"{exc.message} (calls 0-{start - 1} were queued; none after)"
+                    exc.args = (exc.message,)
+                raise
+            written += [
+                as_rq_job(job, status, self.connection) for job, status in zip(chunk, statuses, strict=True)
+            ]
+        return written
 
     def enqueue_batch(
         self,
@@ -250,171 +208,32 @@ class TaskQueue:
             self, task, items, batch_id=batch_id, chunk_size=chunk_size, description=description, **options
         )
 
-    def _split(
-        self, task: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[TaskSpec, tuple[Any, ...], dict[str, Any], dict[str, Any]]:
-        """The task's spec (looked up once per call), its arguments and the enqueue options."""
-        spec = self.registry.get(task)
-        explicit_kwargs = kwargs.pop("kwargs", None)
-        explicit_args = kwargs.pop("args", None)
-        options = {name: kwargs.pop(name) for name in list(kwargs) if name in ENQUEUE_OPTIONS}
-        if explicit_kwargs is not None or explicit_args is not None:
-            if kwargs or args:
-                raise TaskArgumentsError(
-                    "pass the task's arguments either directly or through args=/kwargs=, not both",
-                    field="kwargs",
-                )
-            if explicit_kwargs is not None and not isinstance(explicit_kwargs, Mapping):
-                raise TaskArgumentsError("kwargs= must be a mapping", field="kwargs")
-            if explicit_args is not None and not isinstance(explicit_args, list | tuple):
-                raise TaskArgumentsError("args= must be a list or tuple", field="args")
-            return spec, tuple(explicit_args or ()), dict(explicit_kwargs or {}), options
-        clashes = spec.colliding_parameters() & set(options)
-        if clashes:
-            names = ", ".join(sorted(clashes))
-            raise TaskArgumentsError(
-                f"task {task!r} has a parameter named {names}, which is also an enqueue option; "
-                f"pass the task's arguments as kwargs={{...}}",
-                field="kwargs",
-            )
-        return spec, args, kwargs, options
-
     def _submit(
-        self,
-        spec: TaskSpec,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        options: dict[str, Any],
-        *,
-        when: datetime | None,
+        self, task: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, when: datetime | None
     ) -> AtomqJob:
-        scheduled = when is not None and when > utcnow()
-        status = JobStatus.SCHEDULED if scheduled else JobStatus.QUEUED
-        queue, job, at_front = self._build(spec, args, kwargs, options, status=status)
-        unique = bool(options.get("unique"))
-        if unique and not job._id:
-            raise InvalidJobOptionError("unique=True needs a job_id", field="unique")
+        spec = self.registry.get(task)
+        call_args, call_kwargs, options = split_call(spec, args, kwargs)
+        job = build_job(spec, call_args, call_kwargs, options, self.settings, when=when)
+        (status,) = self._write([job], all_or_none=True)
+        return as_rq_job(job, status, self.connection)
+
+    def _write(self, jobs: list[NewJob], *, all_or_none: bool) -> list[str]:
+        """Write ``jobs`` with one script call; their statuses, or the first refusal raised."""
+        script, args = enqueue_call(jobs, all_or_none=all_or_none, now=int(time.time()))
         with self._redis_errors():
-            try:
-                if scheduled:
-                    assert when is not None
-                    if at_front:
-                        job.enqueue_at_front = True
-                    queue.schedule_job(job, when, unique=unique)
-                else:
-                    queue.enqueue_job(job, at_front=at_front, unique=unique)
-            except RQDuplicateJobError:
-                raise DuplicateJobError(f"a job with id {job.id!r} already exists", field="job_id") from None
-        return job
-
-    def _build(
-        self,
-        spec: TaskSpec,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        options: dict[str, Any],
-        *,
-        status: JobStatus = JobStatus.QUEUED,
-    ) -> tuple[AtomqQueue, AtomqJob, bool]:
-        spec.bind(args, kwargs)
-        check_json(list(args), "args")
-        check_json(kwargs, "kwargs")
-        meta = options.get("meta")
-        if meta is not None:
-            if not isinstance(meta, dict):
-                raise InvalidJobOptionError("meta must be a dict", field="meta")
-            check_json(meta, "meta")
-        queue_name = validate_queue_name(options.get("queue") or spec.queue)
-        job_id = options.get("job_id")
-        if job_id is not None:
-            validate_job_id(job_id)
-        depends_on = self._dependencies(options.get("depends_on"))
-        queue = self.queue(queue_name)
-        retry = self._retry(options.get("retry", spec.retry))
-        job = queue.create_job(
-            spec.name,
-            args=list(args),
-            kwargs=kwargs,
-            timeout=self._timeout(options.get("timeout"), spec),
-            result_ttl=ttl_option(
-                options.get("result_ttl", spec.result_ttl), self.settings.result_ttl, "result_ttl"
-            ),
-            failure_ttl=ttl_option(
-                options.get("failure_ttl", spec.failure_ttl), self.settings.failure_ttl, "failure_ttl"
-            ),
-            ttl=ttl_option(options.get("ttl"), None, "ttl"),
-            description=description_option(options.get("description")),
-            depends_on=list(depends_on) if depends_on else None,
-            job_id=job_id,
-            meta=meta,
-            retry=retry,
-            status=status,
-        )
-        payload = len(job.data) + (len(job.serializer.dumps(meta)) if meta else 0)
-        if payload > MAX_PAYLOAD_BYTES:
-            raise TaskArgumentsError(
-                f"job payload is {payload} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit; "
-                "store large inputs elsewhere and pass their id",
-                field="kwargs",
-            )
-        assert isinstance(job, AtomqJob)
-        return queue, job, bool(options.get("at_front", False))
-
-    def _timeout(self, value: Any, spec: TaskSpec) -> int:
-        if value is None:
-            return spec.timeout or self.settings.default_timeout
-        if isinstance(value, timedelta):
-            value = value.total_seconds()
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise InvalidJobOptionError(
-                f"timeout must be a positive number of seconds, got {value!r}", field="timeout"
-            )
-        return max(1, math.ceil(value))
-
-    def _retry(self, value: Any) -> RQRetry | None:
-        try:
-            policy = Retry.coerce(value)
-        except ConfigurationError as exc:
-            raise InvalidJobOptionError(exc.message, field="retry") from None
-        if policy is None:
-            return None
-        return RQRetry(max=policy.max, interval=policy.intervals())
-
-    def _dependencies(self, value: Any) -> list[str]:
-        if value is None:
-            return []
-        items = value if isinstance(value, list | tuple) else [value]
-        ids = [item.id if isinstance(item, AtomqJob) else item for item in items]
-        for job_id in ids:
-            validate_job_id(job_id, field="depends_on")
-        if ids:
-            with self._redis_errors():
-                exists = self.connection.pipeline()
-                for job_id in ids:
-                    exists.exists(keys.job_key(job_id))
-                found = exists.execute()
-            missing = [job_id for job_id, ok in zip(ids, found, strict=True) if not ok]
-            if missing:
-                raise JobNotFoundError(
-                    f"depends_on names unknown jobs: {', '.join(missing)}", field="depends_on"
-                )
-        return ids
+            reply = call_script(self.connection, script, args)
+        return statuses_or_raise(jobs, reply)
 
     # -- inspection and control -------------------------------------------------------------
 
     def fetch_job(self, job_id: str) -> AtomqJob:
         """The job with ``job_id``, or :class:`JobNotFoundError`."""
-        if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
-            raise JobNotFoundError(
-                f"no job with id {str(job_id)[:80]!r} (not a valid job id)", field="job_id"
-            )
+        check_id(job_id)
         with self._redis_errors():
             try:
                 return load_job(job_id, self.connection)
             except NoSuchJobError:
-                raise JobNotFoundError(
-                    f"no job with id {job_id!r} (it never existed, or its result has expired)", field="job_id"
-                ) from None
+                raise missing(job_id) from None
 
     def get_job_status(self, job_id: str) -> dict[str, Any]:
         """The guide's status dictionary for ``job_id``."""
@@ -425,42 +244,64 @@ class TaskQueue:
     def cancel_job(self, job_id: str, *, wait: float = 0.0) -> dict[str, Any]:
         """Cancel a queued, scheduled or deferred job; stop a running one.
 
+        A waiting job is taken back in one atomic step (a worker cannot claim it half-way).
         A running job's worker is told to stop it; the job then ends as ``stopped``. With
         ``wait`` (seconds) the call waits that long for the stop to be recorded. A job that
         already ended raises :class:`JobStateError`. Returns the status dictionary.
         """
-        job = self.fetch_job(job_id)
+        check_id(job_id)
         with self._redis_errors():
-            for _ in range(5):
-                status = job.get_status(refresh=True)
-                if status in TERMINAL_STATUSES:
-                    raise JobStateError(f"job {job_id} has already ended ({status.value}); nothing to cancel")
-                if status in CANCELABLE_STATUSES and self._take_back(job, status):
-                    job.cancel()
-                    return status_dict(job, refresh=True)
-                if status == JobStatus.STARTED:
-                    return self._stop(job, wait)
-            # The job kept changing state under us; report where it stands.
-            return status_dict(job, refresh=True)
+            reply = call_script(self.connection, CANCEL_SCRIPT, [job_id, int(time.time())])
+            worker_name = canceled_or_raise(job_id, reply)
+            if worker_name:
+                self.connection.publish(*stop_message(worker_name, job_id))
+                self._wait_end(job_id, wait)
+        return self.get_job_status(job_id)
 
-    def _take_back(self, job: AtomqJob, status: JobStatus) -> bool:
-        """Remove the job from its queue or registry; False when a worker or scheduler got it first."""
-        if status == JobStatus.QUEUED:
-            return bool(self.connection.lrem(keys.queue_key(job.origin), 0, job.id))
-        if status == JobStatus.SCHEDULED:
-            return bool(self.connection.zrem(keys.scheduled_key(job.origin), job.id))
-        return True
+    def wait(self, job_id: str, timeout: float = 30.0) -> Any:
+        """Wait until ``job_id`` ends and return its result.
 
-    def _stop(self, job: AtomqJob, wait: float) -> dict[str, Any]:
-        worker_name = job.worker_name
-        if worker_name:
-            send_command(self.connection, worker_name, "stop-job", job_id=job.id)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if job.get_status(refresh=True) in TERMINAL_STATUSES:
-                break
-            time.sleep(0.05)
-        return status_dict(job, refresh=True)
+        Woken by Redis as soon as the job ends (not by polling). Raises
+        :class:`~atomq.core.errors.JobFailedError` when the job failed (its retries used up),
+        was stopped or was canceled, naming the job and its error;
+        :class:`~atomq.core.errors.WaitTimeoutError` when it has not ended after ``timeout``
+        seconds (the job itself carries on); :class:`JobNotFoundError` when there is no such
+        job. A retried attempt does not end the wait: its next attempt may still succeed.
+        """
+        seen = self._wait_end(job_id, timeout)
+        if not seen.ended:
+            raise WaitTimeoutError(job_id, timeout, seen.status)
+        return outcome(seen)
+
+    def wait_for_end(self, job_id: str, timeout: float) -> str:
+        """Wait up to ``timeout`` seconds for ``job_id`` to end; its status then (ended or not)."""
+        return self._wait_end(job_id, timeout).status or ""
+
+    def _wait_end(self, job_id: str, timeout: float) -> Seen:
+        """Block until the job ends or ``timeout`` passes; what was seen last."""
+        check_id(job_id)
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._redis_errors():
+            seen = self._read(job_id)
+            if seen.status is None:
+                raise missing(job_id)
+            while not seen.ended:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return seen
+                block = blocking_timeout(self.connection, min(remaining, WAIT_SLICE))
+                reply = self.connection.xread(
+                    {keys.results_key(job_id): seen.last_id}, count=1, block=block_ms(block)
+                )
+                seen = finished_from(job_id, reply, self.connection) or self._read(job_id)
+                if seen.status is None:
+                    raise gone(job_id)
+        return seen
+
+    def _read(self, job_id: str) -> Seen:
+        with self.connection.pipeline(transaction=False) as pipe:
+            queue_reads(pipe, job_id)
+            return seen_from(job_id, pipe.execute(), self.connection)
 
     def _redis_errors(self) -> _RedisErrors:
         return _RedisErrors(self)
@@ -479,19 +320,9 @@ class _RedisErrors:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc is None:
             return
-        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-            where = describe_client(self.owner.connection)
-            raise RedisUnavailableError(f"lost the connection to Redis at {where}: {exc}") from None
-        if is_out_of_memory(exc):
-            where = describe_client(self.owner.connection)
-            raise RedisFullError(full_message(where)) from None
-
-
-def _group_by_queue(jobs: Iterable[tuple[str, AtomqJob]]) -> dict[str, list[AtomqJob]]:
-    grouped: dict[str, list[AtomqJob]] = defaultdict(list)
-    for queue_name, job in jobs:
-        grouped[queue_name].append(job)
-    return grouped
+        error = unavailable_error(exc, self.owner.connection)
+        if error is not None:
+            raise error from None
 
 
 #: The process-wide task queue, configured from the environment on first use.

@@ -31,6 +31,9 @@ logger = logging.getLogger("atomq.engine.tasks")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: Task names an unknown-task error lists (an application may register hundreds).
+MAX_NAMES_SHOWN = 20
+
 #: atomq's own tasks (``ping``); the features' come from their ``tasks`` modules.
 BUILTIN_TASK_MODULE = "atomq.engine.builtin_tasks"
 
@@ -103,12 +106,30 @@ class TaskSpec:
     #: the task small.
     preload: tuple[str, ...] = ()
     signature: inspect.Signature = field(init=False, repr=False, compare=False)
+    #: ``async def`` tasks run on the worker's event loop, the others on its threads.
+    is_async: bool = field(init=False, repr=False, compare=False)
+    #: (names a call may pass, or None for any; names it must pass) when a keyword-only call
+    #: can be checked with two set comparisons (no positional-only or ``*args`` parameters).
+    _keywords: tuple[frozenset[str] | None, frozenset[str]] | None = field(
+        init=False, repr=False, compare=False
+    )
+
+    _colliding: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "signature", inspect.signature(self.func))
+        signature = inspect.signature(self.func)
+        object.__setattr__(self, "signature", signature)
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.func))
+        object.__setattr__(self, "_keywords", _keyword_rule(signature))
+        object.__setattr__(self, "_colliding", frozenset(ENQUEUE_OPTIONS & set(signature.parameters)))
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Check that ``args``/``kwargs`` fit the function, raising :class:`TaskArgumentsError`."""
+        rule = self._keywords
+        if rule is not None and not args:
+            allowed, required = rule
+            if required <= kwargs.keys() and (allowed is None or kwargs.keys() <= allowed):
+                return  # fits; anything else gets inspect's own message below
         try:
             self.signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -116,9 +137,25 @@ class TaskSpec:
                 f"arguments do not fit task {self.name!r}: {exc}", field="kwargs"
             ) from None
 
-    def colliding_parameters(self) -> set[str]:
+    def colliding_parameters(self) -> frozenset[str]:
         """Parameter names that clash with enqueue options and must be passed via ``kwargs=``."""
-        return set(ENQUEUE_OPTIONS & set(self.signature.parameters))
+        return self._colliding
+
+
+def _keyword_rule(signature: inspect.Signature) -> tuple[frozenset[str] | None, frozenset[str]] | None:
+    allowed: set[str] = set()
+    required: set[str] = set()
+    any_keyword = False
+    for parameter in signature.parameters.values():
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.VAR_POSITIONAL):
+            return None
+        if parameter.kind == parameter.VAR_KEYWORD:
+            any_keyword = True
+            continue
+        allowed.add(parameter.name)
+        if parameter.default is parameter.empty:
+            required.add(parameter.name)
+    return (None if any_keyword else frozenset(allowed)), frozenset(required)
 
 
 class TaskRegistry:
@@ -145,7 +182,10 @@ class TaskRegistry:
         try:
             return self._tasks[name]
         except (KeyError, TypeError):
-            known = ", ".join(sorted(self._tasks)) or "none"
+            names = sorted(self._tasks)
+            known = ", ".join(names[:MAX_NAMES_SHOWN]) or "none"
+            if len(names) > MAX_NAMES_SHOWN:
+                known += f" and {len(names) - MAX_NAMES_SHOWN} more; `atomq tasks` lists them"
             raise UnknownTaskError(
                 f"no task is registered as {name!r} (registered: {known})", field="task"
             ) from None

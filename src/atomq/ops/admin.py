@@ -1,4 +1,4 @@
-"""What operators change: requeue failed jobs, empty a queue, delete a job for good.
+"""What operators change: requeue failed jobs, empty a queue, delete a job, pause a queue.
 
 The CLI (``atomq requeue``, ``atomq empty``), the API and the dashboard's buttons call these;
 reading queues and jobs is :mod:`atomq.ops.monitor`'s.
@@ -15,6 +15,7 @@ from rq.job import JobStatus
 from atomq.core import keys
 from atomq.core.errors import JobNotFoundError, JobStateError
 from atomq.core.options import validate_queue_name
+from atomq.engine import pause
 from atomq.engine.jobs import AtomqJob, load_job, load_jobs
 from atomq.engine.queues import AtomqQueue
 from atomq.engine.scripts import decode
@@ -127,3 +128,20 @@ def empty_queue(connection: redis.Redis, name: str) -> int:
     """Delete every queued job of ``name`` (their hashes too); return how many."""
     validate_queue_name(name)
     return int(AtomqQueue(name, connection=connection).empty())
+
+
+def pause_queue(connection: redis.Redis, queue: str) -> float:
+    """Pause ``queue`` (workers skip it within a second); returns since when it is paused.
+
+    Pausing a paused queue keeps its first time. A queue no job has used yet may be paused
+    too, ahead of an announced outage.
+    """
+    validate_queue_name(queue)
+    pause.pause(connection, queue)
+    return pause.paused_queues(connection).get(queue, time.time())
+
+
+def resume_queue(connection: redis.Redis, queue: str) -> bool:
+    """Resume ``queue``; False when it was not paused (nothing to do, not an error)."""
+    validate_queue_name(queue)
+    return pause.resume(connection, queue)

@@ -12,6 +12,8 @@ Exposed (all prefixed ``atomq_``)::
     queue_oldest_job_age_seconds{queue}          gauge    age of the oldest queued job (0 when empty)
     queue_scheduled_due_jobs{queue}              gauge    scheduled jobs past due, not yet enqueued
     queue_workers{queue}                         gauge    live workers listening on the queue
+    queue_paused{queue}                          gauge    1 while workers leave the queue alone
+    queue_paused_since_timestamp_seconds{queue}  gauge    when a paused queue was paused (paused ones only)
     workers{state}                               gauge    live workers by state (idle, busy, ...)
     jobs_{finished,failed,retried,stopped}_total{queue,task}   counter
     job_duration_seconds{queue,task}             histogram
@@ -168,14 +170,25 @@ def core_metrics(context: Context) -> list[Metric]:
     serving = GaugeMetricFamily(
         "atomq_queue_workers", "Live workers listening on the queue.", labels=["queue"]
     )
+    paused = GaugeMetricFamily(
+        "atomq_queue_paused", "1 while the queue is paused (workers skip it), else 0.", labels=["queue"]
+    )
+    paused_since = GaugeMetricFamily(
+        "atomq_queue_paused_since_timestamp_seconds",
+        "Epoch seconds since which a paused queue is paused (only paused queues).",
+        labels=["queue"],
+    )
     for item in queue_stats:
+        paused.add_metric([item.name], 0 if item.paused_since is None else 1)
+        if item.paused_since is not None:
+            paused_since.add_metric([item.name], item.paused_since)
         values = item.as_dict()
         for status in QUEUE_STATUSES:
             jobs.add_metric([item.name, status], values[status])
         oldest.add_metric([item.name], item.oldest_queued_age or 0.0)
         due_gauge.add_metric([item.name], due.get(item.name, 0))
         serving.add_metric([item.name], sum(1 for w in workers if item.name in w.queues))
-    out += [jobs, oldest, due_gauge, serving]
+    out += [jobs, oldest, due_gauge, serving, paused, paused_since]
 
     states = dict.fromkeys(WORKER_STATES, 0)
     for worker in workers:

@@ -17,7 +17,7 @@ import redis
 from rq.exceptions import NoSuchJobError
 from rq.utils import utcparse
 
-from atomq.core import keys
+from atomq.core import keys, visibility
 from atomq.core.errors import JobNotFoundError
 from atomq.engine.jobs import (
     AtomqJob,
@@ -46,6 +46,7 @@ class QueueStats:
     deferred: int = 0
     canceled: int = 0
     oldest_queued_age: float | None = None
+    paused_since: float | None = None  # epoch seconds; None while workers take from the queue
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,12 +93,14 @@ def queue_stats(connection: redis.Redis, names: list[str]) -> list[QueueStats]:
             pipe.zcard(keys.deferred_key(name))
             pipe.zcard(keys.canceled_key(name))
             pipe.lindex(keys.queue_key(name), 0)
+        pipe.hgetall(keys.PAUSED_QUEUES)
         replies = pipe.execute()
+    paused = {decode(k): _since(v) for k, v in replies.pop().items()}
     stats = []
     heads: dict[str, str] = {}
     for index, name in enumerate(names):
         q, s, fin, fail, sch, dfr, can, head = replies[index * 8 : index * 8 + 8]
-        stats.append(QueueStats(name, q, s, fin, fail, sch, dfr, can))
+        stats.append(QueueStats(name, q, s, fin, fail, sch, dfr, can, paused_since=paused.get(name)))
         if head is not None:
             heads[name] = decode(head)
     if heads:
@@ -114,18 +117,27 @@ def queue_stats(connection: redis.Redis, names: list[str]) -> list[QueueStats]:
     return stats
 
 
+def _since(value: bytes | str) -> float:
+    try:
+        return float(decode(value))
+    except ValueError:  # paused by hand with a value that is not a time: paused all the same
+        return 0.0
+
+
 def list_workers(connection: redis.Redis) -> list[WorkerInfo]:
-    """Every registered worker with its state and counters, in two round trips."""
+    """Every registered worker with its state, counters and running jobs, in two round trips."""
     worker_keys = sorted(decode(k) for k in connection.smembers(keys.RQ_WORKERS_SET))
     with connection.pipeline(transaction=False) as pipe:
         for key in worker_keys:
             pipe.hgetall(key)
             pipe.smembers(f"{key}:executions")
-            pipe.lrange(keys.claimed_key(key.split(":worker:", 1)[1]), 0, -1)
+            name = key.split(":worker:", 1)[1]
+            pipe.lrange(keys.claimed_key(name), 0, -1)
+            pipe.smembers(keys.running_key(name))
         replies = pipe.execute()
     workers = []
     for index, key in enumerate(worker_keys):
-        raw, executions, claimed = replies[index * 3], replies[index * 3 + 1], replies[index * 3 + 2]
+        raw, executions, claimed, running = replies[index * 4 : index * 4 + 4]
         if not raw:
             continue
         data = {decode(k): decode(v) for k, v in raw.items()}
@@ -142,10 +154,12 @@ def list_workers(connection: redis.Redis) -> list[WorkerInfo]:
                 last_heartbeat=_iso_rq(data.get("last_heartbeat")),
                 successful_jobs=int(data.get("successful_job_count") or 0),
                 failed_jobs=int(data.get("failed_job_count") or 0),
-                # RQ's worker lists executions; the fast worker holds its started batch in its
-                # claimed list.
+                # RQ's worker lists executions and claims into a list; the fast worker's
+                # supervisor publishes what it runs (every 0.5 s, see atomq.engine.leases).
                 current_jobs=sorted(
-                    {decode(m).split(":", 1)[0] for m in executions} | {decode(j) for j in claimed}
+                    {decode(m).split(":", 1)[0] for m in executions}
+                    | {decode(j) for j in claimed}
+                    | {decode(j) for j in running}
                 ),
             )
         )
@@ -226,11 +240,13 @@ def count_failed(connection: redis.Redis, names: list[str]) -> int:
         return sum(int(n) for n in pipe.execute())
 
 
-def job_details(connection: redis.Redis, job: AtomqJob, *, private: bool) -> dict[str, Any]:
-    """The guide's status dictionary for ``job``, then where it runs and, with ``private``,
-    its arguments, meta and traceback (the API shows those to admins only)."""
-    out = status_dict(job)
+def job_details(connection: redis.Redis, job: AtomqJob, *, scope: str) -> dict[str, Any]:
+    """The guide's status dictionary for ``job`` and where it runs, as ``scope`` may see them
+    (:mod:`atomq.core.visibility`): its result and error message from ``write`` up, its
+    arguments, meta and traceback for ``admin``."""
+    out = visibility.job_status(scope, status_dict(job))
     latest = latest_result(job)
+    private = visibility.allows(scope, visibility.INTERNALS)
     out.update(
         {
             "queue": job.origin,
@@ -258,9 +274,10 @@ def job_details(connection: redis.Redis, job: AtomqJob, *, private: bool) -> dic
 
 
 def list_failed(
-    connection: redis.Redis, names: list[str], *, offset: int = 0, limit: int = 50
+    connection: redis.Redis, names: list[str], *, offset: int = 0, limit: int = 50, scope: str = "admin"
 ) -> list[dict[str, Any]]:
-    """Failed jobs, newest first, with an error summary (no arguments, no traceback)."""
+    """Failed jobs, newest first, with an error summary (no arguments, no traceback); the
+    summary as ``scope`` may see it (its kind only for ``read``)."""
     entries: list[tuple[float, str, str]] = []
     # One queue pages in Redis; several need the first offset + limit of each to merge.
     first = offset if len(names) == 1 else 0
@@ -285,7 +302,7 @@ def list_failed(
                 "task": _safe_task(job),
                 "status": job.get_status(refresh=False).value,
                 "ended_at": iso(job.ended_at),
-                "error": error_summary(latest.exc_string if latest else None),
+                "error": visibility.error_text(scope, error_summary(latest.exc_string if latest else None)),
             }
         )
     return out

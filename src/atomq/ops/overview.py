@@ -21,7 +21,7 @@ from atomq.ops.monitor import QueueStats
 # Counts per queue, in the order monitor.QueueStats lists them.
 #   ARGV[1] now (epoch seconds), ARGV[2] 1 to add every queue in rq:queues, ARGV[3..] queues
 # Returns, per queue: name, queued, started, finished, failed, scheduled, deferred, canceled,
-# enqueued_at of the head job (or false), scheduled jobs already due.
+# enqueued_at of the head job (or false), scheduled jobs already due, paused since (or false).
 QUEUE_OVERVIEW = """
 local now = ARGV[1]
 local names, seen = {}, {}
@@ -54,6 +54,7 @@ for _, name in ipairs(names) do
         redis.call('ZCARD', 'rq:canceled:' .. name),
         stamp,
         redis.call('ZCOUNT', 'rq:scheduled:' .. name, '-inf', now),
+        redis.call('HGET', 'atomq:paused', name),
     }
 end
 return out
@@ -88,4 +89,9 @@ def queue_overview(
                 item.oldest_queued_age = None
         overview.queues.append(item)
         overview.scheduled_due[name] = int(row[9])
+        if row[10]:
+            try:
+                item.paused_since = float(decode(row[10]))
+            except ValueError:  # paused by hand with a value that is not a time
+                item.paused_since = 0.0
     return overview

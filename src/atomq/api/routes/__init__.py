@@ -8,8 +8,11 @@ from atomq.api.routes import (
     accounts,
     batches,
     dashboard,
+    dashboard_ops,
+    dashboard_records,
     failed,
     health,
+    history,
     job_control,
     jobs,
     metrics,
@@ -23,11 +26,14 @@ from atomq.api.routes import (
 ROUTERS: list[APIRouter] = [
     health.router,
     queues.router,
+    history.router,  # issue 15: GET /api/v1/tasks/stats
     jobs.router,
     failed.router,
     workers.router,
     metrics.router,
     dashboard.router,  # /dashboard (HTML, left out of the OpenAPI document)
+    dashboard_ops.router,  # issue 15: queue pages, pause buttons, chart data
+    dashboard_records.router,  # issue 15: posts, workflow runs, batches
     posts.router,
     accounts.router,
     # Issue 6: batches, long-running jobs, workflows.

@@ -1,4 +1,7 @@
-"""Accounts posts are published through. Credentials go in and never come out."""
+"""Accounts posts are published through. Credentials go in and never come out.
+
+A token bound to a user reaches that user's accounts only (another user's is a 404).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from atomq.api.deps import Reader, State, Writer
+from atomq.api.deps import State, UserReader, UserWriter, user_filter, user_for_new
+from atomq.api.jsonio import JsonRoute
 from atomq.features.posts import accounts
 
-router = APIRouter(prefix="/api/v1/accounts", tags=["accounts"])
+router = APIRouter(prefix="/api/v1/accounts", tags=["accounts"], route_class=JsonRoute)
 
 
 class AccountIn(BaseModel):
@@ -37,7 +41,7 @@ class AccountIn(BaseModel):
         "webhook: idempotent, idempotency_window, max_characters, rate_limit.",
     )
     user_id: str | None = Field(
-        default=None, max_length=128, description="Owner; defaults to the token's name."
+        default=None, max_length=128, description="Owner; defaults to the token's user (if bound) or name."
     )
 
 
@@ -69,14 +73,14 @@ class AccountList(BaseModel):
         422: {"description": "Invalid field"},
     },
 )
-def create_account(body: AccountIn, state: State, principal: Writer) -> dict[str, Any]:
+def create_account(body: AccountIn, state: State, principal: UserWriter) -> dict[str, Any]:
     account = accounts.create_account(
         state.database,
         state.settings,
         accounts.AccountInput(
             platform=body.platform,
             handle=body.handle,
-            user_id=body.user_id or principal.name,
+            user_id=user_for_new(principal, body.user_id),
             url=body.url,
             credentials=dict(body.credentials or {}),
             options=dict(body.options or {}),
@@ -88,17 +92,17 @@ def create_account(body: AccountIn, state: State, principal: Writer) -> dict[str
 @router.get("", response_model=AccountList, summary="List accounts")
 def list_accounts(
     state: State,
-    _: Reader,
+    principal: UserReader,
     platform: Annotated[str | None, Query()] = None,
     user_id: Annotated[str | None, Query()] = None,
 ) -> AccountList:
-    found = accounts.list_accounts(state.database, user_id=user_id, platform=platform)
+    found = accounts.list_accounts(state.database, user_id=user_filter(principal, user_id), platform=platform)
     return AccountList(accounts=[AccountOut.model_validate(accounts.account_view(a)) for a in found])
 
 
 @router.get("/{account_id}", response_model=AccountOut, summary="One account", responses={404: {}})
-def get_account(account_id: str, state: State, _: Reader) -> dict[str, Any]:
-    return accounts.account_view(accounts.get_account(state.database, account_id))
+def get_account(account_id: str, state: State, principal: UserReader) -> dict[str, Any]:
+    return accounts.account_view(accounts.get_account(state.database, account_id, owner=principal.user))
 
 
 @router.delete(
@@ -107,5 +111,5 @@ def get_account(account_id: str, state: State, _: Reader) -> dict[str, Any]:
     summary="Remove an account (its credentials are erased)",
     responses={404: {}, 409: {"description": "Posts are still scheduled or publishing"}},
 )
-def remove_account(account_id: str, state: State, _: Writer) -> dict[str, Any]:
-    return accounts.account_view(accounts.remove_account(state.database, account_id))
+def remove_account(account_id: str, state: State, principal: UserWriter) -> dict[str, Any]:
+    return accounts.account_view(accounts.remove_account(state.database, account_id, owner=principal.user))

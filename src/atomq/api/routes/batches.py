@@ -5,18 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from atomq.api.deps import Queue, Reader, State, Writer
+from atomq.api.jsonio import JsonRoute
 from atomq.engine.batches import MAX_BATCH_ITEMS
 from atomq.features.batches.progress import batch_progress
 from atomq.features.batches.tracking import cancel_batch
 
-router = APIRouter(prefix="/api/v1/tasks/batches", tags=["batches"])
+router = APIRouter(prefix="/api/v1/tasks/batches", tags=["batches"], route_class=JsonRoute)
 
 
 class BatchIn(BaseModel):
     """One task, one item (keyword arguments) per job."""
+
+    model_config = ConfigDict(extra="forbid")
 
     task: str = Field(description="Registered task name.")
     items: list[dict[str, Any]] = Field(

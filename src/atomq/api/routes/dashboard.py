@@ -24,23 +24,29 @@ from atomq.api import dashboard_web as web
 from atomq.api.auth import authenticate, hash_token
 from atomq.api.deps import State
 from atomq.api.state import AppState
-from atomq.core.errors import AtomqError, NotFoundError, UnavailableError
+from atomq.core.errors import AtomqError, InvalidInputError, NotFoundError, UnavailableError
 from atomq.core.options import validate_queue_name
 from atomq.dashboard import overview
 from atomq.dashboard.sections import load_sources
 from atomq.dashboard.sessions import csrf_matches
 from atomq.engine.plugins import Context
-from atomq.ops import admin, monitor
+from atomq.ops import admin, charts, monitor
 from atomq.ops.admin import delete_job
 
 logger = logging.getLogger("atomq.dashboard")
 
 router = APIRouter(prefix=web.BASE, include_in_schema=False)
 
-_STATIC = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
+_STATIC = {
+    "dashboard.css": "text/css",
+    "dashboard.js": "text/javascript",
+    "charts.js": "text/javascript",
+    "uPlot.iife.min.js": "text/javascript",  # vendored, see static/VENDORED.md
+    "uPlot.min.css": "text/css",
+}
 
 
-def _context(state: AppState, who: web.Viewer) -> Context:
+def context(state: AppState, who: web.Viewer) -> Context:
     load_sources(state.settings.dashboard_modules)
     return Context(
         settings=state.settings,
@@ -51,7 +57,7 @@ def _context(state: AppState, who: web.Viewer) -> Context:
     )
 
 
-def _page(
+def render_page(
     request: Request,
     state: AppState,
     template: str,
@@ -75,6 +81,11 @@ def _page(
         if partial:
             return web.fragment_error(404, exc.message)
         return web.problem(request, state, 404, "Not found", exc.message)
+    except InvalidInputError as exc:  # a hand-edited address (a range, a filter): say which part
+        message = f"{exc.field}: {exc.message}" if exc.field else exc.message
+        if partial:
+            return web.fragment_error(400, message)
+        return web.problem(request, state, 400, "Bad request", message)
     except (redis.ConnectionError, redis.TimeoutError, UnavailableError) as exc:
         logger.error("dashboard %s: Redis unreachable: %s", request.url.path, exc)
         message = "Redis is unreachable; the figures cannot be read. Retrying..."
@@ -88,29 +99,40 @@ def _page(
 # -- pages ---------------------------------------------------------------------------------
 
 
-def _overview(state: AppState) -> Callable[[web.Viewer], dict[str, Any]]:
+def _overview(state: AppState, range_name: str | None = None) -> Callable[[web.Viewer], dict[str, Any]]:
     def load(who: web.Viewer) -> dict[str, Any]:
-        ctx = _context(state, who)
+        ctx = context(state, who)
         view = overview.gather(ctx)
-        return {"view": view, "now": view.now, "live_url": f"{web.BASE}/partials/overview"}
+        data: dict[str, Any] = {"view": view, "now": view.now, "live_url": f"{web.BASE}/partials/overview"}
+        if range_name is not None:  # the full page draws the history; its live part does not
+            data.update(chart_context(state, range_name))
+        return data
 
     return load
 
 
+def chart_context(state: AppState, range_name: str, queue: str | None = None) -> dict[str, Any]:
+    """What ``_charts.html`` needs: the history of ``queue`` (or every queue) over ``range_name``."""
+    found = charts.job_history(state.redis, state.settings.queues, range_name=range_name, queue=queue)
+    return {"history": found, "ranges": charts.RANGE_NAMES, "chart_queue": queue}
+
+
 @router.get("")
 @router.get("/")
-def overview_page(request: Request, state: State) -> Response:
-    return _page(request, state, "overview.html", _overview(state))
+def overview_page(
+    request: Request, state: State, range_name: Annotated[str, Query(alias="range")] = "1h"
+) -> Response:
+    return render_page(request, state, "overview.html", _overview(state, range_name))
 
 
 @router.get("/partials/overview")
 def overview_partial(request: Request, state: State) -> Response:
-    return _page(request, state, "overview.html", _overview(state), partial=True)
+    return render_page(request, state, "overview.html", _overview(state), partial=True)
 
 
 def _failed(state: AppState, queue: str | None, page: int) -> Callable[[web.Viewer], dict[str, Any]]:
     def load(who: web.Viewer) -> dict[str, Any]:
-        ctx = _context(state, who)
+        ctx = context(state, who)
         listing = overview.failed_page(ctx, queue=queue or None, page=page)
         query = f"?page={listing.page}" + (f"&queue={queue}" if queue else "")
         return {"listing": listing, "now": ctx.now, "live_url": f"{web.BASE}/partials/failed{query}"}
@@ -122,19 +144,19 @@ def _failed(state: AppState, queue: str | None, page: int) -> Callable[[web.View
 def failed_page(
     request: Request, state: State, queue: str | None = None, page: Annotated[int, Query(ge=1)] = 1
 ) -> Response:
-    return _page(request, state, "failed.html", _failed(state, queue, page))
+    return render_page(request, state, "failed.html", _failed(state, queue, page))
 
 
 @router.get("/partials/failed")
 def failed_partial(
     request: Request, state: State, queue: str | None = None, page: Annotated[int, Query(ge=1)] = 1
 ) -> Response:
-    return _page(request, state, "failed.html", _failed(state, queue, page), partial=True)
+    return render_page(request, state, "failed.html", _failed(state, queue, page), partial=True)
 
 
 def _job(state: AppState, job_id: str) -> Callable[[web.Viewer], dict[str, Any]]:
     def load(who: web.Viewer) -> dict[str, Any]:
-        job = overview.job_detail(state.task_queue, job_id, internals=who.allows("admin"))
+        job = overview.job_detail(state.task_queue, job_id, scope=who.principal.scope)
         return {"job": job, "live_url": f"{web.BASE}/partials/jobs/{job_id}"}
 
     return load
@@ -142,18 +164,18 @@ def _job(state: AppState, job_id: str) -> Callable[[web.Viewer], dict[str, Any]]
 
 @router.get("/jobs/{job_id}")
 def job_page(request: Request, state: State, job_id: str) -> Response:
-    return _page(request, state, "job.html", _job(state, job_id))
+    return render_page(request, state, "job.html", _job(state, job_id))
 
 
 @router.get("/partials/jobs/{job_id}")
 def job_partial(request: Request, state: State, job_id: str) -> Response:
-    return _page(request, state, "job.html", _job(state, job_id), partial=True)
+    return render_page(request, state, "job.html", _job(state, job_id), partial=True)
 
 
 # -- actions -------------------------------------------------------------------------------
 
 
-async def _act(
+async def act(
     request: Request, state: AppState, scope: str, action: Callable[[FormData, web.Viewer], str]
 ) -> Response:
     """Check session, origin, CSRF token and scope; run ``action``; flash its outcome; redirect."""
@@ -206,7 +228,7 @@ async def requeue_job(request: Request, state: State, job_id: str) -> Response:
         done = admin.requeue_failed(state.redis, job_ids=[job_id])
         return f"requeued job {job_id}" if done else f"job {job_id} was no longer in the failed list"
 
-    return await _act(request, state, "write", action)
+    return await act(request, state, "write", action)
 
 
 @router.post("/jobs/{job_id}/delete")
@@ -215,7 +237,7 @@ async def delete_job_action(request: Request, state: State, job_id: str) -> Resp
         status = delete_job(state.redis, job_id)
         return f"deleted job {job_id} (it was {status})"
 
-    return await _act(request, state, "admin", action)
+    return await act(request, state, "admin", action)
 
 
 @router.post("/failed/requeue")
@@ -229,7 +251,7 @@ async def requeue_failed(request: Request, state: State) -> Response:
         where = f"queue {queue}" if queue else "every queue"
         return f"requeued {len(done)} failed job(s) of {where}"
 
-    return await _act(request, state, "write", action)
+    return await act(request, state, "write", action)
 
 
 # -- login ---------------------------------------------------------------------------------
@@ -266,6 +288,9 @@ def login(
         client = request.client.host if request.client else "?"
         logger.warning("dashboard: failed login from %s", client)
         return _login_again(request, state, target, "that token is not valid", 401)
+    if principal.user is not None:
+        message = "this token acts for one user; the dashboard, which shows every user's work, needs another"
+        return _login_again(request, state, target, message, 403)
     try:
         session_id, _ = web.store(state).create(principal.name, bytes.fromhex(hash_token(token.strip())))
     except (redis.ConnectionError, redis.TimeoutError):
@@ -290,17 +315,29 @@ def _login_again(request: Request, state: AppState, target: str, error: str, sta
 
 @router.post("/logout")
 async def logout(request: Request, state: State) -> Response:
+    """End the session. Like every other button it needs the session's CSRF token and the
+    dashboard's own origin: another site must not be able to log anyone out."""
     form = await request.form()
+    unreachable = "Redis is unreachable; you are still logged in."
     try:
         who = web.viewer(request, state)
-        if (
-            who is not None
-            and web.same_origin(request)
-            and csrf_matches(who.session, str(form.get("csrf") or ""))
-        ):
-            web.store(state).delete(who.session_id)
     except (redis.ConnectionError, redis.TimeoutError):
-        pass  # the cookie goes anyway; the session expires on its own
+        return web.problem(request, state, 503, "Redis unreachable", unreachable)
+    if who is not None:
+        if not web.same_origin(request) or not csrf_matches(who.session, str(form.get("csrf") or "")):
+            return web.problem(
+                request,
+                state,
+                403,
+                "Refused",
+                "the form's security token is missing or stale; reload the page to log out",
+                who,
+            )
+        try:
+            web.store(state).delete(who.session_id)
+        except (redis.ConnectionError, redis.TimeoutError):
+            return web.problem(request, state, 503, "Redis unreachable", unreachable, who)
+    # No live session (expired, or the token was removed): only a dead cookie to clear.
     response = web.redirect(f"{web.BASE}/login")
     response.delete_cookie(web.SESSION_COOKIE, path=web.BASE)
     return response

@@ -8,11 +8,12 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from atomq.api.deps import Reader, State, Writer
+from atomq.api.jsonio import JsonRoute
 from atomq.core.errors import InvalidInputError
 from atomq.core.options import validate_queue_name
 from atomq.ops import admin, monitor
 
-router = APIRouter(prefix="/api/v1/tasks", tags=["failed jobs"])
+router = APIRouter(prefix="/api/v1/tasks", tags=["failed jobs"], route_class=JsonRoute)
 
 #: Deepest page of the all-queues listing (merging reads offset + limit ids from every queue).
 MAX_MERGED_OFFSET = 10_000
@@ -24,7 +25,10 @@ class FailedJobOut(BaseModel):
     task: str | None
     status: str
     ended_at: str | None
-    error: str | None = Field(description="Last line of the traceback (GET /jobs/{id} as admin: all of it).")
+    error: str | None = Field(
+        description="Last line of the traceback; only the error's kind for the read scope "
+        "(GET /jobs/{id} as admin: all of it)."
+    )
 
 
 class FailedPageOut(BaseModel):
@@ -57,7 +61,7 @@ def _names(state: State, queue: str | None) -> list[str]:
 @router.get("/failed", response_model=FailedPageOut, summary="Failed jobs, newest first")
 def list_failed(
     state: State,
-    _: Reader,
+    principal: Reader,
     queue: Annotated[str | None, Query(max_length=64, description="Only this queue.")] = None,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -68,7 +72,7 @@ def list_failed(
             f"offset past {MAX_MERGED_OFFSET} needs a queue= filter (pages of all queues are merged)",
             field="offset",
         )
-    rows = monitor.list_failed(state.redis, names, offset=offset, limit=limit)
+    rows = monitor.list_failed(state.redis, names, offset=offset, limit=limit, scope=principal.scope)
     return FailedPageOut(
         total=monitor.count_failed(state.redis, names),
         offset=offset,

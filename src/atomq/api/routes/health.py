@@ -9,9 +9,10 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from atomq.api.deps import State
+from atomq.api.jsonio import JsonRoute
 from atomq.core.errors import AtomqError
 
-router = APIRouter(tags=["probes"])
+router = APIRouter(tags=["probes"], route_class=JsonRoute)
 
 
 @router.get("/health", summary="The API process is alive")

@@ -6,21 +6,25 @@ under ``job``, with ``progress`` and ``liveness`` beside it.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from atomq.api.deps import Queue, Reader, Writer
+from atomq.api.jsonio import JsonRoute
 from atomq.api.schemas import GuideStatusOut
+from atomq.core import visibility
 from atomq.features.longjobs.progress import job_view
 from atomq.features.longjobs.stopping import MAX_GRACE_SECONDS, stop_job
 
-router = APIRouter(prefix="/api/v1/tasks/jobs", tags=["jobs"])
+router = APIRouter(prefix="/api/v1/tasks/jobs", tags=["jobs"], route_class=JsonRoute)
 
 
 class ProgressOut(BaseModel):
     fraction: float = Field(description="0 to 1, as last reported by the job.")
     percent: float
-    message: str | None
+    message: str | None = Field(description="As the job last reported it; null for the read scope.")
     updated_at: str | None
 
 
@@ -50,12 +54,21 @@ class StopIn(BaseModel):
     wait: float = Field(default=0, ge=0, le=30, description="Seconds to wait for the job to end.")
 
 
+def _seen(view: dict[str, Any], scope: str) -> JobViewOut:
+    """The view as ``scope`` may see it: the job's result, error and progress message are the
+    work's content (:mod:`atomq.core.visibility`)."""
+    view = {**view, "job": visibility.job_status(scope, view["job"])}
+    if view.get("progress") and not visibility.allows(scope, visibility.CONTENT):
+        view["progress"] = {**view["progress"], "message": None}
+    return JobViewOut(**view)
+
+
 @router.get("/{job_id}/progress", response_model=JobViewOut, summary="A job's status, progress and liveness")
-def progress(job_id: str, tq: Queue, _: Reader) -> JobViewOut:
-    return JobViewOut(**job_view(tq.connection, tq.fetch_job(job_id)))
+def progress(job_id: str, tq: Queue, principal: Reader) -> JobViewOut:
+    return _seen(job_view(tq.connection, tq.fetch_job(job_id)), principal.scope)
 
 
 @router.post("/{job_id}/stop", response_model=JobViewOut, summary="Stop a running job cleanly")
-def stop(job_id: str, tq: Queue, _: Writer, body: StopIn | None = None) -> JobViewOut:
+def stop(job_id: str, tq: Queue, principal: Writer, body: StopIn | None = None) -> JobViewOut:
     body = body or StopIn()
-    return JobViewOut(**stop_job(tq, job_id, grace=body.grace, wait=body.wait))
+    return _seen(stop_job(tq, job_id, grace=body.grace, wait=body.wait), principal.scope)

@@ -14,10 +14,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 from fastapi.security import HTTPAuthorizationCredentials
 
-from atomq.api.deps import State, bearer, require
+from atomq.api.auth import Principal
+from atomq.api.deps import State, bearer, current_principal, require
+from atomq.api.jsonio import JsonRoute
 from atomq.ops.metrics import CONTENT_TYPE
 
-router = APIRouter(tags=["metrics"])
+router = APIRouter(tags=["metrics"], route_class=JsonRoute)
 
 _read = require("read")
 
@@ -25,10 +27,11 @@ _read = require("read")
 async def metrics_access(
     state: State,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    principal: Annotated[Principal | None, Depends(current_principal)],
 ) -> None:
     """Let the scrape through when metrics are public, else demand the read scope."""
     if not state.settings.metrics_public:
-        await _read(state, credentials)
+        await _read(credentials, principal)
 
 
 @router.get(

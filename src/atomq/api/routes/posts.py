@@ -1,7 +1,9 @@
 """Scheduled posts: the guide's ``/api/v1/tasks/scheduled-posts`` endpoints.
 
 Thin layer over :class:`atomq.features.posts.service.PostsService`; errors become HTTP statuses in
-``atomq.api.errors`` (422 naming the field, 404, 409), never here.
+``atomq.api.errors`` (422 naming the field, 404, 409), never here. A token bound to a user
+reaches that user's posts only, through that user's accounts; what each scope sees of a post
+follows :mod:`atomq.core.visibility`.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from atomq.api.deps import Reader, State, Writer
+from atomq.api.auth import Principal
+from atomq.api.deps import State, UserReader, UserWriter, current_principal, user_filter, user_for_new
+from atomq.api.jsonio import JsonRoute
 from atomq.api.schemas import GuideStatusOut
 from atomq.features.posts.service import MAX_PAGE, PostChanges, PostInput, PostsService, post_view
 
-router = APIRouter(prefix="/api/v1/tasks/scheduled-posts", tags=["scheduled posts"])
+router = APIRouter(prefix="/api/v1/tasks/scheduled-posts", tags=["scheduled posts"], route_class=JsonRoute)
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such post"},
@@ -25,9 +29,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def get_service(state: State) -> PostsService:
+async def get_service(
+    state: State, principal: Annotated[Principal | None, Depends(current_principal)]
+) -> PostsService:
+    """The posts service, acting for the token's user when it is bound to one. (The route's
+    own scope dependency refuses a missing or invalid token.)"""
     # async: a cheap constructor needs no trip through the thread pool.
-    return PostsService(state.database, state.task_queue, state.settings)
+    owner = principal.user if principal is not None else None
+    return PostsService(state.database, state.task_queue, state.settings, owner=owner)
 
 
 Service = Annotated[PostsService, Depends(get_service)]
@@ -49,7 +58,9 @@ class PostIn(BaseModel):
     publish_now: bool = Field(default=False, description="Publish at once (a past time is allowed).")
     media_urls: list[str] = Field(default_factory=list, description="http(s) URLs (webhook and outbox).")
     user_id: str | None = Field(
-        default=None, max_length=128, description="Whose post this is; defaults to the token's name."
+        default=None,
+        max_length=128,
+        description="Whose post this is; defaults to the token's user (if bound to one) or name.",
     )
 
 
@@ -66,13 +77,13 @@ class PostPatch(BaseModel):
 
 
 class PostOut(BaseModel):
-    """A scheduled post."""
+    """A scheduled post. Its text, media and error message are null for the read scope."""
 
     id: str
     user_id: str
     account_id: str
-    content: str
-    media_urls: list[str]
+    content: str | None
+    media_urls: list[str] | None
     scheduled_for: datetime = Field(description="Due time, UTC.")
     timezone: str
     scheduled_for_local: datetime = Field(description="Due time in `timezone`.")
@@ -120,25 +131,25 @@ class PostStatusOut(GuideStatusOut):
     summary="Schedule a post",
     responses={422: _ERRORS[422]},
 )
-def create_post(body: PostIn, service: Service, principal: Writer) -> dict[str, Any]:
+def create_post(body: PostIn, service: Service, principal: UserWriter) -> dict[str, Any]:
     post = service.create(
         PostInput(
             account_id=body.account_id,
             content=body.content,
-            user_id=body.user_id or principal.name,
+            user_id=user_for_new(principal, body.user_id),
             scheduled_for=body.scheduled_for,
             timezone=body.timezone,
             publish_now=body.publish_now,
             media_urls=body.media_urls,
         )
     )
-    return post_view(post)
+    return post_view(post, principal.scope)
 
 
 @router.get("", response_model=PostPage, summary="List scheduled posts, newest due first")
 def list_posts(
     service: Service,
-    _: Reader,
+    principal: UserReader,
     status_: Annotated[
         list[str] | None,
         Query(alias="status", description="Only these statuses (repeat, or comma-separate)."),
@@ -154,20 +165,21 @@ def list_posts(
     page = service.list_posts(
         status=statuses or None,
         account_id=account_id,
-        user_id=user_id,
+        user_id=user_filter(principal, user_id),
         due_after=due_after,
         due_before=due_before,
         limit=limit,
         cursor=cursor,
     )
     return PostPage(
-        items=[PostOut.model_validate(post_view(post)) for post in page.items], next_cursor=page.next_cursor
+        items=[PostOut.model_validate(post_view(post, principal.scope)) for post in page.items],
+        next_cursor=page.next_cursor,
     )
 
 
 @router.get("/{post_id}", response_model=PostOut, summary="One post", responses={404: _ERRORS[404]})
-def get_post(post_id: str, service: Service, _: Reader) -> dict[str, Any]:
-    return post_view(service.get(post_id))
+def get_post(post_id: str, service: Service, principal: UserReader) -> dict[str, Any]:
+    return post_view(service.get(post_id), principal.scope)
 
 
 @router.get(
@@ -176,8 +188,8 @@ def get_post(post_id: str, service: Service, _: Reader) -> dict[str, Any]:
     summary="The post's job status (the guide's dictionary) and the post's state",
     responses={404: _ERRORS[404]},
 )
-def get_post_status(post_id: str, service: Service, _: Reader) -> dict[str, Any]:
-    return service.status(post_id)
+def get_post_status(post_id: str, service: Service, principal: UserReader) -> dict[str, Any]:
+    return service.status(post_id, principal.scope)
 
 
 @router.patch(
@@ -186,7 +198,7 @@ def get_post_status(post_id: str, service: Service, _: Reader) -> dict[str, Any]
     summary="Edit or reschedule a post not yet publishing",
     responses=_ERRORS,
 )
-def update_post(post_id: str, body: PostPatch, service: Service, _: Writer) -> dict[str, Any]:
+def update_post(post_id: str, body: PostPatch, service: Service, principal: UserWriter) -> dict[str, Any]:
     changes = PostChanges(
         content=body.content,
         scheduled_for=body.scheduled_for,
@@ -194,7 +206,7 @@ def update_post(post_id: str, body: PostPatch, service: Service, _: Writer) -> d
         media_urls=body.media_urls,
         publish_now=body.publish_now,
     )
-    return post_view(service.update(post_id, changes))
+    return post_view(service.update(post_id, changes), principal.scope)
 
 
 @router.delete(
@@ -203,5 +215,5 @@ def update_post(post_id: str, body: PostPatch, service: Service, _: Writer) -> d
     summary="Cancel a post not yet publishing",
     responses={404: _ERRORS[404], 409: _ERRORS[409]},
 )
-def cancel_post(post_id: str, service: Service, _: Writer) -> dict[str, Any]:
-    return post_view(service.cancel(post_id))
+def cancel_post(post_id: str, service: Service, principal: UserWriter) -> dict[str, Any]:
+    return post_view(service.cancel(post_id), principal.scope)

@@ -6,12 +6,14 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from atomq.api.deps import Admin, Reader, State
+from atomq.api.jsonio import JsonRoute
 from atomq.core.errors import NotFoundError
 from atomq.core.options import validate_queue_name
+from atomq.engine import pause
 from atomq.ops import admin, monitor
 from atomq.ops.overview import queue_overview
 
-router = APIRouter(prefix="/api/v1/tasks", tags=["queues"])
+router = APIRouter(prefix="/api/v1/tasks", tags=["queues"], route_class=JsonRoute)
 
 
 class QueueOut(BaseModel):
@@ -26,6 +28,9 @@ class QueueOut(BaseModel):
     deferred: int
     canceled: int
     oldest_queued_age: float | None = Field(description="Seconds the oldest queued job has waited.")
+    paused_since: float | None = Field(
+        default=None, description="Epoch seconds since which workers skip the queue (null: not paused)."
+    )
 
 
 class QueuesOut(BaseModel):
@@ -54,3 +59,27 @@ def empty_queue(name: str, state: State, _: Admin) -> EmptiedOut:
     if name not in monitor.known_queues(state.redis, state.settings.queues):
         raise NotFoundError(f"no queue named {name!r}", field="name")
     return EmptiedOut(queue=name, deleted=admin.empty_queue(state.redis, name))
+
+
+class PausedOut(BaseModel):
+    queue: str
+    paused: bool
+    paused_since: float | None = Field(description="Epoch seconds since which the queue is paused.")
+    changed: bool = Field(description="False when the queue already was in that state.")
+
+
+@router.post(
+    "/queues/{name}/pause",
+    response_model=PausedOut,
+    summary="Pause a queue: workers stop taking its jobs within a second (admin)",
+)
+def pause_queue(name: str, state: State, _: Admin) -> PausedOut:
+    was = name in pause.paused_queues(state.redis)
+    since = admin.pause_queue(state.redis, name)
+    return PausedOut(queue=name, paused=True, paused_since=since, changed=not was)
+
+
+@router.post("/queues/{name}/resume", response_model=PausedOut, summary="Resume a paused queue (admin)")
+def resume_queue(name: str, state: State, _: Admin) -> PausedOut:
+    changed = admin.resume_queue(state.redis, name)
+    return PausedOut(queue=name, paused=False, paused_since=None, changed=changed)

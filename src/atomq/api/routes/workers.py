@@ -8,10 +8,12 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from atomq.api.deps import Reader, State
+from atomq.api.jsonio import JsonRoute
+from atomq.core import visibility
 from atomq.core.options import validate_queue_name
 from atomq.ops import monitor
 
-router = APIRouter(prefix="/api/v1/tasks", tags=["workers"])
+router = APIRouter(prefix="/api/v1/tasks", tags=["workers"], route_class=JsonRoute)
 
 
 class WorkerOut(BaseModel):
@@ -67,7 +69,8 @@ def list_scheduled(
         if queue is not None
         else monitor.known_queues(state.redis, state.settings.queues)
     )
-    jobs = monitor.list_scheduled(state.redis, names, limit=limit, private=principal.allows("admin"))
+    private = visibility.allows(principal.scope, visibility.INTERNALS)  # generated descriptions
+    jobs = monitor.list_scheduled(state.redis, names, limit=limit, private=private)
     return ScheduledOut(
         scheduler=SchedulerOut(**monitor.scheduler_status(state.redis)),
         jobs=[ScheduledJobOut(**j) for j in jobs],

@@ -29,8 +29,8 @@ from typing import Any
 import redis
 
 from atomq.core.errors import BatchNotFoundError
-from atomq.core.keys import batch_key, bits_key
-from atomq.engine.batches import OUTCOMES
+from atomq.core.keys import ALL_BATCHES, batch_key, bits_key
+from atomq.engine.batches import OUTCOMES, is_batch_id
 
 
 @dataclass
@@ -67,6 +67,10 @@ class BatchProgress:
 
 def batch_progress(connection: redis.Redis, batch_id: str, now: float | None = None) -> BatchProgress:
     """Counts by status, percent, rate and estimated finish of ``batch_id`` (one round trip)."""
+    if not is_batch_id(batch_id):
+        raise BatchNotFoundError(
+            f"no batch with id {str(batch_id)[:80]!r} (not a valid batch id)", field="batch_id"
+        )
     with connection.pipeline(transaction=False) as pipe:
         pipe.hgetall(batch_key(batch_id))
         for outcome in (*OUTCOMES, "started"):
@@ -133,4 +137,27 @@ def _iso(value: float | None) -> str | None:
 
 
 def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    # Bytes that are not UTF-8 (a record edited by hand) are shown escaped, never a 500.
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
+
+
+def list_batches(
+    connection: redis.Redis, *, limit: int = 50, before: float | None = None
+) -> tuple[list[BatchProgress], float | None]:
+    """Batches newest first, ``limit`` at a time (keyset: pass the returned score as ``before``).
+
+    Returns the page and the cursor of the next one (``None`` on the last page). A batch whose
+    record expired is skipped.
+    """
+    top = "+inf" if before is None else f"({before!r}"
+    rows: list[Any] = list(
+        connection.zrevrangebyscore(ALL_BATCHES, top, "-inf", start=0, num=limit + 1, withscores=True)
+    )
+    page = []
+    for raw_id, _score in rows[:limit]:
+        try:
+            page.append(batch_progress(connection, _text(raw_id)))
+        except BatchNotFoundError:
+            continue
+    more = len(rows) > limit
+    return page, float(rows[limit - 1][1]) if more else None

@@ -15,8 +15,9 @@ from rq.job import Job
 from atomq.core import keys
 from atomq.core.errors import BatchNotFoundError, ConflictError
 from atomq.core.keys import ACTIVE_BATCHES, batch_key, bits_key
+from atomq.core.options import RESERVED_META_KEYS
 from atomq.core.timeutil import utcnow
-from atomq.engine.batches import OUTCOMES, item_job_id
+from atomq.engine.batches import MAX_BATCH_ITEMS, OUTCOMES, is_batch_id, item_job_id
 from atomq.engine.hooks import JobHooks
 from atomq.engine.plugins import Context, job_hooks, periodic
 from atomq.features.batches.progress import BatchProgress, batch_progress
@@ -29,23 +30,33 @@ STALLED_AFTER_SECONDS = 30.0
 #: Job statuses read per pipeline while reconciling or canceling.
 SCAN_CHUNK = 2000
 
-# Record that item ARGV[1] started (only while the batch exists: a late job must not
-# recreate bitmaps without an expiry).
+# Both scripts write only while the batch exists (a late job must not recreate bitmaps
+# without an expiry) and only for an index inside it: SETBIT far past the end would grow each
+# bitmap to match (2^32 is 512 MB), and a negative one is an error.
+_IN_BATCH = """
+local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
+local index = tonumber(ARGV[1])
+if not total or not index or index < 0 or index >= total or index % 1 ~= 0 then return 0 end
+"""
+
+# Record that item ARGV[1] started.
 #   KEYS[1] batch hash, KEYS[2] started bitmap; ARGV[1] index, ARGV[2] now
-_START = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('SETBIT', KEYS[2], tonumber(ARGV[1]), 1)
+_START = (
+    _IN_BATCH
+    + """
+redis.call('SETBIT', KEYS[2], index, 1)
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[2])
 return 1
 """
+)
 
 # Record the outcome of item ARGV[1]: set its bit in the outcome's bitmap, clear it in the
 # others (a failed item requeued by hand that then finishes moves from failed to finished).
 #   KEYS[1] batch hash, KEYS[2..5] finished/failed/stopped/canceled bitmaps
 #   ARGV[1] index, ARGV[2] outcome position 1..4, ARGV[3] now
-_END = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local index = tonumber(ARGV[1])
+_END = (
+    _IN_BATCH
+    + """
 local chosen = tonumber(ARGV[2])
 for i = 2, 5 do
     redis.call('SETBIT', KEYS[i], index, (i - 1 == chosen) and 1 or 0)
@@ -53,6 +64,7 @@ end
 redis.call('HSET', KEYS[1], 'ended_at', ARGV[3])
 return 1
 """
+)
 
 # Cancel the given jobs of a batch unless a worker already has them (atomic per job against
 # the worker's claim script, which skips jobs that are no longer 'queued').
@@ -85,10 +97,31 @@ def batch_item(job: Job) -> bool:
 
 
 def _batch_of(job: Job) -> tuple[str, int] | None:
-    meta = job.meta or {}
+    """``(batch id, index)`` when ``job`` is an item of a batch atomq queued, else ``None``.
+
+    Callers cannot set these meta keys (:data:`atomq.core.options.RESERVED_META_KEYS`), but a
+    job hash written into Redis by hand may carry anything; what does not describe the job's
+    own item (a batch item's id is ``<batch>-<index>``) is logged and ignored, never written.
+    The scripts above also refuse an index outside the batch.
+    """
+    meta = job.meta
+    if not isinstance(meta, dict) or not RESERVED_META_KEYS.intersection(meta):
+        return None
     batch_id, index = meta.get("batch_id"), meta.get("batch_index")
-    if isinstance(batch_id, str) and isinstance(index, int) and not isinstance(index, bool):
+    if (
+        is_batch_id(batch_id)
+        and isinstance(index, int)
+        and not isinstance(index, bool)
+        and 0 <= index < MAX_BATCH_ITEMS
+        and job.id == item_job_id(batch_id, index)
+    ):
         return batch_id, index
+    logger.warning(
+        "job %s: ignoring batch fields that do not name its own item (batch_id=%.80r, batch_index=%.40r)",
+        job.id,
+        batch_id,
+        index,
+    )
     return None
 
 

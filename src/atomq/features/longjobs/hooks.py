@@ -18,7 +18,7 @@ class ProgressHooks(JobHooks):
         job_started(job.id, connection)
 
     def returned(self, job: Job) -> None:
-        job_finished()
+        job_finished(job.id)
 
 
 job_hooks(ProgressHooks())

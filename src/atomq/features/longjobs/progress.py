@@ -41,6 +41,7 @@ from rq.job import Job, get_current_job
 
 from atomq.core import keys
 from atomq.core.errors import InvalidInputError, JobStopped
+from atomq.engine import context
 from atomq.engine.jobs import status_dict
 
 logger = logging.getLogger("atomq.features.longjobs.progress")
@@ -79,44 +80,59 @@ class _JobState:
 
 
 class _Beater:
-    """One thread per process: beats for the job the process is running, once it has run for
-    :data:`HEARTBEAT_SECONDS`, so short jobs cost nothing (no thread start, no Redis write)."""
+    """One thread per process: beats for every job the process runs, once each has run for
+    :data:`HEARTBEAT_SECONDS`, so short jobs cost nothing (no thread start, no Redis write).
+    A worker may run many jobs at once; their beats share one round trip."""
 
     def __init__(self, connection: redis.Redis) -> None:
         self.connection = connection
         self.lock = threading.Lock()
-        self.state: _JobState | None = None
-        self.thread = threading.Thread(target=self._loop, name="atomq-heartbeat", daemon=True)
+        self.states: dict[str, _JobState] = {}
+        self.thread = threading.Thread(target=self._loop, name="atomq-heartbeat-jobs", daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
         while True:
             time.sleep(HEARTBEAT_SECONDS / 4)
-            state = self.state
-            if state is None or time.monotonic() - state.last_beat < HEARTBEAT_SECONDS:
+            now = time.monotonic()
+            with self.lock:
+                due = [s for s in self.states.values() if now - s.last_beat >= HEARTBEAT_SECONDS]
+            if not due:
                 continue
             try:
-                self.beat(state)
+                self.beat(due)
             except redis.RedisError as exc:
-                logger.warning("job %s: heartbeat failed (%s)", state.job_id, exc)
+                logger.warning("heartbeat of %d job(s) failed (%s)", len(due), exc)
 
-    def beat(self, state: _JobState) -> None:
-        """Write the heartbeat (and any coalesced progress); look for a stop request."""
-        fields: dict[Any, Any] = {"heartbeat_at": repr(time.time())}
-        with self.lock:
-            state.last_beat = time.monotonic()
-            if state.pending:
-                fields.update(state.pending)
-                state.pending = None
-                state.last_write = time.monotonic()
-        key = live_key(state.job_id)
+    def beat(self, states: list[_JobState]) -> None:
+        """Write the heartbeats (and any coalesced progress); look for stop requests."""
+        now = repr(time.time())
         with self.connection.pipeline(transaction=False) as pipe:
-            pipe.hset(key, mapping=fields)
-            pipe.expire(key, LIVE_TTL_SECONDS)
-            pipe.hget(key, "stop_requested_at")
-            _, _, stop = pipe.execute()
-        if stop:
-            state.stop.set()
+            for state in states:
+                fields: dict[Any, Any] = {"heartbeat_at": now}
+                with self.lock:
+                    state.last_beat = time.monotonic()
+                    if state.pending:
+                        fields.update(state.pending)
+                        state.pending = None
+                        state.last_write = time.monotonic()
+                key = live_key(state.job_id)
+                pipe.hset(key, mapping=fields)
+                pipe.expire(key, LIVE_TTL_SECONDS)
+                pipe.hget(key, "stop_requested_at")
+            replies = pipe.execute()
+        for state, stop in zip(states, replies[2::3], strict=True):
+            if stop:
+                state.stop.set()
+                _stop_engine_run(state.job_id)
+
+
+def _stop_engine_run(job_id: str) -> None:
+    """Tell the engine's record of the run (if it is this process's) that a stop was asked."""
+    running = context.running_job(job_id)
+    if running is not None and not running.stop.is_set():
+        running.stop_reason = "stop requested"
+        running.stop.set()
 
 
 _beaters: dict[int, _Beater] = {}
@@ -133,25 +149,28 @@ def job_started(job_id: str, connection: redis.Redis) -> None:
             beater = _beaters.get(pid)
             if beater is None:
                 beater = _beaters[pid] = _Beater(connection)
-    beater.state = _JobState(job_id)
+    with beater.lock:
+        beater.states[job_id] = _JobState(job_id)
 
 
-def job_finished() -> None:
+def job_finished(job_id: str) -> None:
     """The task returned or raised: stop beating for it."""
     beater = _beaters.get(os.getpid())
     if beater is not None:
-        beater.state = None
+        with beater.lock:
+            beater.states.pop(job_id, None)
 
 
 def _current() -> tuple[_Beater, _JobState] | None:
     beater = _beaters.get(os.getpid())
-    state = beater.state if beater is not None else None
-    if beater is None or state is None:
+    if beater is None:
         return None
-    job = get_current_job()
-    if job is not None and job.id != state.job_id:
+    running = context.current()
+    job = running.job if running is not None else get_current_job()
+    if job is None:
         return None
-    return beater, state
+    state = beater.states.get(job.id)
+    return (beater, state) if state is not None else None
 
 
 def report_progress(fraction: float, message: str | None = None) -> None:
@@ -198,6 +217,8 @@ def job_stopping() -> bool:
     The job is killed when the grace period given with the stop request runs out. Outside a
     worker it is always false.
     """
+    if context.stop_requested():  # a stop request, the job's time limit, a cold shutdown
+        return True
     found = _current()
     return found is not None and found[1].stop.is_set()
 
@@ -286,4 +307,5 @@ def _iso_ts(value: float | None) -> str | None:
 
 
 def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    # Bytes that are not UTF-8 (written by hand) are shown escaped, never a 500.
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)

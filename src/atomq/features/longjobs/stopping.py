@@ -87,8 +87,8 @@ def stop_job(tq: TaskQueue, job_id: str, *, grace: float | None = None, wait: fl
 def handle_worker_command(worker: Any, payload: dict[str, Any], running: Running, stop_now: StopNow) -> bool:
     """Handle ``atomq-stop-job`` in a worker's command thread; False for other commands.
 
-    ``running()`` gives the running job's id and a token for this run of it (RQ's worker: its
-    execution); ``stop_now(job_id)`` stops it at once (RQ's worker: its stop-job command).
+    ``running(job_id)`` gives the job's id and a token for this run of it when it runs in the
+    worker (RQ's worker: its execution); ``stop_now(job_id)`` stops it at once.
     """
     if payload.get("command") != STOP_COMMAND:
         return False
@@ -97,9 +97,9 @@ def handle_worker_command(worker: Any, payload: dict[str, Any], running: Running
         grace = min(max(float(payload.get("grace", 0)), 0.0), MAX_GRACE_SECONDS)
     except (TypeError, ValueError):
         grace = 0.0
-    current, token = running()
     if not job_id:
         return True
+    current, token = running(job_id)
     if current != job_id:
         # Claimed but not running yet (a worker that claims in batches): it never starts.
         stop_now(job_id)
@@ -108,7 +108,7 @@ def handle_worker_command(worker: Any, payload: dict[str, Any], running: Running
     finish = stop_now
 
     def kill_if_still_running() -> None:
-        now_running, now_token = running()
+        now_running, now_token = running(job_id)
         if now_running == job_id and now_token == token:
             finish(job_id)
 

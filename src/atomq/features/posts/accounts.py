@@ -15,6 +15,7 @@ from atomq.core.errors import (
     DuplicateAccountError,
     InvalidInputError,
 )
+from atomq.core.options import check_json
 from atomq.core.settings import Settings
 from atomq.core.timeutil import utcnow
 from atomq.db.base import new_id
@@ -67,6 +68,8 @@ def create_account(database: Database, settings: Settings, data: AccountInput) -
     if not handle or len(handle) > 255:
         raise InvalidInputError("handle must be 1-255 characters", field="handle")
     check_text(data.user_id, "user_id", max_length=128, single_line=True)
+    for name, value in (("url", data.url), ("options", data.options), ("credentials", data.credentials)):
+        check_json(value, name)  # the one rule for text: valid Unicode only
     options = _check_options(data.platform, data.options or {})
     url = _account_url(data.platform, handle, data.url, settings)
     credentials = _check_credentials(spec.credentials, data.credentials or {})
@@ -104,28 +107,34 @@ def list_accounts(
     return accounts
 
 
-def get_account(database: Database, account_id: str) -> Account:
-    """The live account ``account_id``, or :class:`AccountNotFoundError`."""
+def get_account(database: Database, account_id: str, *, owner: str | None = None) -> Account:
+    """The live account ``account_id`` (of user ``owner``, when given), or
+    :class:`AccountNotFoundError`: another user's account is as absent as a missing one."""
     account = None
     if is_id(account_id):
         with database.session() as session:
             account = session.get(Account, account_id)
             session.expunge_all()
-    if account is None or account.removed_at is not None:
+    if account is None or account.removed_at is not None or not _owned(account, owner):
         raise AccountNotFoundError(f"no account {account_id!r}", field="account_id")
     return account
 
 
-def remove_account(database: Database, account_id: str) -> Account:
+def _owned(account: Account, owner: str | None) -> bool:
+    return owner is None or account.user_id == owner
+
+
+def remove_account(database: Database, account_id: str, *, owner: str | None = None) -> Account:
     """Remove an account with no post left to publish; its credentials are erased.
 
-    The row stays (marked removed) so published posts still name their account.
+    The row stays (marked removed) so published posts still name their account. With
+    ``owner``, only that user's accounts can be removed.
     """
     if not is_id(account_id):
         raise AccountNotFoundError(f"no account {account_id[:80]!r}", field="account_id")
     with database.session() as session:
         account = session.get(Account, account_id, with_for_update=True)
-        if account is None or account.removed_at is not None:
+        if account is None or account.removed_at is not None or not _owned(account, owner):
             raise AccountNotFoundError(f"no account {account_id!r}", field="account_id")
         pending = session.scalar(
             select(func.count())

@@ -19,6 +19,7 @@ from rq.job import JobStatus
 
 from atomq.core import keys
 from atomq.core.errors import DuplicateJobError
+from atomq.core.options import DerivedJobId
 from atomq.core.settings import Settings
 from atomq.engine.jobs import load_job
 from atomq.engine.task_queue import TaskQueue
@@ -55,10 +56,15 @@ def job_timeout(settings: Settings, post: ScheduledPost) -> int | None:
     holds the lease would leave the post waiting for that lease to run out.
     """
     # Deferred: loads httpx only when this runs.
-    from atomq.features.posts.publishing import attempt_seconds
+    from atomq.features.posts.attempts import attempt_seconds
 
     needed = math.ceil(attempt_seconds(settings, len(post.media_urls or []))) + JOB_TIMEOUT_MARGIN
     return needed if needed > DEFAULT_JOB_TIMEOUT else None
+
+
+def account_group(account_id: str) -> str:
+    """The job group of an account's publishes (see :mod:`atomq.engine.groups`)."""
+    return f"account:{account_id}"
 
 
 def ensure_job(tq: TaskQueue, post: ScheduledPost, job_id: str) -> bool:
@@ -72,9 +78,12 @@ def ensure_job(tq: TaskQueue, post: ScheduledPost, job_id: str) -> bool:
             post.scheduled_for,
             TASK,
             kwargs={"post_id": post.id, "user_id": post.user_id, "revision": post.revision},
-            job_id=job_id,
+            job_id=DerivedJobId(job_id),
             unique=True,
             queue=QUEUE,
+            # One publish at a time per account, fairly beside every other account: an account
+            # with thousands of posts due at once neither delays others nor fills the workers.
+            group=account_group(post.account_id),
             description=f"publish {post.id} (revision {post.revision})",
             **options,
         )
@@ -121,6 +130,8 @@ def withdraw_job(connection: redis.Redis, job_id: str | None) -> bool:
         removed = connection.zrem(keys.scheduled_key(job.origin), job_id)
     elif status == JobStatus.QUEUED:
         removed = connection.lrem(keys.queue_key(job.origin), 0, job_id)
+        if not removed and job.group:  # parked, waiting for its account's running publish
+            removed = connection.lrem(keys.group_parked_key(job.group), 0, job_id)
     else:
         return False
     if removed:

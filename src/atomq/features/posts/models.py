@@ -113,3 +113,26 @@ class ScheduledPost(Base):
     canceled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class PostEvent(Base):
+    """One change of a post, with its time: created, edited, or a move to another status.
+
+    Written in the transaction that makes the change (:func:`atomq.features.posts.records.update_post`
+    and :meth:`PostsService.create`), so the history can never disagree with the post.
+    """
+
+    __tablename__ = "post_events"
+    __table_args__ = (Index("ix_post_events_post_at", "post_id", "at", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    post_id: Mapped[str] = mapped_column(ForeignKey("scheduled_posts.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: The post's status after the change.
+    status: Mapped[str] = mapped_column(String(16))
+    #: ``created``, ``edited`` or ``status`` (the status changed).
+    event: Mapped[str] = mapped_column(String(16))
+    revision: Mapped[int] = mapped_column(Integer)
+    attempts: Mapped[int] = mapped_column(Integer)
+    #: The error that came with the change, when there was one.
+    detail: Mapped[str | None] = mapped_column(Text, default=None)

@@ -8,19 +8,23 @@ them. Without this, anyone allowed to add a webhook account could make workers c
 internal services.
 
 Checking the URL when the account is saved is not enough (DNS can answer differently later),
-so :class:`GuardedTransport` resolves the name itself when connecting, checks every address
-and connects to a checked one; TLS still verifies the certificate against the name.
+so :class:`GuardedTransport` (sync clients) and :class:`AsyncGuardedTransport` (async
+clients) resolve the name themselves each time they open a connection, check every address and
+connect to a checked one; TLS still verifies the certificate against the name.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
+import anyio.to_thread
 import httpcore
 import httpx
 
@@ -73,7 +77,9 @@ class HostPolicy:
         """Whether connecting to ``address`` (which ``host`` resolved to) is allowed."""
         if self.names_host(host):
             return True
-        if any(address in network for network in self.networks):
+        # An entry may name the IPv6 address or the IPv4 address it carries.
+        candidates = (address, *embedded_ipv4(address))
+        if any(candidate in network for candidate in candidates for network in self.networks):
             return True
         return self.any_public and is_public(address)
 
@@ -83,10 +89,65 @@ class HostPolicy:
         return ", ".join(parts) or "nothing"
 
 
+#: IPv6 forms that carry an IPv4 address in their last 32 bits: IPv4-compatible (``::a.b.c.d``,
+#: RFC 4291, deprecated but still routed by some stacks), IPv4-translated (``::ffff:0:a.b.c.d``,
+#: RFC 2765) and the NAT64 well-known prefix (``64:ff9b::a.b.c.d``, RFC 6052). A translator or
+#: a host stack may deliver a packet for them to the IPv4 address, so that address is judged.
+_LOW32_FORMS = tuple(ipaddress.IPv6Network(n) for n in ("::/96", "::ffff:0:0:0/96", "64:ff9b::/96"))
+
+#: NAT64 local-use prefix (RFC 8215): never global, and the IPv4 address may sit at any of
+#: RFC 6052's positions, so each candidate is decoded (for explicit allowlist entries).
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+#: Where RFC 6052 puts the IPv4 address for each prefix length: (bit offset, bits) pieces,
+#: skipping bits 64-71 (the reserved "u" octet).
+_RFC6052_PIECES = {
+    48: ((48, 16), (72, 16)),
+    56: ((56, 8), (72, 24)),
+    64: ((72, 32),),
+    96: ((96, 32),),
+}
+
+
+def _rfc6052(address: ipaddress.IPv6Address, pieces: tuple[tuple[int, int], ...]) -> ipaddress.IPv4Address:
+    value = 0
+    for offset, bits in pieces:
+        value = (value << bits) | ((int(address) >> (128 - offset - bits)) & ((1 << bits) - 1))
+    return ipaddress.IPv4Address(value)
+
+
+def embedded_ipv4(address: IPAddress) -> list[ipaddress.IPv4Address]:
+    """Every IPv4 address ``address`` carries: IPv4-mapped, IPv4-compatible, IPv4-translated,
+    NAT64 (64:ff9b::/96 and 64:ff9b:1::/48), 6to4 (2002::/16), and Teredo's server and client
+    (2001::/32). Connecting to such an IPv6 address may reach the IPv4 one (through a NAT64
+    gateway, a 6to4 or Teredo relay, or the host's own stack), so it is judged as that address."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return []
+    found: list[ipaddress.IPv4Address] = []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    # '::' and '::1' are themselves (unspecified, loopback), not IPv4-compatible forms.
+    if int(address) > 1 and any(address in form for form in _LOW32_FORMS):
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    if address in _NAT64_LOCAL:
+        found.extend(_rfc6052(address, pieces) for pieces in _RFC6052_PIECES.values())
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)  # (server, client), the client already un-obfuscated
+    return list(dict.fromkeys(found))
+
+
 def is_public(address: IPAddress) -> bool:
-    """A globally routable unicast address (IPv4-mapped IPv6 judged by its IPv4 part)."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """A globally routable unicast address. An IPv6 address that carries an IPv4 address
+    (:func:`embedded_ipv4`) is public only when every IPv4 address it carries is; NAT64's
+    local-use prefix never is."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in _NAT64_LOCAL:
+            return False
+        embedded = embedded_ipv4(address)
+        if embedded:
+            return all(is_public(inner) for inner in embedded)
     return address.is_global and not address.is_multicast
 
 
@@ -138,6 +199,30 @@ def check_url(url: str, policy: HostPolicy, *, field: str) -> str:
     return url
 
 
+#: Connections one guarded pool keeps: in total, and idle for reuse (per pool, all hosts).
+#: An async pool serves every post in flight on its loop, so it allows more than a sync one.
+SYNC_POOL_LIMITS = httpx.Limits(max_connections=10, max_keepalive_connections=5, keepalive_expiry=30.0)
+ASYNC_POOL_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=30.0)
+
+
+def _admitted(policy: HostPolicy, host: str, addresses: list[IPAddress]) -> list[IPAddress]:
+    """The addresses of ``host`` the policy allows, or :class:`BlockedAddressError` if none."""
+    allowed = [a for a in addresses if policy.admits(host, a)]
+    if not allowed:
+        raise BlockedAddressError(
+            f"{host} resolves to {', '.join(map(str, addresses))}, which ATOMQ_POSTS_ALLOWED_HOSTS "
+            "does not allow"
+        )
+    return allowed
+
+
+def _literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
 class _GuardedBackend(httpcore.NetworkBackend):
     """httpcore's socket backend, resolving names itself and connecting only to allowed addresses."""
 
@@ -157,14 +242,8 @@ class _GuardedBackend(httpcore.NetworkBackend):
             addresses = resolve(host, port)
         except OSError as exc:
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-        allowed = [a for a in addresses if self.policy.admits(host, a)]
-        if not allowed:
-            raise BlockedAddressError(
-                f"{host} resolves to {', '.join(map(str, addresses))}, which ATOMQ_POSTS_ALLOWED_HOSTS "
-                "does not allow"
-            )
         last: Exception | None = None
-        for address in allowed:
+        for address in _admitted(self.policy, host, addresses):
             try:
                 return self.inner.connect_tcp(str(address), port, timeout, local_address, socket_options)
             except httpcore.ConnectError as exc:
@@ -181,6 +260,56 @@ class _GuardedBackend(httpcore.NetworkBackend):
         self.inner.sleep(seconds)
 
 
+class _AsyncGuardedBackend(httpcore.AsyncNetworkBackend):
+    """The async twin of :class:`_GuardedBackend`, on httpcore's AnyIO backend (asyncio).
+
+    The name is resolved by :func:`resolve` in a worker thread (``getaddrinfo`` blocks), within
+    the connect timeout, and only the addresses it checked are connected to.
+    """
+
+    def __init__(self, policy: HostPolicy) -> None:
+        self.policy = policy
+        self.inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        literal = _literal(host)
+        if literal is not None:
+            addresses = [literal]
+        else:
+            try:
+                with anyio.fail_after(timeout):
+                    addresses = await anyio.to_thread.run_sync(resolve, host, port, abandon_on_cancel=True)
+            except TimeoutError:
+                raise httpcore.ConnectTimeout(f"cannot resolve {host}: no answer in {timeout:g} s") from None
+            except OSError as exc:
+                raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        last: Exception | None = None
+        for address in _admitted(self.policy, host, addresses):
+            try:
+                return await self.inner.connect_tcp(
+                    str(address), port, timeout, local_address, socket_options
+                )
+            except httpcore.ConnectError as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        raise BlockedAddressError("unix sockets are not a publisher target")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
 class GuardedTransport(httpx.HTTPTransport):
     """An httpx transport whose every connection goes through the allowlist.
 
@@ -188,14 +317,35 @@ class GuardedTransport(httpx.HTTPTransport):
     replaced by one using :class:`_GuardedBackend` (same options otherwise).
     """
 
-    def __init__(self, policy: HostPolicy) -> None:
-        super().__init__(trust_env=False)
+    def __init__(self, policy: HostPolicy, ssl_context: ssl.SSLContext | None = None) -> None:
+        context = ssl_context or httpx.create_ssl_context(trust_env=False)
+        super().__init__(verify=context, trust_env=False, limits=SYNC_POOL_LIMITS)
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
-            max_connections=10,
-            max_keepalive_connections=5,
-            keepalive_expiry=30.0,
+            ssl_context=context,
+            max_connections=SYNC_POOL_LIMITS.max_connections,
+            max_keepalive_connections=SYNC_POOL_LIMITS.max_keepalive_connections,
+            keepalive_expiry=SYNC_POOL_LIMITS.keepalive_expiry,
             network_backend=_GuardedBackend(policy),
+        )
+
+
+class AsyncGuardedTransport(httpx.AsyncHTTPTransport):
+    """The async :class:`GuardedTransport`: every connection of an ``httpx.AsyncClient``
+    goes through the allowlist, checked again each time a connection is opened.
+
+    ``ssl_context`` may be shared by the transports of several event loops (loading the CA
+    bundle costs milliseconds; a context is safe to share).
+    """
+
+    def __init__(self, policy: HostPolicy, ssl_context: ssl.SSLContext | None = None) -> None:
+        context = ssl_context or httpx.create_ssl_context(trust_env=False)
+        super().__init__(verify=context, trust_env=False, limits=ASYNC_POOL_LIMITS)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=context,
+            max_connections=ASYNC_POOL_LIMITS.max_connections,
+            max_keepalive_connections=ASYNC_POOL_LIMITS.max_keepalive_connections,
+            keepalive_expiry=ASYNC_POOL_LIMITS.keepalive_expiry,
+            network_backend=_AsyncGuardedBackend(policy),
         )
 
 

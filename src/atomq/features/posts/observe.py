@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from atomq.core.visibility import CONTENT, allows
 from atomq.engine.plugins import Context, TimelineItem, metrics_collector, timeline_source
 from atomq.features.posts.models import ScheduledPost
 
@@ -32,7 +33,7 @@ def scheduled_posts(ctx: Context, until: datetime, limit: int) -> list[TimelineI
             at=post.scheduled_for,
             kind="post",
             # Post text is user content: shown to admins only, like job arguments.
-            title=post.content[:60] if ctx.scope == "admin" else f"post for {post.account_id}",
+            title=post.content[:60] if allows(ctx.scope, CONTENT) else f"post for {post.account_id}",
             ref=post.id,
             status="overdue" if post.status == "scheduled" and post.scheduled_for < ctx.now else post.status,
             queue="social_media",

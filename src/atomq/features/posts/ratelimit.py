@@ -23,7 +23,6 @@ from typing import Any
 
 import redis
 
-from atomq.core.connection import blocking_timeout
 from atomq.core.settings import Settings
 from atomq.features.posts.publishers import PLATFORMS
 
@@ -159,14 +158,14 @@ class AccountLimiter:
         return Decision(name, int(wait_ms) / 1000)
 
     def release(self, account_id: str, token: str) -> None:
-        """Give the in-flight lock back (only if ``token`` still holds it) and wake a waiter."""
+        """Give the in-flight lock back (only if ``token`` still holds it).
+
+        It also pushes onto the account's ``released`` list, which workers from before publishing
+        became async block on while the account is busy (kept for a rolling upgrade; no current
+        worker waits: a busy account defers the job).
+        """
         keys = self.keys(account_id)
         self._release(keys=[keys[1], keys[3]], args=[token])
-
-    def wait_released(self, account_id: str, seconds: float) -> None:
-        """Block until the account's in-flight publish ends, or ``seconds`` pass."""
-
-        self.connection.blpop([self.keys(account_id)[3]], timeout=blocking_timeout(self.connection, seconds))
 
     def block(self, account_id: str, seconds: float) -> None:
         """Stop every worker from calling the platform for this account for ``seconds``."""

@@ -232,9 +232,9 @@ def _publishing(
     runtime: PostsRuntime, tq: TaskQueue, post: ScheduledPost, now: datetime, report: Report
 ) -> None:
     # Deferred: loads SQLAlchemy only when this runs.
+    from atomq.features.posts.attempts import mark_unconfirmed, resumable
     from atomq.features.posts.jobs import LIVE_STATUSES, ensure_job, job_id_for, job_statuses
     from atomq.features.posts.models import Account, ScheduledPost
-    from atomq.features.posts.publishing import mark_unconfirmed, resumable
     from atomq.features.posts.records import update_post
 
     with runtime.database.session() as session:

@@ -1,5 +1,7 @@
 """Reading and moving post records: every state change is a compare-and-set ``UPDATE``.
 
+Each change that wins also adds a :class:`PostEvent` (the post's history), in its transaction.
+
 An ``UPDATE ... WHERE id = ? AND <the state we expect>`` changes the row only if nobody
 changed it first; its row count says whether we won. This is what keeps two runs of a job,
 an API edit and the reconciler from stepping on each other, on SQLite and PostgreSQL alike,
@@ -11,11 +13,12 @@ from __future__ import annotations
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, select, update
+from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement
 
 from atomq.core.timeutil import utcnow
 from atomq.db.engine import Database
-from atomq.features.posts.models import Account, ScheduledPost
+from atomq.features.posts.models import Account, PostEvent, ScheduledPost
 
 
 def update_post(
@@ -31,7 +34,28 @@ def update_post(
     )
     with database.session() as session:
         result = cast(CursorResult[Any], session.execute(statement))
-        return result.rowcount == 1
+        changed = result.rowcount == 1
+        if changed and ("status" in values or "revision" in values):
+            _record_event(session, post_id, values)
+        return changed
+
+
+def _record_event(session: Session, post_id: str, values: dict[str, Any]) -> None:
+    """Add the post's new state to its history, in the transaction that changed it (issue 15)."""
+    post = session.get(ScheduledPost, post_id, populate_existing=True)
+    if post is None:
+        return
+    session.add(
+        PostEvent(
+            post_id=post_id,
+            at=values["updated_at"],
+            status=post.status,
+            event="status" if "status" in values else "edited",
+            revision=post.revision,
+            attempts=post.attempts,
+            detail=values.get("last_error") if "status" in values else None,
+        )
+    )
 
 
 def load_post(database: Database, post_id: str) -> tuple[ScheduledPost, Account] | None:
@@ -43,3 +67,12 @@ def load_post(database: Database, post_id: str) -> tuple[ScheduledPost, Account]
     if row is None:
         return None
     return row[0], row[1]
+
+
+def post_events(database: Database, post_id: str) -> list[PostEvent]:
+    """A post's history, oldest first, detached from any session."""
+    query = select(PostEvent).where(PostEvent.post_id == post_id).order_by(PostEvent.at, PostEvent.id)
+    with database.session() as session:
+        events = list(session.scalars(query))
+        session.expunge_all()
+    return events

@@ -1,16 +1,18 @@
-"""What publishing needs at run time - settings, the database, Redis, an HTTP client,
+"""What publishing needs at run time - settings, the database, Redis, HTTP clients,
 publishers - passed explicitly to the state machine so tests (and embedding apps) can build
 their own.
 
 Inside a worker the task gets one from :func:`from_environment`, which keeps it for the life
 of the process (keyed by PID, the environment and the worker's Redis connection): the worker
 runs jobs in-process, so every post after the first reuses the database pool, the TLS
-context and the HTTP connections. A forked process never reuses its parent's.
+context and - on the same event loop - the HTTP client and its connections
+(:mod:`~atomq.features.posts.publishers.clients`). A forked process never reuses its parent's.
 """
 
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -25,10 +27,12 @@ from atomq.features.posts.credentials import CredentialsBox
 from atomq.features.posts.models import Account
 from atomq.features.posts.netguard import HostPolicy
 from atomq.features.posts.publishers import Publisher, build_publisher
+from atomq.features.posts.publishers.clients import LoopClients
 from atomq.features.posts.publishers.http import make_client
 from atomq.features.posts.ratelimit import AccountLimiter
 
-PublisherFactory = Callable[[Account], Publisher]
+#: Makes the publisher for an account, sending through the given client (the loop's).
+PublisherFactory = Callable[[Account, httpx.AsyncClient], Publisher]
 
 
 @dataclass
@@ -45,26 +49,44 @@ class PostsRuntime:
         return CredentialsBox.from_settings(self.settings)
 
     @cached_property
-    def http(self) -> httpx.Client:
-        """One client (TLS context, keep-alive connections) for every HTTP publisher."""
+    def tls(self) -> ssl.SSLContext:
+        """One TLS context (the CA bundle loaded once) for the clients of every event loop."""
+        return httpx.create_ssl_context(trust_env=False)
 
+    @cached_property
+    def clients(self) -> LoopClients:
+        """The HTTP publishers' clients: one per running event loop, each pooling connections."""
+        return LoopClients(self._new_client)
+
+    def _new_client(self) -> httpx.AsyncClient:
+        # Settings are read when a loop's client is made, so a runtime whose settings changed
+        # (tests do) gives the next loop a client that follows them.
         return make_client(
-            HostPolicy.parse(self.settings.posts_allowed_hosts), self.settings.posts_publish_timeout
+            HostPolicy.parse(self.settings.posts_allowed_hosts),
+            self.settings.posts_publish_timeout,
+            ssl_context=self.tls,
         )
+
+    async def http(self) -> httpx.AsyncClient:
+        """The running event loop's client for every HTTP publisher (made on first use)."""
+        return await self.clients.get()
 
     @cached_property
     def limiter(self) -> AccountLimiter:
         return AccountLimiter(self.connection)
 
-    def publisher_for(self, account: Account) -> Publisher:
-        """The publisher for ``account``'s platform."""
+    async def publisher_for(self, account: Account) -> Publisher:
+        """The publisher for ``account``'s platform, on the running loop's client."""
+        client = await self.http()
         if self.publisher_factory is not None:
-            return self.publisher_factory(account)
-        return build_publisher(account.platform, dict(account.options or {}), self.settings, client=self.http)
+            return self.publisher_factory(account, client)
+        return build_publisher(account.platform, dict(account.options or {}), self.settings, client=client)
 
     def close(self) -> None:
-        if "http" in self.__dict__:
-            self.http.close()
+        """Forget the clients of loops that have ended (each loop closes its own as it shuts
+        down; an open one can only be closed on it, with ``await runtime.clients.aclose()``)."""
+        if "clients" in self.__dict__:
+            self.clients.forget_closed()
 
 
 _runtimes: dict[tuple[int, int, int], PostsRuntime] = {}

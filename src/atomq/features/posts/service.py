@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import literal, select, tuple_
 
+from atomq.core import visibility
 from atomq.core.errors import (
     AccountNotFoundError,
     AtomqError,
@@ -34,7 +35,7 @@ from atomq.db.engine import Database
 from atomq.engine.task_queue import TaskQueue
 from atomq.features.posts.accounts import get_account
 from atomq.features.posts.jobs import ensure_job, job_id_for, withdraw_job, within_horizon
-from atomq.features.posts.models import POST_STATUSES, Account, ScheduledPost
+from atomq.features.posts.models import POST_STATUSES, Account, PostEvent, ScheduledPost
 from atomq.features.posts.records import update_post
 from atomq.features.posts.validation import (
     check_content,
@@ -96,12 +97,19 @@ class Page:
 
 
 class PostsService:
-    """Post operations over a database and a task queue."""
+    """Post operations over a database and a task queue.
 
-    def __init__(self, database: Database, task_queue: TaskQueue, settings: Settings) -> None:
+    With ``owner`` (a user id) it acts for that user only: its posts, through its accounts;
+    another user's post or account is as absent as a missing one.
+    """
+
+    def __init__(
+        self, database: Database, task_queue: TaskQueue, settings: Settings, *, owner: str | None = None
+    ) -> None:
         self.database = database
         self.task_queue = task_queue
         self.settings = settings
+        self.owner = owner
 
     # -- create ------------------------------------------------------------------------------
 
@@ -109,6 +117,8 @@ class PostsService:
         """Validate and store a post, then give it its job if it is due within the horizon."""
         now = utcnow()
         check_text(data.user_id, "user_id", max_length=128, single_line=True)
+        if self.owner is not None and data.user_id != self.owner:
+            raise InvalidInputError(f"posts made here belong to user {self.owner!r}", field="user_id")
         account = self._account(data.account_id)
         when, tz_name = due_time(data.scheduled_for, data.timezone, now=now, publish_now=data.publish_now)
         content = check_content(data.content, account.platform, _max_chars(account))
@@ -129,6 +139,12 @@ class PostsService:
         post.job_id = job_id_for(post.id, post.revision)
         with self.database.session() as session:
             session.add(post)
+            session.flush()  # the event's foreign key needs the post's row first
+            session.add(
+                PostEvent(
+                    post_id=post.id, at=now, status="scheduled", event="created", revision=1, attempts=0
+                )
+            )
         self._schedule(post, now)
         return post
 
@@ -141,7 +157,7 @@ class PostsService:
             with self.database.session() as session:
                 post = session.get(ScheduledPost, post_id)
                 session.expunge_all()
-        if post is None:
+        if post is None or (self.owner is not None and post.user_id != self.owner):
             raise PostNotFoundError(f"no scheduled post {post_id!r}", field="post_id")
         return post
 
@@ -173,6 +189,8 @@ class PostsService:
             query = query.where(ScheduledPost.account_id == check_text(account_id, "account_id"))
         if user_id:
             query = query.where(ScheduledPost.user_id == check_text(user_id, "user_id"))
+        if self.owner is not None:
+            query = query.where(ScheduledPost.user_id == self.owner)
         if due_after is not None:
             query = query.where(ScheduledPost.scheduled_for >= _bound(due_after, "due_after"))
         if due_before is not None:
@@ -193,12 +211,13 @@ class PostsService:
         next_cursor = _encode_cursor(posts[-1]) if more and posts else None
         return Page(posts, next_cursor)
 
-    def status(self, post_id: str) -> dict[str, Any]:
+    def status(self, post_id: str, scope: str = visibility.INTERNALS) -> dict[str, Any]:
         """The guide's job status dictionary for the post's job, merged with the post's state.
 
         ``status`` and the times are the job's (the guide's keys); ``post_status`` is the
         post's. A post beyond the horizon has no job in Redis yet: its job fields are derived
-        from the post and ``job_in_redis`` is false.
+        from the post and ``job_in_redis`` is false. Result and errors as ``scope`` may see
+        them (:mod:`atomq.core.visibility`).
         """
         post = self.get(post_id)
         job: dict[str, Any] | None = None
@@ -219,7 +238,7 @@ class PostsService:
                 "error": post.last_error if post.status in ("failed", "unconfirmed") else None,
             }
         return {
-            **job,
+            **visibility.job_status(scope, job),
             "job_in_redis": job.get("created_at") is not None,
             "post_id": post.id,
             "post_status": post.status,
@@ -229,7 +248,7 @@ class PostsService:
             "published_at": post.published_at,
             "platform_post_id": post.platform_post_id,
             "platform_url": post.platform_url,
-            "last_error": post.last_error,
+            "last_error": visibility.error_text(scope, post.last_error),
         }
 
     # -- change ------------------------------------------------------------------------------
@@ -295,7 +314,7 @@ class PostsService:
 
     def _account(self, account_id: str, field: str = "account_id") -> Account:
         try:
-            return get_account(self.database, account_id)
+            return get_account(self.database, account_id, owner=self.owner)
         except AccountNotFoundError:
             raise InvalidInputError(f"unknown account {account_id!r}", field=field) from None
 
@@ -309,14 +328,16 @@ class PostsService:
             logger.warning("post %s saved, but its job could not be queued yet: %s", post.id, exc)
 
 
-def post_view(post: ScheduledPost) -> dict[str, Any]:
-    """A post as the API and ``--json`` show it: times in UTC and in the post's own zone."""
+def post_view(post: ScheduledPost, scope: str = visibility.INTERNALS) -> dict[str, Any]:
+    """A post as the API and ``--json`` show it: times in UTC and in the post's own zone;
+    its text, media and error as ``scope`` may see them (:mod:`atomq.core.visibility`)."""
+    content = visibility.allows(scope, visibility.CONTENT)
     return {
         "id": post.id,
         "user_id": post.user_id,
         "account_id": post.account_id,
-        "content": post.content,
-        "media_urls": list(post.media_urls or []),
+        "content": post.content if content else None,
+        "media_urls": list(post.media_urls or []) if content else None,
         "scheduled_for": post.scheduled_for,
         "timezone": post.timezone,
         "scheduled_for_local": post.scheduled_for.astimezone(ZoneInfo(post.timezone)),
@@ -326,7 +347,7 @@ def post_view(post: ScheduledPost) -> dict[str, Any]:
         "attempts": post.attempts,
         "platform_post_id": post.platform_post_id,
         "platform_url": post.platform_url,
-        "last_error": post.last_error,
+        "last_error": visibility.error_text(scope, post.last_error),
         "published_at": post.published_at,
         "canceled_at": post.canceled_at,
         "created_at": post.created_at,

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from atomq.core.errors import InvalidInputError
+from atomq.core.options import check_text as encodable
 from atomq.core.timeutil import to_aware
 from atomq.features.posts.publishers import PLATFORMS
 from atomq.features.posts.publishers.mastodon import URL_WEIGHT
@@ -33,10 +34,12 @@ def is_id(value: str) -> bool:
 
 
 def check_text(value: str, field: str, *, max_length: int | None = None, single_line: bool = False) -> str:
-    """Refuse NUL characters (PostgreSQL cannot store them) and overlong values; with
+    """Refuse NUL characters (PostgreSQL cannot store them), text that is not valid Unicode
+    (the rule of :func:`atomq.core.options.check_text`) and overlong values; with
     ``single_line``, any control character (a CR/LF in a name could forge a header or a log line)."""
     if "\x00" in value:
         raise InvalidInputError(f"{field} contains a NUL character", field=field)
+    encodable(value, field)
     if single_line and any(ch < " " or ch == "\x7f" for ch in value):
         raise InvalidInputError(f"{field} contains a line break or control character", field=field)
     if max_length is not None and len(value) > max_length:
@@ -161,4 +164,5 @@ def check_media(urls: list[str], platform: str) -> list[str]:
     for url in urls:
         if not isinstance(url, str) or not _URL.fullmatch(url) or len(url) > 2048 or "\x00" in url:
             raise InvalidInputError(f"media URL {str(url)[:80]!r} is not an http(s) URL", field="media_urls")
+        encodable(url, "media_urls")
     return list(urls)

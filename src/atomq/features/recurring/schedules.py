@@ -45,6 +45,7 @@ from croniter import croniter
 from atomq.core import keys
 from atomq.core.errors import ConfigurationError, DuplicateJobError
 from atomq.core.files import read_data_file
+from atomq.core.options import DerivedJobId
 from atomq.core.settings import Settings
 from atomq.engine.plugins import Context, periodic
 from atomq.engine.task_queue import TaskQueue
@@ -259,7 +260,7 @@ return 1
 
 def _write(tq: Any, schedule: Schedule, due: float, *, run_now: bool = False) -> int:
     options: dict[str, Any] = {
-        "job_id": schedule.job_id(due),
+        "job_id": DerivedJobId(schedule.job_id(due)),
         "unique": True,
         "description": f"recurring {schedule.name} due {datetime.fromtimestamp(due, UTC).isoformat()}",
         "meta": {"recurring": schedule.name, "due": due},

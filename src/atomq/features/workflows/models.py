@@ -28,10 +28,17 @@ class WorkflowRun(Base):
     """One execution of a workflow, with the definition it started with."""
 
     __tablename__ = "workflow_runs"
-    __table_args__ = (Index("ix_workflow_runs_created", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_workflow_runs_created", "created_at", "id"),
+        # A user's runs, newest first (tokens bound to a user list only theirs).
+        Index("ix_workflow_runs_user_created", "user_id", "created_at", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     workflow: Mapped[str] = mapped_column(String(64), index=True)
+    #: Who started it, when a token bound to a user did (``None``: started by an unbound token,
+    #: the CLI or code; only unbound tokens see those).
+    user_id: Mapped[str | None] = mapped_column(String(128), default=None)
     status: Mapped[str] = mapped_column(String(16), index=True)
     input: Mapped[Any] = mapped_column(JSON, nullable=True)
     definition: Mapped[dict[str, Any]] = mapped_column(JSON)

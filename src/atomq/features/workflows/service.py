@@ -15,8 +15,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from atomq.core.errors import AtomqError, ConflictError, DuplicateJobError, InvalidInputError, NotFoundError
-from atomq.core.options import check_json
+from atomq.core.errors import (
+    AtomqError,
+    ConflictError,
+    DuplicateJobError,
+    InvalidInputError,
+    InvalidTextError,
+    NotFoundError,
+)
+from atomq.core.options import DerivedJobId, check_json
 from atomq.db.base import new_id, utcnow
 from atomq.db.engine import Database
 from atomq.engine.task_queue import TaskQueue
@@ -25,7 +32,7 @@ from atomq.features.longjobs.stopping import stop_job
 from atomq.features.workflows.definitions import Workflow, WorkflowDefinitionError, registered_workflows
 from atomq.features.workflows.models import WorkflowDefinitionRecord, WorkflowRun, WorkflowStep
 from atomq.features.workflows.tasks import MAX_PAGE, STEP_TASK
-from atomq.features.workflows.views import RunNotFoundError, get_run, list_runs, run_view
+from atomq.features.workflows.views import RunNotFoundError, get_run, list_runs, owned, run_view
 
 logger = logging.getLogger("atomq.features.workflows")
 
@@ -94,17 +101,23 @@ def list_definitions(database: Database) -> dict[str, Workflow]:
 # -- runs ------------------------------------------------------------------------------------
 
 
-def start_run(database: Database, tq: TaskQueue, name: str, input: Any = None) -> dict[str, Any]:
-    """Start a run of workflow ``name`` with ``input``; the first steps are queued at once."""
+def start_run(
+    database: Database, tq: TaskQueue, name: str, input: Any = None, *, user_id: str | None = None
+) -> dict[str, Any]:
+    """Start a run of workflow ``name`` with ``input``; the first steps are queued at once.
+    ``user_id`` is the user the run belongs to (a token bound to a user started it)."""
     workflow = find_definition(database, name).validate(tq.registry)
     try:
         check_json(input, "input")
+    except InvalidTextError:
+        raise
     except AtomqError as exc:
-        raise InvalidInputError(exc.message, field="input") from None
+        raise InvalidInputError(exc.message, field=exc.field or "input") from None
     now = utcnow()
     run = WorkflowRun(
         id=new_id("wfr"),
         workflow=workflow.name,
+        user_id=user_id,
         status="running",
         input=input,
         definition=workflow.to_dict(),
@@ -183,7 +196,7 @@ def enqueue_step(tq: TaskQueue, run_id: str, definition: Workflow, name: str, at
     spec = tq.registry.get(step.task)
     retry: Retry | None = step.retry or spec.retry
     options: dict[str, Any] = {
-        "job_id": step_job_id(run_id, name, attempt),
+        "job_id": DerivedJobId(step_job_id(run_id, name, attempt)),
         "unique": True,
         "queue": step.queue or definition.queue,
         "timeout": step.timeout or spec.timeout or tq.settings.default_timeout,
@@ -246,11 +259,12 @@ def succeed_step(database: Database, run_id: str, name: str, attempt: int, resul
         return True
 
 
-def retry_run(database: Database, tq: TaskQueue, run_id: str) -> dict[str, Any]:
-    """Run the failed steps of a failed run again (new attempt) and carry on from there."""
+def retry_run(database: Database, tq: TaskQueue, run_id: str, *, owner: str | None = None) -> dict[str, Any]:
+    """Run the failed steps of a failed run again (new attempt) and carry on from there.
+    With ``owner``, only that user's runs."""
     with database.session() as session:
         run = _lock_run(session, run_id)
-        if run is None:
+        if run is None or not owned(run, owner):
             raise RunNotFoundError(f"no workflow run with id {run_id!r}", field="run_id")
         if run.status != "failed":
             raise RunStateError(f"run {run_id} is {run.status}; only failed runs can be retried")
@@ -270,15 +284,16 @@ def retry_run(database: Database, tq: TaskQueue, run_id: str) -> dict[str, Any]:
 
 
 def cancel_run(
-    database: Database, tq: TaskQueue, run_id: str, *, grace: float | None = None
+    database: Database, tq: TaskQueue, run_id: str, *, grace: float | None = None, owner: str | None = None
 ) -> dict[str, Any]:
-    """Cancel a run: pending and queued steps are canceled, running ones asked to stop."""
+    """Cancel a run: pending and queued steps are canceled, running ones asked to stop.
+    With ``owner``, only that user's runs."""
 
     to_cancel: list[str] = []
     to_stop: list[str] = []
     with database.session() as session:
         run = _lock_run(session, run_id)
-        if run is None:
+        if run is None or not owned(run, owner):
             raise RunNotFoundError(f"no workflow run with id {run_id!r}", field="run_id")
         if run.status in ("succeeded", "canceled"):
             raise RunStateError(f"run {run_id} is already {run.status}; nothing to cancel")

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import and_, or_, select
 
+from atomq.core import visibility
 from atomq.core.errors import InvalidInputError, NotFoundError
 from atomq.db.engine import Database
 from atomq.engine.jobs import iso
@@ -30,14 +31,16 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return round((end - start).total_seconds(), 3)
 
 
-def run_view(run: WorkflowRun) -> dict[str, Any]:
-    """A run as the API and the CLI show it."""
+def run_view(run: WorkflowRun, scope: str = visibility.INTERNALS) -> dict[str, Any]:
+    """A run as the API and the CLI show it; its input, results and errors as ``scope`` may
+    see them (:mod:`atomq.core.visibility`)."""
+    content = visibility.allows(scope, visibility.CONTENT)
     return {
         "id": run.id,
         "workflow": run.workflow,
         "status": run.status,
-        "input": run.input,
-        "error": run.error,
+        "input": run.input if content else None,
+        "error": _run_error(run.error, content),
         "created_at": iso(run.created_at),
         "started_at": iso(run.started_at),
         "finished_at": iso(run.finished_at),
@@ -51,8 +54,8 @@ def run_view(run: WorkflowRun) -> dict[str, Any]:
                 "attempt": step.attempt,
                 "tries": step.tries,
                 "job_id": step.job_id,
-                "result": step.result,
-                "error": step.error,
+                "result": step.result if content else None,
+                "error": visibility.error_text(scope, step.error),
                 "queued_at": iso(step.queued_at),
                 "started_at": iso(step.started_at),
                 "finished_at": iso(step.finished_at),
@@ -63,13 +66,30 @@ def run_view(run: WorkflowRun) -> dict[str, Any]:
     }
 
 
-def get_run(database: Database, run_id: str) -> dict[str, Any]:
-    """One run with every step's state, timings, result or error."""
+def _run_error(error: str | None, content: bool) -> str | None:
+    """A run's error (``step b failed: ValueError: ...``), without what the step said when
+    that is not to be shown (``step b failed``: the step's own ``error`` shows its kind)."""
+    if error is None or content:
+        return error
+    head, sep, _ = error.partition(" failed: ")
+    return f"{head} failed" if sep else error
+
+
+def owned(run: WorkflowRun | None, owner: str | None) -> bool:
+    """Whether ``run`` exists and ``owner`` (a token's user, or ``None`` for any) may see it."""
+    return run is not None and (owner is None or run.user_id == owner)
+
+
+def get_run(
+    database: Database, run_id: str, *, scope: str = visibility.INTERNALS, owner: str | None = None
+) -> dict[str, Any]:
+    """One run with every step's state, timings, result or error (as ``scope`` sees them).
+    With ``owner``, another user's run is as absent as a missing one."""
     with database.session() as session:
         run = session.get(WorkflowRun, run_id)
-        if run is None:
+        if run is None or not owned(run, owner):
             raise RunNotFoundError(f"no workflow run with id {run_id!r}", field="run_id")
-        return run_view(run)
+        return run_view(run, scope)
 
 
 def list_runs(
@@ -79,8 +99,11 @@ def list_runs(
     status: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    scope: str = visibility.INTERNALS,
+    owner: str | None = None,
 ) -> dict[str, Any]:
-    """Runs, newest first: ``{"items": [...], "next_cursor": ...}`` (pass it back for more)."""
+    """Runs, newest first: ``{"items": [...], "next_cursor": ...}`` (pass it back for more);
+    with ``owner``, only that user's runs."""
     if status is not None and status not in RUN_STATES:
         raise InvalidInputError(
             f"status must be one of {', '.join(RUN_STATES)}, got {status!r}", field="status"
@@ -92,6 +115,8 @@ def list_runs(
         query = query.where(WorkflowRun.workflow == workflow)
     if status:
         query = query.where(WorkflowRun.status == status)
+    if owner is not None:
+        query = query.where(WorkflowRun.user_id == owner)
     if cursor:
         created, run_id = _decode_cursor(cursor)
         query = query.where(
@@ -103,7 +128,7 @@ def list_runs(
     query = query.order_by(WorkflowRun.created_at.desc(), WorkflowRun.id.desc()).limit(limit + 1)
     with database.session() as session:
         runs = list(session.scalars(query))
-        items = [run_view(run) for run in runs[:limit]]
+        items = [run_view(run, scope) for run in runs[:limit]]
         more = len(runs) > limit
         last = runs[limit - 1] if more else None
         next_cursor = _encode_cursor(last.created_at, last.id) if last is not None else None

@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 
 from atomq.core.settings import Settings
-from atomq.features.posts.netguard import HostPolicy
 from atomq.features.posts.publishers.base import (
     NotSent,
     OutcomeUnknown,
@@ -21,7 +20,6 @@ from atomq.features.posts.publishers.base import (
     RateLimited,
     Rejected,
 )
-from atomq.features.posts.publishers.http import make_client
 from atomq.features.posts.publishers.mastodon import IDEMPOTENCY_WINDOW, MastodonPublisher
 from atomq.features.posts.publishers.outbox import OutboxPublisher
 from atomq.features.posts.publishers.webhook import DEFAULT_IDEMPOTENCY_WINDOW, WebhookPublisher
@@ -94,28 +92,20 @@ def outbox_path(settings: Settings) -> Path:
 
 
 def build_publisher(
-    platform: str, options: dict[str, Any], settings: Settings, *, client: httpx.Client | None = None
+    platform: str, options: dict[str, Any], settings: Settings, *, client: httpx.AsyncClient
 ) -> Publisher:
-    """A publisher for an account on ``platform`` with ``options``.
-
-    HTTP publishers use ``client`` (shared, left open) or a client of their own (closed with
-    the publisher).
-    """
+    """A publisher for an account on ``platform`` with ``options``; HTTP publishers send
+    through ``client`` (a guarded one: :func:`~atomq.features.posts.publishers.http.make_client`),
+    which stays open for the next."""
     if platform == "outbox":
         return OutboxPublisher(outbox_path(settings))
-    owned = client is None
-    if client is None:
-        client = make_client(HostPolicy.parse(settings.posts_allowed_hosts), settings.posts_publish_timeout)
     if platform == "mastodon":
         return MastodonPublisher(
             client,
-            owns_client=owned,
             media_max_bytes=settings.posts_media_max_bytes,
             media_timeout=settings.posts_publish_timeout,
         )
     if platform == "webhook":
         idempotent, window = idempotency_of(platform, options)
-        return WebhookPublisher(client, idempotent=idempotent, idempotency_window=window, owns_client=owned)
-    if owned:
-        client.close()
+        return WebhookPublisher(client, idempotent=idempotent, idempotency_window=window)
     raise ValueError(f"unknown platform {platform!r}")

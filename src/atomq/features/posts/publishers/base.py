@@ -72,17 +72,17 @@ class OutcomeUnknown(PublishError):
 
 
 class Publisher(Protocol):
-    """Publishes posts to one platform."""
+    """Publishes posts to one platform (async: a worker publishes many posts at once).
+
+    HTTP publishers use the client they are given (the worker's pooled one for the running
+    event loop) and never close it; a publisher holds nothing that needs releasing.
+    """
 
     #: Whether the platform honours ``Idempotency-Key`` (a repeat within the window is a no-op).
     idempotent: bool
     #: Seconds the platform remembers an idempotency key.
     idempotency_window: float
 
-    def publish(self, request: PublishRequest) -> Published:
+    async def publish(self, request: PublishRequest) -> Published:
         """Make the outside call; return the result or raise a :class:`PublishError`."""
-        ...
-
-    def close(self) -> None:
-        """Release connections."""
         ...

@@ -1,9 +1,10 @@
-"""HTTP plumbing the Mastodon and webhook publishers share: a guarded client, and one mapping
-from transport errors and status codes to publish outcomes."""
+"""HTTP plumbing the Mastodon and webhook publishers share: a guarded async client, and one
+mapping from transport errors and status codes to publish outcomes."""
 
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -13,17 +14,21 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from atomq.features.posts.netguard import GuardedTransport, HostPolicy, blocked
+from atomq.features.posts.netguard import AsyncGuardedTransport, HostPolicy, blocked
 from atomq.features.posts.publishers.base import NotSent, OutcomeUnknown, RateLimited, Rejected
 
 #: Longest wait a platform's rate-limit headers may ask for before we stop believing them.
 MAX_RETRY_AFTER = 3600.0
 
 
-def make_client(policy: HostPolicy, timeout: float) -> httpx.Client:
-    """A client that connects only where ``policy`` allows, follows no redirects, ignores proxies."""
-    return httpx.Client(
-        transport=GuardedTransport(policy),
+def make_client(
+    policy: HostPolicy, timeout: float, *, ssl_context: ssl.SSLContext | None = None
+) -> httpx.AsyncClient:
+    """An async client that connects only where ``policy`` allows, follows no redirects, ignores
+    proxies; ``ssl_context`` may be shared with other clients (see
+    :class:`~atomq.features.posts.netguard.AsyncGuardedTransport`)."""
+    return httpx.AsyncClient(
+        transport=AsyncGuardedTransport(policy, ssl_context),
         timeout=httpx.Timeout(timeout),
         follow_redirects=False,
         trust_env=False,
@@ -40,11 +45,11 @@ def redact(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def send(client: httpx.Client, url: str, **kwargs: Any) -> httpx.Response:
+async def send(client: httpx.AsyncClient, url: str, **kwargs: Any) -> httpx.Response:
     """POST and return the 2xx response, or raise the outcome the failure means."""
     where = redact(url)
     try:
-        response = client.post(url, **kwargs)
+        response = await client.post(url, **kwargs)
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
         if blocked(exc):
             raise Rejected(f"{where}: {exc}") from None

@@ -16,6 +16,7 @@ that hour an attempt whose outcome is unknown can be repeated without posting tw
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -65,20 +66,18 @@ class MastodonPublisher:
 
     def __init__(
         self,
-        client: httpx.Client,
+        client: httpx.AsyncClient,
         *,
-        owns_client: bool = True,
         media_max_bytes: int = DEFAULT_MEDIA_MAX_BYTES,
         media_timeout: float = 30.0,
         processing_wait: float = MEDIA_PROCESSING_WAIT,
     ) -> None:
         self.client = client
-        self.owns_client = owns_client
         self.media_max_bytes = media_max_bytes
         self.media_timeout = media_timeout
         self.processing_wait = processing_wait
 
-    def publish(self, request: PublishRequest) -> Published:
+    async def publish(self, request: PublishRequest) -> Published:
         token = request.credentials.get("access_token")
         if not isinstance(token, str) or not token:
             raise Rejected(f"account {request.account_id} has no access_token")
@@ -91,8 +90,10 @@ class MastodonPublisher:
             body["language"] = request.options["language"]
         auth = {"Authorization": f"Bearer {token}"}
         try:
+            # One after another, in order: attachments keep the post's order, and a failed
+            # file stops the rest from being fetched and uploaded for nothing.
             media_ids = [
-                self._attach(base, auth, url, f"media {number}")
+                await self._attach(base, auth, url, f"media {number}")
                 for number, url in enumerate(request.media_urls, start=1)
             ]
         except PublishError as exc:
@@ -100,7 +101,7 @@ class MastodonPublisher:
             raise
         if media_ids:
             body["media_ids"] = media_ids
-        response = send(
+        response = await send(
             self.client,
             f"{base}/api/v1/statuses",
             json=body,
@@ -119,12 +120,12 @@ class MastodonPublisher:
             str(url) if url else None,
         )
 
-    def _attach(self, base: str, auth: dict[str, str], url: str, label: str) -> str:
+    async def _attach(self, base: str, auth: dict[str, str], url: str, label: str) -> str:
         """Fetch ``url``, upload it, wait until Mastodon has processed it; its attachment id."""
-        media = fetch(
+        media = await fetch(
             self.client, url, max_bytes=self.media_max_bytes, timeout=self.media_timeout, label=label
         )
-        data = self._upload(base, auth, media, label)
+        data = await self._upload(base, auth, media, label)
         media_id = data.get("id")
         if media_id is None:
             raise NotSent(
@@ -138,14 +139,14 @@ class MastodonPublisher:
                     f"{label}: Mastodon was still processing attachment {media_id} after "
                     f"{self.processing_wait:g} s; the status was not sent"
                 )
-            time.sleep(min(interval, max(deadline - time.monotonic(), 0.0)))
+            await asyncio.sleep(min(interval, max(deadline - time.monotonic(), 0.0)))
             interval = min(interval * 2, 2.0)
-            data = self._poll(base, auth, str(media_id), label)
+            data = await self._poll(base, auth, str(media_id), label)
         return str(media_id)
 
-    def _upload(self, base: str, auth: dict[str, str], media: Media, label: str) -> dict[str, Any]:
+    async def _upload(self, base: str, auth: dict[str, str], media: Media, label: str) -> dict[str, Any]:
         try:
-            response = send(
+            response = await send(
                 self.client,
                 f"{base}/api/v2/media",
                 files={"file": (media.filename, media.data, media.content_type)},
@@ -163,10 +164,10 @@ class MastodonPublisher:
             ) from None
         return _json(response)
 
-    def _poll(self, base: str, auth: dict[str, str], media_id: str, label: str) -> dict[str, Any]:
+    async def _poll(self, base: str, auth: dict[str, str], media_id: str, label: str) -> dict[str, Any]:
         url = f"{base}/api/v1/media/{media_id}"
         try:
-            response = self.client.get(url, headers=auth)
+            response = await self.client.get(url, headers=auth)
         except httpx.HTTPError as exc:
             raise NotSent(
                 f"{label}: polling {redact(url)} failed ({type(exc).__name__}); the status was not sent"
@@ -182,10 +183,6 @@ class MastodonPublisher:
                 retry_after=retry_after(response),
             )
         raise Rejected(f"{label}: Mastodon answered {response.status_code} for attachment {media_id}")
-
-    def close(self) -> None:
-        if self.owns_client:
-            self.client.close()
 
     def __repr__(self) -> str:
         return f"MastodonPublisher({redact(str(self.client.base_url)) or '-'})"

@@ -40,12 +40,16 @@ class Media:
         return f"Media({redact(self.url)}, {self.content_type}, {len(self.data)} bytes)"
 
 
-def fetch(client: httpx.Client, url: str, *, max_bytes: int, timeout: float, label: str = "media") -> Media:
+async def fetch(
+    client: httpx.AsyncClient, url: str, *, max_bytes: int, timeout: float, label: str = "media"
+) -> Media:
     """Download ``url`` (at most ``max_bytes``, within ``timeout`` seconds overall)."""
     where = f"{label} {redact(url)}"
     deadline = time.monotonic() + timeout
     try:
-        with client.stream("GET", url, follow_redirects=True, timeout=httpx.Timeout(timeout)) as response:
+        async with client.stream(
+            "GET", url, follow_redirects=True, timeout=httpx.Timeout(timeout)
+        ) as response:
             if len(response.history) > MAX_REDIRECTS:
                 raise Rejected(f"{where}: more than {MAX_REDIRECTS} redirects")
             status = response.status_code
@@ -63,7 +67,7 @@ def fetch(client: httpx.Client, url: str, *, max_bytes: int, timeout: float, lab
                 )
             chunks: list[bytes] = []
             size = 0
-            for chunk in response.iter_bytes():
+            async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > max_bytes:
                     raise Rejected(f"{where}: the media is over the {max_bytes}-byte limit")

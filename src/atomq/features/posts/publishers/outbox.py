@@ -3,7 +3,7 @@
 For development and demos (``atomq up`` creates an outbox account), so the whole path from
 API to worker to "published" can be watched with ``tail -f var/outbox.jsonl`` and no account
 anywhere. Lines are appended under an exclusive lock and fsynced, so concurrent workers
-never interleave them.
+never interleave them. The write (lock, append, fsync) blocks, so it runs off the event loop.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+from atomq.features.posts.offloop import off_loop
 from atomq.features.posts.publishers.base import NotSent, OutcomeUnknown, Published, PublishRequest
 
 #: Largest post the outbox takes.
@@ -31,7 +32,10 @@ class OutboxPublisher:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def publish(self, request: PublishRequest) -> Published:
+    async def publish(self, request: PublishRequest) -> Published:
+        return await off_loop(self._append, request)
+
+    def _append(self, request: PublishRequest) -> Published:
         line = {
             "id": request.idempotency_key,
             "post_id": request.post_id,
@@ -59,6 +63,3 @@ class OutboxPublisher:
         finally:
             os.close(fd)
         return Published(request.idempotency_key, f"file://{self.path.resolve()}#{request.idempotency_key}")
-
-    def close(self) -> None:
-        return None

@@ -52,15 +52,12 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, *, toleranc
 class WebhookPublisher:
     """Delivers posts to a URL with an HMAC signature."""
 
-    def __init__(
-        self, client: httpx.Client, *, idempotent: bool, idempotency_window: float, owns_client: bool = True
-    ) -> None:
+    def __init__(self, client: httpx.AsyncClient, *, idempotent: bool, idempotency_window: float) -> None:
         self.client = client
-        self.owns_client = owns_client
         self.idempotent = idempotent
         self.idempotency_window = idempotency_window
 
-    def publish(self, request: PublishRequest) -> Published:
+    async def publish(self, request: PublishRequest) -> Published:
         secret = request.credentials.get("secret")
         if not isinstance(secret, str) or not secret:
             raise Rejected(f"account {request.account_id} has no signing secret")
@@ -78,7 +75,7 @@ class WebhookPublisher:
         }
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
         timestamp = str(int(time.time()))
-        response = send(
+        response = await send(
             self.client,
             request.url,
             content=body,
@@ -101,7 +98,3 @@ class WebhookPublisher:
             if isinstance(data.get("url"), str):
                 url = data["url"]
         return Published(platform_id or request.idempotency_key, url)
-
-    def close(self) -> None:
-        if self.owns_client:
-            self.client.close()

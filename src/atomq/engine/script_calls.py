@@ -1,0 +1,121 @@
+"""Running a script in one round trip, from redis-py's sync and asyncio clients.
+
+An enqueue is one ``EVALSHA`` whose cost on the client is mostly redis-py's per-command
+machinery, not the network: encoding each of ~40 arguments in Python, retries, tracing hooks.
+The call is therefore packed in one go (by hiredis, in C) and sent on a connection taken
+from the client's own pool: its health checks, authentication, TLS and Sentinel address all
+still apply. The sync client's connections are kept for these calls once taken (a stack per
+client and process), sparing the pool's checkout on every call. Anything unusual (a broken
+connection, a client holding a single connection) goes through redis-py's ordinary
+``evalsha`` instead, with its retries. A script unknown to Redis (restarted, or its script
+cache flushed) is loaded and called again.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+import redis.asyncio
+from hiredis import pack_command  # installed with redis[hiredis]
+from redis.exceptions import NoScriptError
+
+from atomq.engine.producer_scripts import Script
+
+#: Errors after which the call is retried through redis-py's own path (which reconnects).
+_RETRY_ON = (redis.ConnectionError, redis.TimeoutError)
+
+
+class _Connections:
+    """Connections taken from one client's pool for script calls, reused last in, first out.
+
+    They stay checked out of redis-py's pool (which still disconnects them on ``close()``; a
+    disconnected one reconnects on its next call). Thread-safe: a thread pops one, uses it
+    alone and pushes it back. A forked child starts a stack of its own.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.pool = client.connection_pool
+        self.pid = os.getpid()
+        self.idle: deque[Any] = deque()
+
+    def take(self) -> Any:
+        try:
+            return self.idle.pop()
+        except IndexError:
+            return self.pool.get_connection()
+
+    def give(self, connection: Any) -> None:
+        self.idle.append(connection)
+
+
+_STACKS: weakref.WeakKeyDictionary[redis.Redis, _Connections] = weakref.WeakKeyDictionary()
+
+
+def _stack(client: redis.Redis) -> _Connections:
+    stack = _STACKS.get(client)
+    if stack is None or stack.pid != os.getpid():
+        stack = _STACKS[client] = _Connections(client)
+    return stack
+
+
+def call_script(client: redis.Redis, script: Script, args: Sequence[Any]) -> Any:
+    """Run ``script`` with ``args`` (no keys) on ``client``; return its reply."""
+    if client.connection is None:  # a pooled client (single-connection clients use the slow path)
+        packed = [pack_command(("EVALSHA", script.sha, 0, *args))]
+        stack = _stack(client)
+        connection = stack.take()
+        try:
+            connection.send_packed_command(packed)
+            return connection.read_response()
+        except NoScriptError:
+            client.script_load(script.source)
+            return client.evalsha(script.sha, 0, *args)
+        except redis.ResponseError:
+            raise  # an error reply: the connection is in step, and is used again
+        except _RETRY_ON:
+            connection.disconnect()
+        except BaseException:
+            connection.disconnect()  # a reply may still be on its way: never reuse it
+            raise
+        finally:
+            stack.give(connection)
+    try:
+        return client.evalsha(script.sha, 0, *args)
+    except NoScriptError:
+        client.script_load(script.source)
+        return client.evalsha(script.sha, 0, *args)
+
+
+async def call_script_async(client: redis.asyncio.Redis, script: Script, args: Sequence[Any]) -> Any:
+    """:func:`call_script` for redis-py's asyncio client."""
+    if client.connection is None:
+        packed = [pack_command(("EVALSHA", script.sha, 0, *args))]
+        pool = client.connection_pool
+        connection = await pool.get_connection()
+        try:
+            await connection.send_packed_command(packed)
+            return await connection.read_response()
+        except NoScriptError:
+            await client.script_load(script.source)
+            return await client.evalsha(script.sha, 0, *args)
+        except redis.ResponseError:
+            raise
+        except _RETRY_ON:
+            await connection.disconnect()
+        except BaseException:
+            # Cancelled mid-call: the reply may still come; a reused connection would hand
+            # it to the next command.
+            await connection.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(connection)
+    try:
+        return await client.evalsha(script.sha, 0, *args)
+    except NoScriptError:
+        await client.script_load(script.source)
+        return await client.evalsha(script.sha, 0, *args)

@@ -1,0 +1,251 @@
+"""The publishing state machine's steps on the database: read a post, claim it, finish an
+attempt, record what a failed send means. Each is short and blocking (a read, or a
+compare-and-set ``UPDATE``, plus a Redis call for a 429); :mod:`~atomq.features.posts.publishing`
+runs them off the event loop, in the order that keeps a post published at most once. Also the
+rules they share: how long an attempt may hold a post (its lease) and when repeating it is safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_
+from sqlalchemy.sql import ColumnElement
+
+from atomq.core.errors import PermanentError, RetryableError
+from atomq.core.settings import Settings
+from atomq.core.timeutil import utcnow
+from atomq.features.posts.models import Account, ScheduledPost
+from atomq.features.posts.publishers import (
+    NotSent,
+    OutcomeUnknown,
+    PublishError,
+    RateLimited,
+    idempotency_of,
+)
+from atomq.features.posts.publishers.mastodon import MEDIA_PROCESSING_WAIT
+from atomq.features.posts.records import load_post, update_post
+from atomq.features.posts.runtime import PostsRuntime
+
+logger = logging.getLogger("atomq.features.posts")
+
+#: An attempt's lease covers the publisher's connect and read timeouts plus a margin (a
+#: quarter of the timeout, at least this many seconds): past it the attempt is certainly
+#: over, and may be declared dead.
+LEASE_MARGIN = 2.0
+
+#: Retry delays after a failed send: base * 2**(attempt-1), capped, +-25 % jitter.
+BACKOFF_BASE = 2.0
+BACKOFF_CAP = 300.0
+
+#: Part of an idempotency window kept clear: a repeat must reach the platform while it still
+#: remembers the key, so the last stretch is not used.
+WINDOW_SAFETY = 0.1
+
+
+def lease_seconds(runtime: PostsRuntime, media: int = 0) -> float:
+    """How long one attempt may hold a post (and its account's in-flight lock)."""
+    return attempt_seconds(runtime.settings, media)
+
+
+def attempt_seconds(settings: Settings, media: int = 0) -> float:
+    """The longest one publishing attempt can take: its lease.
+
+    Each of ``media`` files adds its download, upload and the wait for the platform to
+    process it (all before the post itself is sent).
+    """
+
+    timeout = settings.posts_publish_timeout
+    per_media = 3 * timeout + MEDIA_PROCESSING_WAIT
+    return 2 * timeout + max(LEASE_MARGIN, timeout / 4) + media * per_media
+
+
+def idempotency_key(post_id: str, revision: int) -> str:
+    """The key every request for this revision of the post carries (stable across retries)."""
+    digest = hashlib.sha256(f"{post_id}:{revision}".encode()).hexdigest()[:32]
+    return f"atomq-{digest}"
+
+
+@dataclass
+class Snapshot:
+    """The post and its account as read at the start of a run."""
+
+    post: ScheduledPost
+    account: Account
+
+
+def load(runtime: PostsRuntime, post_id: str) -> Snapshot:
+    """The post and its account as stored now (detached), or PermanentError when it is gone."""
+    found = load_post(runtime.database, post_id)
+    if found is None:
+        raise PermanentError(f"no scheduled post {post_id}")
+    return Snapshot(*found)
+
+
+def resumable(post: ScheduledPost, account: Account, runtime: PostsRuntime, now: datetime) -> bool:
+    """Whether repeating the call for a post in ``publishing`` cannot publish it twice."""
+    idempotent, window = idempotency_of(account.platform, dict(account.options or {}))
+    if not idempotent or post.attempts >= runtime.settings.posts_max_attempts:
+        return False
+    if post.first_sent_at is None:
+        return True
+    usable = window * (1 - WINDOW_SAFETY) - lease_seconds(runtime, len(post.media_urls or []))
+    return (now - post.first_sent_at).total_seconds() < usable
+
+
+def in_flight_decision(
+    runtime: PostsRuntime, post: ScheduledPost, account: Account, now: datetime
+) -> float | str:
+    """For a post found in ``publishing``: seconds to wait while another attempt holds it,
+    ``"resume"`` when repeating is safe, else ``"unconfirmed"``."""
+    if post.attempt_id is not None and post.lease_until is not None and post.lease_until > now:
+        return (post.lease_until - now).total_seconds()
+    return "resume" if resumable(post, account, runtime, now) else "unconfirmed"
+
+
+def claim(
+    runtime: PostsRuntime, post: ScheduledPost, token: str, lease: float, *, resuming: bool
+) -> ScheduledPost | None:
+    """Make this run the post's attempt, committed before anything is sent; None if it lost."""
+    now = utcnow()
+    values: dict[str, Any] = {
+        "status": "publishing",
+        "attempt_id": token,
+        "lease_until": now + timedelta(seconds=lease),
+        "attempts": ScheduledPost.attempts + 1,
+    }
+    if resuming:
+        # Keep first_sent_at: the key's lifetime runs from the first request that carried it.
+        where: list[ColumnElement[bool]] = [
+            ScheduledPost.status == "publishing",
+            or_(ScheduledPost.attempt_id.is_(None), ScheduledPost.lease_until < now),
+        ]
+        if post.first_sent_at is None:
+            values["first_sent_at"] = now
+    else:
+        where = [ScheduledPost.status == "scheduled"]
+        values["first_sent_at"] = now
+    where.append(ScheduledPost.revision == post.revision)
+    if not update_post(runtime.database, post.id, where, values):
+        return None
+    # What the UPDATE wrote, applied to our detached copy (saves reading the row again).
+    post.status, post.attempt_id, post.lease_until = "publishing", token, values["lease_until"]
+    post.attempts += 1
+    post.first_sent_at = values.get("first_sent_at", post.first_sent_at)
+    return post
+
+
+def after_failure(
+    runtime: PostsRuntime,
+    post: ScheduledPost,
+    account: Account,
+    token: str,
+    exc: PublishError,
+    *,
+    resuming: bool = False,
+) -> dict[str, Any]:
+    """Record what a failed send means and tell the worker whether to retry."""
+    settings = runtime.settings
+    message = exc.message[:2000]
+    logger.warning("post %s: attempt %d failed: %s", post.id, post.attempts, message)
+    if resuming and (isinstance(exc, NotSent) or exc.preparing):
+        # This attempt repeats one whose outcome is unknown. That this one never reached the
+        # platform (or failed on the media before the post) says nothing about the earlier
+        # one: the post stays unknown - repeated while the key is remembered, else unconfirmed.
+        if isinstance(exc, RateLimited) and exc.retry_after:
+            runtime.limiter.block(account.id, exc.retry_after)
+        exc = OutcomeUnknown(
+            f"{message} (an earlier attempt may have published it)", retry_after=exc.retry_after
+        )
+        message = exc.message[:2000]
+    if isinstance(exc, NotSent):
+        if isinstance(exc, RateLimited):
+            if exc.retry_after:
+                runtime.limiter.block(account.id, exc.retry_after)
+            # Being told to wait is not a failed attempt.
+            attempts: Any = ScheduledPost.attempts - 1
+            exhausted = False
+        else:
+            attempts = ScheduledPost.attempts
+            exhausted = post.attempts >= settings.posts_max_attempts
+        if exhausted:
+            finish(runtime, post.id, token, status="failed", last_error=f"gave up: {message}")
+            raise PermanentError(f"post {post.id} failed after {post.attempts} attempts: {message}")
+        # Nothing reached the platform: the post is editable and cancelable again.
+        finish(
+            runtime,
+            post.id,
+            token,
+            status="scheduled",
+            first_sent_at=None,
+            attempts=attempts,
+            last_error=message,
+        )
+        raise RetryableError(message, delay=exc.retry_after or backoff(post.attempts))
+    if isinstance(exc, OutcomeUnknown):
+        if resumable(post, account, runtime, utcnow()):
+            # Stay in publishing (not editable): the repeat must carry the same content and key.
+            finish(runtime, post.id, token, status="publishing", last_error=message)
+            raise RetryableError(message, delay=exc.retry_after or backoff(post.attempts))
+        finish(runtime, post.id, token, status="unconfirmed", last_error=f"outcome unknown: {message}")
+        raise PermanentError(
+            f"post {post.id}: the platform may or may not have published it ({message}); "
+            "marked unconfirmed, not retried"
+        )
+    finish(runtime, post.id, token, status="failed", last_error=message)
+    raise PermanentError(f"post {post.id} was refused: {message}")
+
+
+def give_up_unknown(runtime: PostsRuntime, post: ScheduledPost, why: str) -> dict[str, Any]:
+    """Mark a post whose dead attempt cannot be safely repeated ``unconfirmed`` (PermanentError),
+    unless another run settled it first (its state is returned)."""
+    if not mark_unconfirmed(runtime, post, why):
+        current = load(runtime, post.id).post
+        return result(current, note=f"another run got there first ({current.status})")
+    raise PermanentError(f"post {post.id}: {why}; whether it was published is unknown (unconfirmed)")
+
+
+def mark_unconfirmed(runtime: PostsRuntime, post: ScheduledPost, why: str) -> bool:
+    """Move a post whose attempt is over (lease expired) from ``publishing`` to ``unconfirmed``."""
+    now = utcnow()
+    done = update_post(
+        runtime.database,
+        post.id,
+        [
+            ScheduledPost.status == "publishing",
+            or_(ScheduledPost.attempt_id.is_(None), ScheduledPost.lease_until < now),
+        ],
+        {"status": "unconfirmed", "attempt_id": None, "lease_until": None, "last_error": why},
+    )
+    if done:
+        logger.warning("post %s is unconfirmed: %s", post.id, why)
+    return done
+
+
+def finish(runtime: PostsRuntime, post_id: str, token: str, **values: Any) -> bool:
+    """End attempt ``token``: write ``values`` if it still holds the post."""
+    values.update(attempt_id=None, lease_until=None)
+    return update_post(runtime.database, post_id, [ScheduledPost.attempt_id == token], values)
+
+
+def backoff(attempt: int) -> float:
+    """Seconds before retrying after failed attempt number ``attempt``."""
+    return float(min(BACKOFF_BASE * 2.0 ** max(attempt - 1, 0), BACKOFF_CAP))
+
+
+def result(post: ScheduledPost, note: str | None = None) -> dict[str, Any]:
+    """What the task returns: the post's state, with a ``note`` on why nothing was done."""
+    out: dict[str, Any] = {
+        "post_id": post.id,
+        "status": post.status,
+        "attempts": post.attempts,
+        "platform_post_id": post.platform_post_id,
+        "url": post.platform_url,
+    }
+    if note:
+        out["note"] = note
+    return out

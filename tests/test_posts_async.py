@@ -1,0 +1,167 @@
+"""Publishing as async code: one pooled client per event loop, many posts in flight on one loop,
+and a busy account answered with Defer instead of a wait inside the job.
+
+Against the real fake receiver (a local HTTP server that records each request's client
+address, so keep-alive reuse is visible), real Redis and the test database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from atomq.core.errors import Defer
+from atomq.features.posts.publishing import BUSY_DEFER, publish_post, publish_post_async
+from atomq.features.posts.ratelimit import Limit
+from testkit.fakes.server import Plan
+from testkit.posts import schedule
+from testkit.support import wait_for
+
+
+def run(runtime, post):
+    return publish_post(runtime, post.id, post.user_id, post.revision)
+
+
+def test_one_client_per_loop_reused_by_every_post_and_closed_with_its_loop(
+    runtime, service, accounts, webhook
+):
+    account = accounts.webhook(webhook)
+    posts = [schedule(service, account, f"post {i}") for i in range(4)]
+
+    async def publish_all():
+        client = await runtime.http()
+        results = [await publish_post_async(runtime, p.id, p.user_id, p.revision) for p in posts]
+        assert await runtime.http() is client  # the same client for the loop's whole life
+        return client, results
+
+    first, results = asyncio.run(publish_all())
+    assert [r["status"] for r in results] == ["published"] * 4
+    assert len(webhook.requests) == 4
+    # One connection, kept alive from one post to the next (the server saw one client port).
+    assert len({r.peer for r in webhook.requests}) == 1, [r.peer for r in webhook.requests]
+    assert first.is_closed  # closed as its loop shut down
+    assert len(runtime.clients) == 0
+
+    async def client_of_this_loop():
+        return await runtime.http()
+
+    second = asyncio.run(client_of_this_loop())
+    assert second is not first  # a new loop, a new client (connections belong to their loop)
+    assert second.is_closed
+
+
+def test_posts_of_many_accounts_publish_at_once_on_one_loop(runtime, service, accounts, webhook):
+    posts = [schedule(service, accounts.webhook(webhook, handle=f"hook-{i}"), f"post {i}") for i in range(10)]
+    webhook.plan(*[Plan(delay=0.5) for _ in posts])  # each answer takes half a second
+
+    async def publish_all():
+        return await asyncio.gather(
+            *(publish_post_async(runtime, p.id, p.user_id, p.revision) for p in posts)
+        )
+
+    started = time.monotonic()
+    results = asyncio.run(publish_all())
+    elapsed = time.monotonic() - started
+    assert [r["status"] for r in results] == ["published"] * 10
+    assert sorted(d["content"] for d in webhook.accepted) == sorted(f"post {i}" for i in range(10))
+    # One after another they would take 5 s; together, about one answer's time.
+    assert elapsed < 3.0, elapsed
+
+
+def test_a_busy_account_defers_at_once_without_using_an_attempt(runtime, service, accounts, webhook):
+    account = accounts.webhook(webhook)
+    post = schedule(service, account, "waits its turn")
+    # Another post of the account is being published (its worker holds the in-flight lock).
+    assert runtime.limiter.acquire(account.id, Limit(0, 0), request="other", token="other", lease=30).ok
+    started = time.monotonic()
+    with pytest.raises(Defer, match="another post of this account") as info:
+        run(runtime, post)
+    assert time.monotonic() - started < 2.0  # no wait inside the job (it used to wait up to 5 s)
+    assert 0 < info.value.delay <= BUSY_DEFER * 1.25
+    stored = service.get(post.id)
+    assert (stored.status, stored.attempts) == ("scheduled", 0)
+    assert webhook.requests == []
+    # A lock about to end is waited out for no longer than it has left.
+    runtime.limiter.release(account.id, "other")
+    assert runtime.limiter.acquire(account.id, Limit(0, 0), request="other", token="other", lease=0.2).ok
+    with pytest.raises(Defer) as info:
+        run(runtime, post)
+    assert info.value.delay <= 0.2 * 1.25
+    runtime.limiter.release(account.id, "other")
+    assert run(runtime, post)["status"] == "published"
+    assert service.get(post.id).attempts == 1
+    assert len(webhook.accepted) == 1
+
+
+@pytest.mark.slow
+def test_a_worker_defers_a_busy_accounts_post_and_publishes_it_once_free(
+    service, accounts, webhook, procs, posts_env, posts_tq, runtime
+):
+    account = accounts.webhook(webhook)
+    assert runtime.limiter.acquire(account.id, Limit(0, 0), request="other", token="other", lease=120).ok
+    post = schedule(service, account, "after the other", publish_now=True, at=None)
+    worker = procs.worker(env=posts_env)
+    # The job ran, found the account busy and went back to the schedule: no failure, no attempt.
+    wait_for(
+        lambda: (
+            "deferred" in procs.log(worker) and posts_tq.get_job_status(post.job_id)["status"] == "scheduled"
+        ),
+        60,  # a loaded machine may take a while to start the worker
+        what="the job to be deferred",
+    )
+    assert service.get(post.id).attempts == 0
+    assert webhook.requests == []
+    runtime.limiter.release(account.id, "other")
+    wait_for(lambda: service.get(post.id).status == "published", 60, what="the post to be published")
+    assert len(webhook.accepted) == 1
+    assert service.get(post.id).attempts == 1
+
+
+def test_the_task_runs_directly_and_shares_one_client_on_one_loop(
+    service, accounts, webhook, posts_env, monkeypatch
+):
+    # The guide's "test the job function directly", and what a worker running every async job
+    # on one loop does: several posts in flight, one runtime and one client for all of them.
+    from atomq.features.posts.runtime import from_environment
+    from atomq.features.posts.tasks import process_scheduled_post
+
+    for name, value in posts_env.items():
+        monkeypatch.setenv(name, value)
+    posts = [schedule(service, accounts.webhook(webhook, handle=f"hook-{i}"), f"post {i}") for i in range(3)]
+
+    async def worker_loop():
+        results = await asyncio.gather(
+            *(process_scheduled_post(post_id=p.id, user_id=p.user_id) for p in posts)
+        )
+        return results, len(from_environment().clients)
+
+    runtime = from_environment()
+    try:
+        results, clients = asyncio.run(worker_loop())
+        assert [r["status"] for r in results] == ["published"] * 3
+        assert clients == 1
+        assert len(webhook.accepted) == 3
+        assert len(runtime.clients) == 0  # closed with the loop
+    finally:  # the process keeps its runtime; this test's database and Redis go away
+        runtime.database.dispose()
+        runtime.connection.close()
+
+
+def test_a_loop_closed_without_shutting_down_has_its_client_forgotten():
+    import httpx
+
+    from atomq.features.posts.publishers.clients import LoopClients
+
+    clients = LoopClients(httpx.AsyncClient)
+    loop = asyncio.new_event_loop()
+    try:
+        first = loop.run_until_complete(clients.get())
+        assert loop.run_until_complete(clients.get()) is first
+        assert len(clients) == 1
+    finally:
+        loop.close()  # no shutdown_asyncgens: nothing closed the client on its loop
+    assert len(clients) == 0  # forgotten, not handed to the next loop
+    second = asyncio.run(clients.get())
+    assert second is not first and second.is_closed

@@ -1,0 +1,86 @@
+"""The allowlist at connect time, for the sync and the async guarded transports alike.
+
+Names are answered by a stand-in ``getaddrinfo`` (the resolver a hostile DNS server would be);
+the servers are real local ones. Only 127.0.0.1 is allowed: 127.0.0.2 stands for an internal
+service, and a name that first resolved to 127.0.0.1 and now to 127.0.0.2 is DNS rebinding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from atomq.features.posts.netguard import AsyncGuardedTransport, GuardedTransport, HostPolicy, blocked
+from testkit.fakes.webhook import FakeWebhookReceiver
+
+POLICY = HostPolicy.parse(["127.0.0.1"])
+
+
+def get(kind: str, url: str) -> int:
+    """GET ``url`` through a fresh guarded client of ``kind``; the status code."""
+    if kind == "sync":
+        with httpx.Client(transport=GuardedTransport(POLICY), timeout=5) as client:
+            return client.get(url).status_code
+
+    async def fetch() -> int:
+        async with httpx.AsyncClient(transport=AsyncGuardedTransport(POLICY), timeout=5) as client:
+            return (await client.get(url)).status_code
+
+    return asyncio.run(fetch())
+
+
+@pytest.fixture
+def answers(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Names resolved from this table (what the test changes between two connections)."""
+    table: dict[str, str] = {}
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in table:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (table[host], int(port or 0)))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return table
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[FakeWebhookReceiver, FakeWebhookReceiver]]:
+    """A receiver on the allowed 127.0.0.1 and one on the internal 127.0.0.2, same port."""
+    allowed = FakeWebhookReceiver().start()
+    internal = FakeWebhookReceiver()
+    internal.host, internal.port = "127.0.0.2", allowed.port
+    internal.start()
+    yield allowed, internal
+    allowed.stop()
+    internal.stop()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_an_internal_address_is_never_connected_to(kind, servers):
+    allowed, internal = servers
+    assert get(kind, f"http://127.0.0.1:{allowed.port}/ok") == 401  # reached (unsigned: refused)
+    with pytest.raises(httpx.ConnectError) as info:
+        get(kind, f"http://127.0.0.2:{internal.port}/secret")
+    assert blocked(info.value)
+    assert "ATOMQ_POSTS_ALLOWED_HOSTS does not allow" in str(info.value)
+    assert internal.requests == []
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_name_rebound_to_an_internal_address_is_refused_when_connecting(kind, servers, answers):
+    allowed, internal = servers
+    answers["rebind.test"] = "127.0.0.1"
+    assert get(kind, f"http://rebind.test:{allowed.port}/first") == 401
+    answers["rebind.test"] = "127.0.0.2"  # the next connection resolves again
+    with pytest.raises(httpx.ConnectError) as info:
+        get(kind, f"http://rebind.test:{allowed.port}/second")
+    assert blocked(info.value)
+    assert "rebind.test resolves to 127.0.0.2" in str(info.value)
+    assert [r.path for r in allowed.requests] == ["/first"]
+    assert internal.requests == []
