@@ -79,10 +79,16 @@ class System:
 
 
 class Atomq(System):
-    """atomq through its public API; ``io_task`` picks the async or the sync I/O task."""
+    """atomq through its public API; ``io_task`` picks the async or the sync I/O task, ``count``
+    the worker processes of the supervisor (``atomq worker --count``)."""
 
     def __init__(
-        self, url: str, name: str = "atomq", io_task: str = "bench_io", concurrency: int | None = None
+        self,
+        url: str,
+        name: str = "atomq",
+        io_task: str = "bench_io",
+        concurrency: int | None = None,
+        count: int = 2,
     ) -> None:
         super().__init__(name, url, "rq:queue:bench")
         self.env = {
@@ -97,6 +103,7 @@ class Atomq(System):
         self.tq = TaskQueue()
         self.tasks = {"noop": "bench_noop", "io": io_task}
         self.concurrency = concurrency
+        self.count = count
         self.bulk_api = "task_queue.enqueue_many"
 
     def enqueue_one(self, kind: str = "noop") -> None:
@@ -112,7 +119,7 @@ class Atomq(System):
             self.tq.enqueue_at(datetime.fromtimestamp(due, UTC), "bench_record", index=index, due=due)
 
     def worker_commands(self, scheduling: bool) -> list[list[str]]:
-        command = [str(BIN / "atomq"), "worker", "bench", "--count", "2"]
+        command = [str(BIN / "atomq"), "worker", "bench", "--count", str(self.count)]
         if self.concurrency:
             command += ["--concurrency", str(self.concurrency)]
         return [command if scheduling else [*command, "--no-scheduler"]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -110,12 +111,31 @@ def test_sigterm_lets_the_running_job_finish(tq, procs, wclass, tmp_path):
     job = tq.enqueue("sleep_for", seconds=2, started_file=str(started), done_file=str(done))
     wait_for(started.exists, 15, what="job start")
     worker.send_signal(signal.SIGTERM)
+    # The supervisor relays the signal: enqueue once the worker has it, not merely the supervisor.
+    wait_for(
+        lambda: re.search(r"warm shut ?down requested", procs.log(worker), re.IGNORECASE) is not None,
+        10,
+        what="the worker to get the signal",
+    )
     queued_behind = tq.enqueue("add", a=1, b=1)
     assert worker.wait(20) == 0
     assert done.exists()
     assert status_of(tq, job.id) == "finished"
     assert status_of(tq, queued_behind.id) == "queued", "nothing new starts after SIGTERM"
     assert tq.connection.scard("rq:workers") == 0
+
+
+def test_ctrl_c_to_the_whole_process_group_still_lets_the_running_job_finish(tq, procs, wclass, tmp_path):
+    # Ctrl-C in a terminal signals every process of the group: the worker gets SIGINT itself and
+    # again, relayed by its supervisor, as SIGTERM. That is one request (warm), not two (cold).
+    worker = procs.worker("--worker-class", wclass)
+    started, done = tmp_path / "started", tmp_path / "done"
+    job = tq.enqueue("sleep_for", seconds=2, started_file=str(started), done_file=str(done))
+    wait_for(started.exists, 15, what="job start")
+    os.killpg(worker.pid, signal.SIGINT)
+    assert worker.wait(20) == 0
+    assert done.exists(), "the running job was stopped: a group-wide Ctrl-C counted twice"
+    assert status_of(tq, job.id) == "finished"
 
 
 def test_supervisor_restarts_a_killed_worker_and_recovers_its_job(tq, procs, wclass, tmp_path):

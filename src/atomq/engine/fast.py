@@ -78,6 +78,9 @@ BATCH_WINDOW_SECONDS = 0.02
 #: Most jobs one claim takes.
 MAX_BATCH = 64
 
+#: Seconds within which a repeated shutdown signal counts as the first one (see _on_signal).
+REPEAT_SIGNAL_SECONDS = 1.0
+
 #: When a job has run this long, the jobs waiting behind it in its lane move on (to a free
 #: thread, or back to the queue for other workers).
 RELEASE_AFTER_SECONDS = 0.25
@@ -169,6 +172,7 @@ class FastWorker:
         self._lease_lost = False  # declared dead while cut off: see _on_lease_lost
         self._cold = False
         self._signals = 0
+        self._first_signal_at: float | None = None
         self._want_claim = True  # the queues may hold jobs (last claim was full, or a wake-up)
         self._suspended = False  # `rq suspend`, checked by the background thread
         self._background_stop = threading.Event()
@@ -855,6 +859,16 @@ class FastWorker:
         signal.signal(signal.SIGINT, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # A signal sent to the whole process group (Ctrl-C in a terminal, `kill -TERM -<pgid>`)
+        # reaches this worker directly and again, moments later, relayed by its supervisor: as
+        # RQ does, a repeat within REPEAT_SIGNAL_SECONDS of the first is the same request, not
+        # the second one that asks for a cold shutdown (the supervisor waits longer than that
+        # before relaying a real second one).
+        now = time.monotonic()
+        if self._first_signal_at is not None and now - self._first_signal_at < REPEAT_SIGNAL_SECONDS:
+            return
+        if self._first_signal_at is None:
+            self._first_signal_at = now
         # Only queue it: the dispatcher acts on it between two steps.
         self.events.put((_SIGNAL, signum))
 
