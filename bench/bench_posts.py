@@ -154,6 +154,12 @@ def main() -> None:
         "--lead", type=float, default=None, help="seconds ahead posts are due (default: by size)"
     )
     parser.add_argument("--worker-count", type=int, default=2, help="atomq worker --count in a scenario")
+    parser.add_argument(
+        "--worker-concurrency",
+        type=int,
+        default=None,
+        help="atomq worker --concurrency in a scenario (default: its own)",
+    )
     parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients")
     parser.add_argument("--api-workers", type=int, default=1, help="API processes (atomq serve --workers)")
     parser.add_argument("--repeat", type=int, default=100, help="requests per list query")

@@ -90,9 +90,10 @@ def stack(args: argparse.Namespace) -> Iterator[Stack]:
         )
         api = Api(f"http://127.0.0.1:{port}", made["token"])
         api.wait_healthy()
-        processes.start(
-            [str(BIN / "atomq"), "worker", "--count", str(args.worker_count)], env, work / "worker.log"
-        )
+        worker = [str(BIN / "atomq"), "worker", "--count", str(args.worker_count)]
+        if args.worker_concurrency:
+            worker += ["--concurrency", str(args.worker_concurrency)]
+        processes.start(worker, env, work / "worker.log")
         # The bench process's own public-API client (the ping floor) reads these.
         os.environ.update({k: v for k, v in env.items() if k in ("REDIS_URL", "DATABASE_URL")})
         yield Stack(api, platform, server, work)
@@ -262,6 +263,7 @@ def report(name: str, results: dict[str, Any], args: argparse.Namespace) -> None
 
     print(
         f"\nposts {name}, platform latency {args.platform_latency} ms, atomq worker --count {args.worker_count}"
+        + (f" --concurrency {args.worker_concurrency}" if args.worker_concurrency else "")
     )
     print("  lateness = arrival at the platform - due time")
     if name == "burst":

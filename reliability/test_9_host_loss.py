@@ -89,8 +89,8 @@ DUE_IN = 4.0
 #: Short jobs enqueued at the fault: the surviving host must run them meanwhile.
 EXTRA_JOBS = int(size(10, 30))
 EXTRA_SECONDS = 0.2
-#: Longest wait for a round's jobs to end: today a killed host's jobs wait for its worker
-#: registrations to expire (80 s) and the reaper (every 5 s, on the leading scheduler).
+#: Longest wait for a round's jobs to end: far above the lease (3 s) and a frozen or cut-off
+#: host's outage, so a failure shows as figures rather than a timeout.
 ROUND_TIMEOUT = 150.0
 #: How long a returning host may take to show its workers registered again.
 REJOIN_TIMEOUT = 30.0

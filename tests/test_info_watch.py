@@ -20,7 +20,7 @@ def test_info_watch_refreshes_until_ctrl_c_and_exits_0(env, connection, tq):
     admin.pause_queue(connection, "social_media")
     process = subprocess.Popen(
         [sys.executable, "-m", "atomq", "info", "--watch", "--interval", "0.3"],
-        env=env,
+        env=env | {"PYTHONFAULTHANDLER": "1"},  # SIGABRT dumps every thread's stack
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -37,7 +37,11 @@ def test_info_watch_refreshes_until_ctrl_c_and_exits_0(env, connection, tq):
         wait_for(lambda: lines.count("Queues\n") >= seen + 2, 30, what="two more refreshes")
     finally:
         process.send_signal(signal.SIGINT)
-        process.wait(20)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)  # where it hangs, on stderr
+            process.wait(10)
         reader.join(5)
     err = process.stderr.read()
     process.stdout.close()

@@ -26,8 +26,11 @@ from redis.exceptions import NoScriptError
 
 from atomq.engine.producer_scripts import Script
 
-#: Errors after which the call is retried through redis-py's own path (which reconnects).
-_RETRY_ON = (redis.ConnectionError, redis.TimeoutError)
+#: Errors after which the call is retried through redis-py's own path (which reconnects): a
+#: pooled connection that Redis (restarted, or its idle timeout) closed. Not a timeout: the
+#: script may have run and only its reply be late, so sending it again could write twice, and
+#: a caller waiting on a silent Redis would wait a second timeout (the API answers 503 after one).
+_RETRY_ON = (redis.ConnectionError,)
 
 
 class _Connections:
