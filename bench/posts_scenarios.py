@@ -71,7 +71,7 @@ def stack(args: argparse.Namespace) -> Iterator[Stack]:
             server.url,
             {
                 "REDIS_URL": server.url,
-                "DATABASE_URL": f"sqlite:///{work / 'atomq.db'}",
+                "DATABASE_URL": args.database_url or f"sqlite:///{work / 'atomq.db'}",
                 "ATOMQ_DATA_DIR": str(work / "var"),
                 "ATOMQ_POSTS_ALLOWED_HOSTS": "127.0.0.1",
                 "ATOMQ_CREDENTIALS_KEY": Fernet.generate_key().decode(),

@@ -70,6 +70,9 @@ def run(urls: dict[str, str], workdir: Path) -> dict[str, Any]:
         outcome["statuses"] = {
             name: tq.get_job_status(job_id)["status"] for name, job_id in outcome["ids"].items()
         }
+    except BaseException:
+        processes.stop_all()  # the caller stops them only when it gets the outcome
+        raise
     finally:
         client.close()
     return outcome

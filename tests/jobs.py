@@ -310,3 +310,11 @@ def thread_sleep(seconds: float = 0.1) -> float:
     """Waits in a plain function: a thread of its own."""
     time.sleep(seconds)
     return seconds
+
+
+@task("imported")
+def imported(modules: list[str]) -> dict[str, bool]:
+    """Which of ``modules`` the worker process had imported when this job ran."""
+    import sys
+
+    return {name: name in sys.modules for name in modules}

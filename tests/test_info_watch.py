@@ -14,6 +14,10 @@ from atomq.ops import admin
 from testkit.support import wait_for
 
 
+def _interruptible() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.timeout(60)
 def test_info_watch_refreshes_until_ctrl_c_and_exits_0(env, connection, tq):
     tq.enqueue("add", a=1, b=2)
@@ -21,6 +25,9 @@ def test_info_watch_refreshes_until_ctrl_c_and_exits_0(env, connection, tq):
     process = subprocess.Popen(
         [sys.executable, "-m", "atomq", "info", "--watch", "--interval", "0.3"],
         env=env | {"PYTHONFAULTHANDLER": "1"},  # SIGABRT dumps every thread's stack
+        # A shell running the suite in the background (`... &`) starts it with Ctrl-C ignored,
+        # and Python keeps an ignored SIGINT ignored: give the command a terminal's default.
+        preexec_fn=_interruptible,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -124,3 +124,24 @@ def test_reaper_recovers_jobs_of_a_vanished_worker(tq, connection):
     assert connection.lrange(keys.queue_key("default"), 0, -1) == [job.id.encode()]
     assert not connection.sismember(keys.WORKERS_SET, "ghost")
     assert recover_worker(connection, "ghost", "again").anything is False
+
+
+def test_a_burst_falling_due_wakes_as_many_idle_workers_as_it_has_jobs(tq, connection):
+    # A token wakes one idle worker (BLPOP): 400 posts due at 9:00 must wake every worker at
+    # once, not one while the others sleep out their poll. Tokens are capped (16 kept).
+    due = datetime.now(UTC) + timedelta(seconds=0.2)
+    for i in range(3):
+        tq.enqueue_at(due, "add", a=i, b=1)
+    for i in range(30):
+        tq.enqueue_at(due, "echo", value=i)  # echo's queue is high_priority
+    time.sleep(0.25)
+    assert Scheduler(connection).tick().moved == 33
+    assert connection.llen(keys.wake_key("default")) == 3
+    assert connection.llen(keys.wake_key("high_priority")) == 16
+
+
+def test_enqueue_many_and_batches_wake_as_many_idle_workers_as_they_queue(tq, connection):
+    tq.enqueue_many([("add", {"a": i, "b": 1}) for i in range(5)])
+    assert connection.llen(keys.wake_key("default")) == 5
+    tq.enqueue_batch("add", [{"a": i, "b": 1} for i in range(40)])
+    assert connection.llen(keys.wake_key("default")) == 16

@@ -347,3 +347,18 @@ def test_defer_runs_the_job_later_without_using_a_retry(tq, procs, wclass, tmp_p
     from atomq.engine.stats import COUNTS_KEY
 
     assert int(tq.connection.hget(COUNTS_KEY, "default|defer_twice|deferred")) == 2
+
+
+def test_a_worker_imports_the_heavy_modules_of_the_tasks_it_serves_before_its_first_job(tq, procs):
+    # A burst of posts due at one instant must not wait for the first to import publishing's
+    # libraries; a worker that does not serve social_media does not pay for them.
+    publishing = "atomq.features.posts.publishing"
+    procs.worker("default", "social_media", "--no-scheduler")
+    job = tq.enqueue("imported", modules=[publishing])
+    wait_for(lambda: status_of(tq, job.id) == "finished", 30, what="the job")
+    assert tq.get_job_status(job.id)["result"] == {publishing: True}
+    procs.stop_all()
+    procs.worker("default", "--no-scheduler")
+    job = tq.enqueue("imported", modules=[publishing])
+    wait_for(lambda: status_of(tq, job.id) == "finished", 30, what="the job")
+    assert tq.get_job_status(job.id)["result"] == {publishing: False}

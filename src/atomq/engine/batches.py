@@ -171,7 +171,7 @@ def queue_chunk(pipe: Any, prepared: PreparedBatch, first: int, chunk: list[byte
         pipe.lpush(queue_key, *reversed(ids))
     else:
         pipe.rpush(queue_key, *ids)
-    wake_workers(pipe, batch.queue)
+    wake_workers(pipe, batch.queue, len(ids))
 
 
 def duplicate_batch(batch: Batch) -> DuplicateJobError:

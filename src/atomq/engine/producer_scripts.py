@@ -110,7 +110,18 @@ local function clear(job_id)
     redis.call('DEL', JOB .. job_id, RESULTS .. job_id, DEPS_PREFIX .. job_id .. DEPS_SUFFIX)
 end
 
-local woken = {}
+-- Jobs queued per queue by this call, and whether the scheduler was woken. A token wakes one
+-- idle worker: a call that queues many jobs drops one per job (at most TOKENS_KEPT), so every
+-- idle worker wakes, not one while the others sleep out their poll.
+local woken, scheduler_woken = {}, false
+local function wake_workers()
+    for queue, n in pairs(woken) do
+        local tokens = {}
+        for k = 1, math.min(n, tonumber(TOKENS_KEPT)) do tokens[k] = 1 end
+        redis.call('LPUSH', WAKE .. queue, unpack(tokens))
+        redis.call('LTRIM', WAKE .. queue, 0, TOKENS_KEPT - 1)
+    end
+end
 local function write(job)
     local key, t = JOB .. job.id, job.template
     if job.check == 'r' then clear(job.id) end
@@ -134,15 +145,11 @@ local function write(job)
         else
             redis.call('RPUSH', QUEUE .. t.queue, job.id)
         end
-        if not woken[t.queue] then
-            woken[t.queue] = true
-            redis.call('LPUSH', WAKE .. t.queue, 1)
-            redis.call('LTRIM', WAKE .. t.queue, 0, TOKENS_KEPT - 1)
-        end
+        woken[t.queue] = (woken[t.queue] or 0) + 1
     elseif status == 'scheduled' then
         redis.call('ZADD', SCHEDULED .. t.queue, job.due, job.id)
-        if not woken[''] then
-            woken[''] = true
+        if not scheduler_woken then
+            scheduler_woken = true
             redis.call('LPUSH', SCHEDULER_WAKE, 1)
             redis.call('LTRIM', SCHEDULER_WAKE, 0, TOKENS_KEPT - 1)
         end
@@ -173,6 +180,7 @@ if all_or_none then
 else
     for k, job in ipairs(jobs) do out[k] = refusal(job) or write(job) end
 end
+wake_workers()
 return out
 """)
 

@@ -40,10 +40,11 @@ logger = logging.getLogger("atomq.queues")
 WAKE_TOKENS_KEPT = 16
 
 
-def wake_workers(pipe: Any, queue_name: str) -> None:
-    """Queue a wake-up token for idle workers on ``pipe`` (a pipeline or a client)."""
+def wake_workers(pipe: Any, queue_name: str, jobs: int = 1) -> None:
+    """Queue wake-up tokens for idle workers on ``pipe`` (a pipeline or a client): one per
+    job pushed (at most WAKE_TOKENS_KEPT), since a token wakes one worker."""
     key = keys.wake_key(queue_name)
-    pipe.lpush(key, 1)
+    pipe.lpush(key, *([1] * max(1, min(jobs, WAKE_TOKENS_KEPT))))
     pipe.ltrim(key, 0, WAKE_TOKENS_KEPT - 1)
 
 

@@ -65,7 +65,11 @@ for _, job_id in ipairs(ids) do
     end
 end
 if moved > 0 then
-    redis.call('LPUSH', KEYS[3], 1)
+    -- A token wakes one idle worker: one per job moved (at most ARGV[4]), so a burst due at
+    -- one instant wakes every idle worker at once, not one while the others sleep their poll.
+    local tokens = {}
+    for k = 1, math.min(moved, tonumber(ARGV[4])) do tokens[k] = 1 end
+    redis.call('LPUSH', KEYS[3], unpack(tokens))
     redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[4]) - 1)
 end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')

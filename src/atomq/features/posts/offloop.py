@@ -5,10 +5,14 @@ SQLAlchemy sessions and its limits redis-py calls, both blocking. :func:`off_loo
 such step on a small pool of threads of this process and awaits it, so the loop keeps serving
 the other posts meanwhile.
 
-The pool is publishing's own rather than the loop's default executor: that one is shared with
-whatever else runs on the loop (a worker may run sync tasks in it), and a step that records a
-post's outcome must not queue behind them. Its size stays within the database's connection
-pool (5 + 10 overflow on PostgreSQL), so threads never wait for a connection.
+The pools are publishing's own rather than the loop's default executor: that one is shared
+with whatever else runs on the loop (a worker may run sync tasks in it), and a step that records
+a post's outcome must not queue behind them. The database pool's size stays within the
+database's connection pool (5 + 10 overflow on PostgreSQL), so threads never wait for a
+connection. Redis steps (an account's rate limit and in-flight lock, taken before and given
+back after every publish) have a pool of their own: during a burst the database steps queue
+for SQLite's single writer, and a lock given back must not wait behind them (it holds the
+account's next post).
 """
 
 from __future__ import annotations
@@ -25,31 +29,44 @@ from typing import ParamSpec, TypeVar
 P = ParamSpec("P")
 T = TypeVar("T")
 
-#: Threads per process for publishing's database and Redis steps. Each step is short (one
-#: query, one script), so a few threads keep up with hundreds of posts in flight.
+#: Threads per process for publishing's database steps, and for its Redis steps. Each step is
+#: short (one query, one script), so a few threads keep up with hundreds of posts in flight.
 OFF_LOOP_THREADS = 8
+REDIS_THREADS = 4
 
 _lock = threading.Lock()
-_pools: dict[int, ThreadPoolExecutor] = {}
+_pools: dict[tuple[int, str], ThreadPoolExecutor] = {}
 
 
-def executor() -> ThreadPoolExecutor:
-    """This process's pool (a forked child makes its own: threads do not survive a fork)."""
+def executor(kind: str = "db") -> ThreadPoolExecutor:
+    """This process's pool for ``kind`` ("db" or "redis"); a forked child makes its own:
+    threads do not survive a fork."""
     pid = os.getpid()
     with _lock:
-        pool = _pools.get(pid)
+        pool = _pools.get((pid, kind))
         if pool is None:
-            _pools.clear()
-            pool = _pools[pid] = ThreadPoolExecutor(OFF_LOOP_THREADS, thread_name_prefix="atomq-posts")
+            for key in [k for k in _pools if k[0] != pid]:
+                del _pools[key]
+            size = REDIS_THREADS if kind == "redis" else OFF_LOOP_THREADS
+            pool = _pools[(pid, kind)] = ThreadPoolExecutor(size, thread_name_prefix=f"atomq-posts-{kind}")
         return pool
 
 
 async def off_loop(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """``func(*args, **kwargs)`` on publishing's threads, awaited.
+    """``func(*args, **kwargs)`` on publishing's database threads, awaited.
 
     The call sees the caller's context variables (the job's log fields), as
     :func:`asyncio.to_thread` does. Cancelling the await does not stop a step already
     running: it completes, and the state machine's compare-and-set updates make that safe.
     """
+    return await _run(executor("db"), func, *args, **kwargs)
+
+
+async def redis_off_loop(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """:func:`off_loop` for a Redis step, on threads no database step holds."""
+    return await _run(executor("redis"), func, *args, **kwargs)
+
+
+async def _run(pool: ThreadPoolExecutor, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     call = functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
-    return await asyncio.get_running_loop().run_in_executor(executor(), call)
+    return await asyncio.get_running_loop().run_in_executor(pool, call)

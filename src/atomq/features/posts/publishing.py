@@ -38,7 +38,7 @@ from atomq.db.base import new_id
 from atomq.features.posts import attempts
 from atomq.features.posts.attempts import attempt_seconds, idempotency_key, lease_seconds, result
 from atomq.features.posts.models import FINAL_STATUSES, Account, ScheduledPost
-from atomq.features.posts.offloop import off_loop
+from atomq.features.posts.offloop import off_loop, redis_off_loop
 from atomq.features.posts.publishers import PublishError, PublishRequest, requests_per_post
 from atomq.features.posts.ratelimit import AccountLimiter, limit_for
 from atomq.features.posts.runtime import PostsRuntime
@@ -132,7 +132,7 @@ async def _attempt(
     limit = limit_for(account.platform, dict(account.options or {}), runtime.settings)
     request_name = f"{post.id}:{post.revision}:{post.attempts + 1}"
     cost = requests_per_post(account.platform, len(post.media_urls or []))
-    decision = await off_loop(
+    decision = await redis_off_loop(
         limiter.acquire, account.id, limit, request=request_name, token=token, lease=lease, cost=cost
     )
     if not decision.ok:
@@ -205,7 +205,7 @@ async def _release(limiter: AccountLimiter, account_id: str, token: str) -> None
     delay, deadline = 0.5, time.monotonic() + RELEASE_PATIENCE
     while True:
         try:
-            await off_loop(limiter.release, account_id, token)
+            await redis_off_loop(limiter.release, account_id, token)
             return
         except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError) as exc:
             if time.monotonic() + delay > deadline:

@@ -10,9 +10,9 @@ without holding locks across an outside call.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement
 
@@ -26,33 +26,37 @@ def update_post(
 ) -> bool:
     """Set ``values`` on the post if it matches ``where``; True when it did (committed)."""
     values.setdefault("updated_at", utcnow())
+    # RETURNING hands back the row as changed (the history needs its new status, revision and
+    # attempts) in the same statement: on SQLite the writer lock is held for the transaction,
+    # so every statement saved in it is publishing time saved for every other post.
     statement = (
         update(ScheduledPost)
         .where(ScheduledPost.id == post_id, *where)
         .values(**values)
+        .returning(ScheduledPost.status, ScheduledPost.revision, ScheduledPost.attempts)
         .execution_options(synchronize_session=False)
     )
     with database.session() as session:
-        result = cast(CursorResult[Any], session.execute(statement))
-        changed = result.rowcount == 1
-        if changed and ("status" in values or "revision" in values):
-            _record_event(session, post_id, values)
-        return changed
+        row = session.execute(statement).first()
+        if row is None:
+            return False
+        if "status" in values or "revision" in values:
+            _record_event(session, post_id, values, row.status, row.revision, row.attempts)
+        return True
 
 
-def _record_event(session: Session, post_id: str, values: dict[str, Any]) -> None:
+def _record_event(
+    session: Session, post_id: str, values: dict[str, Any], status: str, revision: int, attempts: int
+) -> None:
     """Add the post's new state to its history, in the transaction that changed it (issue 15)."""
-    post = session.get(ScheduledPost, post_id, populate_existing=True)
-    if post is None:
-        return
-    session.add(
-        PostEvent(
+    session.execute(
+        insert(PostEvent).values(
             post_id=post_id,
             at=values["updated_at"],
-            status=post.status,
+            status=status,
             event="status" if "status" in values else "edited",
-            revision=post.revision,
-            attempts=post.attempts,
+            revision=revision,
+            attempts=attempts,
             detail=values.get("last_error") if "status" in values else None,
         )
     )
@@ -61,7 +65,7 @@ def _record_event(session: Session, post_id: str, values: dict[str, Any]) -> Non
 def load_post(database: Database, post_id: str) -> tuple[ScheduledPost, Account] | None:
     """The post and its account (one query), detached from any session; None when there is no such post."""
     query = select(ScheduledPost, Account).join(Account).where(ScheduledPost.id == post_id)
-    with database.session() as session:
+    with database.reading() as session:
         row = session.execute(query).first()
         session.expunge_all()
     if row is None:
