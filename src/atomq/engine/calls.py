@@ -136,7 +136,7 @@ class QueuedJob:
 
 def as_rq_job(job: NewJob, status: str, connection: Any) -> AtomqJob:
     """The RQ job object for a written job, as ``Job.fetch`` would return it."""
-    rq_job = AtomqJob(job.id, connection=connection)
+    rq_job = AtomqJob.written(job.id, connection)
     rq_job._func_name = job.task
     rq_job._instance = None
     rq_job._args = list(job.args)

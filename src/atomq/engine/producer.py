@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-import uuid
+import os
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -177,7 +177,7 @@ def build_job(
         # With dependencies the script decides: queued, or deferred until they finish.
         pairs += ["status", "queued", "enqueued_at", stamp]
     return NewJob(
-        id=job_id or str(uuid.uuid4()),
+        id=job_id or new_job_id(),
         task=spec.name,
         queue=queue,
         kind="schedule" if due is not None else "queue",
@@ -202,6 +202,16 @@ def build_job(
         retries_left=retry.max if retry is not None else None,
         retry_intervals=intervals,
     )
+
+
+def new_job_id() -> str:
+    """A random (version 4) UUID in its text form, as RQ names jobs: ``str(uuid.uuid4())``
+    without building a ``UUID`` object (a tenth of an enqueue's Python time went there)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def rq_time(moment: datetime) -> str:
