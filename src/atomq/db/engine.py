@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -47,13 +46,8 @@ def make_engine(settings: Settings, **options: Any) -> Engine:
 
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30}, **options)
-        writers = _SqliteWriters()
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", writers.begin)
-        event.listen(engine, "commit", writers.end)
-        event.listen(engine, "rollback", writers.end)
-        # A connection given back without either (invalidated mid-transaction) frees it too.
-        event.listen(engine, "checkin", writers.checked_in)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     options.setdefault("pool_pre_ping", True)
     options.setdefault("pool_size", 5)
@@ -62,14 +56,14 @@ def make_engine(settings: Settings, **options: Any) -> Engine:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # Transactions are begun by _sqlite_begin_immediate, not by the driver (SQLAlchemy's recipe).
+    # Transactions are begun by _sqlite_begin, not by the driver (SQLAlchemy's recipe).
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     # WAL lets the API read while a worker writes; foreign keys are off by default in SQLite.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute(f"PRAGMA busy_timeout={int(WRITE_LOCK_PATIENCE * 1000)}")
+    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 
 
@@ -77,73 +71,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 #: SQLite they begin DEFERRED and take no write lock.
 READ_ONLY = "atomq_read_only"
 
-#: Seconds between two tries for SQLite's write lock held by another process, and how long to
-#: keep trying (the busy timeout the connections are opened with).
-WRITE_LOCK_POLL = 0.0005
-WRITE_LOCK_PATIENCE = 30.0
 
-
-class _SqliteWriters:
-    """Who may write to one SQLite database from this process, and how a writer waits.
-
-    Jobs run side by side in one worker (threads, and the event loop's database steps): two
-    SQLite transactions that both read, then both write, deadlock, and SQLite fails one at once
-    ("database is locked") instead of waiting. So every transaction that may write takes the
-    write lock at its start (``BEGIN IMMEDIATE``); WAL readers are not held up.
-
-    How writers wait for that lock decides how many posts a burst publishes per second.
-    SQLite's own busy handler sleeps 1, 2, 5, ... up to 100 ms between tries, so under
-    contention the lock sits free while every waiter sleeps (a burst of 400 posts measured 21 %
-    of its publishing threads' time there). Here, writers of one process queue on a lock of
-    their own (handed over at once, in order), and only the one at its head tries SQLite's lock,
-    every half millisecond while another process holds it.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        #: Connections (DBAPI) that hold this process's writer lock now.
-        self.holders: set[int] = set()
-
-    def begin(self, connection: Any) -> None:
-        if connection.get_execution_options().get(READ_ONLY):
-            connection.exec_driver_sql("BEGIN")
-            return
-        if not self.lock.acquire(timeout=WRITE_LOCK_PATIENCE):
-            raise OperationalError("BEGIN IMMEDIATE", None, Exception("database is locked (this process)"))
-        try:
-            _begin_immediate(connection)
-        except BaseException:
-            self.lock.release()
-            raise
-        self.holders.add(id(connection.connection.dbapi_connection))
-
-    def end(self, connection: Any) -> None:
-        self._release(id(connection.connection.dbapi_connection))
-
-    def checked_in(self, dbapi_connection: Any, _record: Any) -> None:
-        self._release(id(dbapi_connection))
-
-    def _release(self, key: int) -> None:
-        if key in self.holders:
-            self.holders.discard(key)
-            self.lock.release()
-
-
-def _begin_immediate(connection: Any) -> None:
-    """``BEGIN IMMEDIATE``, retrying every WRITE_LOCK_POLL seconds while another process writes."""
-    deadline = time.monotonic() + WRITE_LOCK_PATIENCE
-    connection.exec_driver_sql("PRAGMA busy_timeout=0")
-    try:
-        while True:
-            try:
-                connection.exec_driver_sql("BEGIN IMMEDIATE")
-                return
-            except OperationalError as exc:
-                if "locked" not in str(exc.orig) or time.monotonic() > deadline:
-                    raise
-                time.sleep(WRITE_LOCK_POLL)
-    finally:
-        connection.exec_driver_sql(f"PRAGMA busy_timeout={int(WRITE_LOCK_PATIENCE * 1000)}")
+def _sqlite_begin(connection: Any) -> None:
+    # Jobs run side by side in one worker (threads, and the event loop's database steps): two
+    # SQLite transactions that both read, then both write, deadlock, and SQLite fails one at
+    # once ("database is locked") instead of waiting its busy timeout. So every transaction
+    # that may write takes the write lock at its start (BEGIN IMMEDIATE) and writers queue
+    # behind each other; WAL readers are not held up. A connection opened for reads only
+    # (Database.reading) begins DEFERRED and never waits for a writer.
+    if connection.get_execution_options().get(READ_ONLY):
+        connection.exec_driver_sql("BEGIN")
+    else:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Database:
