@@ -12,6 +12,15 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def rq_text(moment: datetime) -> str:
+    """``moment`` in RQ's text form, ``2026-02-06T14:30:00.000000Z`` (what ``rq.utils.utcformat``
+    writes, without its ``strftime``: a worker formats two of these per job). ``moment`` is UTC,
+    aware or naive."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.isoformat(timespec="microseconds") + "Z"
+
+
 def to_aware(value: datetime, zone: tzinfo, *, field: str = "at") -> datetime:
     """``value`` as an aware datetime; a naive one is wall-clock time in ``zone``.
 

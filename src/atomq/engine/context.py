@@ -10,7 +10,6 @@ job a thread runs gets its own context), never in thread-globals: the log fields
 from __future__ import annotations
 
 import contextvars
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +21,22 @@ if TYPE_CHECKING:
     import asyncio
 
     from atomq.engine.jobs import AtomqJob
+
+
+class StopFlag:
+    """Whether a job must stop: ``set()`` / ``is_set()``, like :class:`threading.Event` but
+    without its lock and condition (a worker makes one per job; nothing waits on it)."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
 
 
 @dataclass(eq=False)
@@ -38,7 +53,7 @@ class Running:
     #: Monotonic time the task must end by (its timeout); the supervisor kills past it + grace.
     deadline: float = 0.0
     #: Set when the job must stop: a stop request, its time limit, a cold shutdown.
-    stop: threading.Event = field(default_factory=threading.Event)
+    stop: StopFlag = field(default_factory=StopFlag)
     stop_reason: str | None = None
     #: Where it runs: a thread's ident, or the asyncio task.
     thread_id: int | None = None

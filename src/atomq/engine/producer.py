@@ -37,7 +37,7 @@ from atomq.core.options import (
     validate_queue_name,
 )
 from atomq.core.settings import Settings
-from atomq.core.timeutil import utcnow
+from atomq.core.timeutil import rq_text, utcnow
 from atomq.engine.stats import DUE_FIELD
 from atomq.engine.tasks import Retry, TaskSpec
 
@@ -214,10 +214,8 @@ def new_job_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def rq_time(moment: datetime) -> str:
-    """``moment`` (aware, UTC) in RQ's text form, ``2026-02-06T14:30:00.000000Z``
-    (``rq.utils.utcformat``'s, which costs a ``strftime`` per call)."""
-    return moment.isoformat(timespec="microseconds")[:-6] + "Z"
+#: ``moment`` in RQ's text form (see :func:`atomq.core.timeutil.rq_text`).
+rq_time = rq_text
 
 
 def compress(data: bytes) -> bytes:

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 import redis
 from rq.defaults import UNSERIALIZABLE_RETURN_VALUE_PAYLOAD
 from rq.job import JobStatus
-from rq.utils import utcformat
 
 from atomq.core import keys
 from atomq.core.logging import job_log_fields, log_context
 from atomq.core.settings import Settings
+from atomq.core.timeutil import rq_text
 from atomq.engine import hooks, outcomes, stats
 from atomq.engine.context import Running
 from atomq.engine.fast_scripts import FastScripts
@@ -72,8 +72,8 @@ class Recorder:
             args += [
                 job.id,
                 running.queue,
-                utcformat(started),
-                utcformat(item.ended),
+                rq_text(started),
+                rq_text(item.ended),
                 result_ttl,
                 encoded,
                 started.timestamp(),
