@@ -33,8 +33,8 @@ from atomq.core.errors import (
 from atomq.core.keys import ACTIVE_BATCHES, ALL_BATCHES, batch_key, bits_key
 from atomq.core.options import JOB_ID_PATTERN, MAX_PAYLOAD_BYTES, check_json, validate_job_id
 from atomq.core.settings import Settings
-from atomq.core.timeutil import utcnow
-from atomq.engine.producer import build_job, compress, rq_time
+from atomq.core.timeutil import rq_text, utcnow
+from atomq.engine.producer import build_job, compress
 from atomq.engine.queues import wake_workers
 from atomq.engine.tasks import TaskSpec
 
@@ -302,7 +302,7 @@ def _serialize(task: str, calls: list[Any]) -> list[bytes]:
 def _write_chunk(pipe: Any, prepared: PreparedBatch, first: int, chunk: list[bytes]) -> list[str]:
     """Queue the job hashes of one chunk on ``pipe``; return their ids."""
     batch = prepared.batch
-    stamp = rq_time(utcnow())
+    stamp = rq_text(utcnow())
     ids = []
     for offset, data in enumerate(chunk):
         index = first + offset

@@ -52,7 +52,7 @@ from atomq.core import keys
 from atomq.core.connection import MAX_RECONNECT_BACKOFF_SECONDS, blocking_timeout, describe_client
 from atomq.core.errors import JobStopped
 from atomq.core.settings import Settings
-from atomq.core.timeutil import utcnow
+from atomq.core.timeutil import rq_text, utcnow
 from atomq.engine import hooks, pause, plugins
 from atomq.engine.context import Running
 from atomq.engine.executor import Completion, Executor, RunList
@@ -378,7 +378,7 @@ class FastWorker:
         claim_args = [
             want,
             self.name,
-            utcformat(now),
+            rq_text(now),
             now.timestamp(),
             REGISTRY_MARGIN,
             self.default_timeout,

@@ -155,7 +155,7 @@ def build_job(
             field="kwargs",
         )
     description = description or get_call_string(spec.name, args, kwargs, max_length=75) or ""
-    stamp = rq_time(now)
+    stamp = rq_text(now)
     pairs: list[Any] = ["created_at", stamp, "data", compress(data), "description", description]
     intervals = retry.intervals() if retry is not None else None
     if intervals is not None:
@@ -212,10 +212,6 @@ def new_job_id() -> str:
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-#: ``moment`` in RQ's text form (see :func:`atomq.core.timeutil.rq_text`).
-rq_time = rq_text
 
 
 def compress(data: bytes) -> bytes:
