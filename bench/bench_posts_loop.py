@@ -31,7 +31,7 @@ def serve_platform(latency: float, port: multiprocessing.SimpleQueue[int]) -> No
     from bench.posts_support import WebhookPlatform
 
     platform = WebhookPlatform(latency).start()
-    port.put(platform.server.server_address[1])
+    port.put(platform.port)
     platform.thread.join()
 
 
@@ -95,13 +95,17 @@ def run(args: argparse.Namespace, in_flight: int, url: str, redis_url: str) -> d
         done = await asyncio.gather(*(one(post, slots, start) for post in posts))
         return done, time.monotonic() - start
 
+    cpu = time.process_time()
     done, wall = asyncio.run(all_posts())
+    cpu = time.process_time() - cpu
     database.dispose()
     return {
         "in_flight": in_flight,
         "wall_s": round(wall, 2),
         "posts_per_s": round(len(posts) / wall, 1),
         "defers": defers,
+        # This process's CPU (its loop and its database and Redis threads) per post published.
+        "cpu_ms_per_post": round(cpu * 1000 / len(posts), 2),
         "failed": len(failed),
         "first_failure": failed[0] if failed else None,
         **latency_summary(done, "late"),
@@ -129,6 +133,7 @@ def main() -> None:
             print(
                 f"  in flight {r['in_flight']:>4}: {r['wall_s']:>7.2f} s, {r['posts_per_s']:>6.1f} posts/s, "
                 f"done after p50 {r['late_p50_ms']:.0f} p99 {r['late_p99_ms']:.0f} ms, defers {r['defers']}, "
+                f"CPU {r['cpu_ms_per_post']:.2f} ms/post, "
                 f"failed {r['failed']} {r['first_failure'] or ''}"
             )
     finally:

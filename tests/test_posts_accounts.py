@@ -181,3 +181,22 @@ def test_remove(posts_api, service):
     assert again.status_code == 422
     assert again.json()["error"]["field"] == "account_id"
     add(posts_api, platform="outbox", handle="local")  # the handle is free again
+
+
+def test_opened_credentials_are_remembered_and_each_caller_gets_its_own_copy():
+    from cryptography.fernet import Fernet
+
+    from atomq.core.errors import ConfigurationError
+    from atomq.features.posts.credentials import OPENED_CACHE, CredentialsBox
+
+    box = CredentialsBox([Fernet.generate_key()])
+    token = box.seal({"access_token": "secret", "nested": {"k": "v"}})
+    first = box.open(token)
+    first["nested"]["k"] = "changed by a caller"
+    assert box.open(token) == {"access_token": "secret", "nested": {"k": "v"}}
+    for i in range(OPENED_CACHE + 10):  # the cache stays bounded
+        box.open(box.seal({"n": i}))
+    assert len(box._opened) == OPENED_CACHE
+    # A token sealed with another key is still refused, remembered tokens or not.
+    with pytest.raises(ConfigurationError, match="cannot decrypt"):
+        box.open(CredentialsBox([Fernet.generate_key()]).seal({"x": 1}))

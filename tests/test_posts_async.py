@@ -119,11 +119,15 @@ def test_a_worker_defers_a_busy_accounts_post_and_publishes_it_once_free(
     assert service.get(post.id).attempts == 1
 
 
-def test_the_task_runs_directly_and_shares_one_client_on_one_loop(
+def test_the_task_runs_directly_and_shares_the_loops_clients(
     service, accounts, webhook, posts_env, monkeypatch
 ):
     # The guide's "test the job function directly", and what a worker running every async job
-    # on one loop does: several posts in flight, one runtime and one client for all of them.
+    # on one loop does: several posts in flight, one runtime and the loop's clients for all of
+    # them (one per account's shard).
+    import zlib
+
+    from atomq.features.posts.publishers.clients import SHARDS
     from atomq.features.posts.runtime import from_environment
     from atomq.features.posts.tasks import process_scheduled_post
 
@@ -141,12 +145,31 @@ def test_the_task_runs_directly_and_shares_one_client_on_one_loop(
     try:
         results, clients = asyncio.run(worker_loop())
         assert [r["status"] for r in results] == ["published"] * 3
-        assert clients == 1
+        assert clients == len({zlib.crc32(p.account_id.encode()) % SHARDS for p in posts})
         assert len(webhook.accepted) == 3
         assert len(runtime.clients) == 0  # closed with the loop
     finally:  # the process keeps its runtime; this test's database and Redis go away
         runtime.database.dispose()
         runtime.connection.close()
+
+
+def test_each_key_keeps_its_client_and_a_loop_has_at_most_shards_clients():
+    import httpx
+
+    from atomq.features.posts.publishers.clients import SHARDS, LoopClients
+
+    clients = LoopClients(httpx.AsyncClient)
+
+    async def use() -> tuple[bool, int]:
+        same = await clients.get("account-1") is await clients.get("account-1")
+        for i in range(100):
+            await clients.get(f"account-{i}")
+        return same, len(clients)
+
+    same, made = asyncio.run(use())
+    assert same
+    assert 1 < made <= SHARDS  # a hundred accounts spread over the shards, never more
+    assert len(clients) == 0  # all closed with their loop
 
 
 def test_a_loop_closed_without_shutting_down_has_its_client_forgotten():

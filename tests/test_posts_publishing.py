@@ -14,7 +14,8 @@ import pytest
 
 from atomq.core.errors import Defer, PermanentError, PostStateError, RetryableError
 from atomq.core.timeutil import utcnow
-from atomq.features.posts.publishing import idempotency_key, lease_seconds, publish_post
+from atomq.features.posts.attempts import lease_seconds
+from atomq.features.posts.publishing import idempotency_key, publish_post
 from atomq.features.posts.ratelimit import AccountLimiter, Limit
 from atomq.features.posts.service import PostChanges
 from testkit.fakes.mastodon import rate_limited, server_error, slow

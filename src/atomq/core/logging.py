@@ -207,3 +207,6 @@ def setup_logging(level: str = "INFO", fmt: str = "text", log_file: Path | str |
         logging.getLogger(name).setLevel(level.upper())
     # Alembic narrates every plugin it loads at INFO; only its warnings matter here.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
+    # httpx logs every request at INFO; a publish is already logged with its post and job id,
+    # and in a burst of posts the duplicate lines cost a worker measurable CPU.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

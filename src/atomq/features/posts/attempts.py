@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_
+import redis
+from sqlalchemy import bindparam, or_
 from sqlalchemy.sql import ColumnElement
 
 from atomq.core.errors import PermanentError, RetryableError
@@ -26,9 +27,11 @@ from atomq.features.posts.publishers import (
     PublishError,
     RateLimited,
     idempotency_of,
+    requests_per_post,
 )
 from atomq.features.posts.publishers.mastodon import MEDIA_PROCESSING_WAIT
-from atomq.features.posts.records import load_post, update_post
+from atomq.features.posts.ratelimit import Decision, limit_for
+from atomq.features.posts.records import PreparedUpdate, load_post, update_post
 from atomq.features.posts.runtime import PostsRuntime
 
 logger = logging.getLogger("atomq.features.posts")
@@ -86,6 +89,123 @@ def load(runtime: PostsRuntime, post_id: str) -> Snapshot:
     return Snapshot(*found)
 
 
+@dataclass
+class Turn:
+    """How :func:`take_turn` went: the limiter's ``decision``, and when it allowed the send,
+    the post as claimed for this attempt (None: another run claimed it first)."""
+
+    decision: Decision
+    claimed: ScheduledPost | None = None
+
+
+def take_turn(
+    runtime: PostsRuntime,
+    post: ScheduledPost,
+    account: Account,
+    token: str,
+    *,
+    resuming: bool,
+) -> Turn:
+    """Take the account's turn with the limiter, then claim the post for attempt ``token``.
+
+    One step on one thread, in the order that keeps a post published once: nothing is claimed
+    unless the account's in-flight lock and rate limit allow a send now. When the claim loses,
+    the lock is still held: the caller gives it back, as after any attempt.
+    """
+    lease = lease_seconds(runtime, len(post.media_urls or []))
+    decision = runtime.limiter.acquire(
+        account.id,
+        limit_for(account.platform, dict(account.options or {}), runtime.settings),
+        request=f"{post.id}:{post.revision}:{post.attempts + 1}",
+        token=token,
+        lease=lease,
+        cost=requests_per_post(account.platform, len(post.media_urls or [])),
+    )
+    if not decision.ok:
+        return Turn(decision)
+    return Turn(decision, claim(runtime, post, token, lease, resuming=resuming))
+
+
+@dataclass
+class Start:
+    """What :func:`start` found: the post and its account and, when the post was plainly
+    ``scheduled`` for this job, the turn taken for it (else None: the caller decides)."""
+
+    snapshot: Snapshot
+    turn: Turn | None
+
+
+def start(runtime: PostsRuntime, post_id: str, user_id: str, revision: int | None, token: str) -> Start:
+    """The common start of a run in one step: read the post and, when it is ``scheduled``,
+    this job's revision and ``user_id``'s, take the account's turn and claim it (:func:`take_turn`).
+
+    Every other case (another revision, a final or in-flight post, a foreign user) comes back
+    untouched for the caller's rules. Saving the steps between (a thread hand-off each) is CPU
+    that a burst of posts due at one instant spends on publishing instead.
+    """
+    snapshot = load(runtime, post_id)
+    post = snapshot.post
+    if post.status != "scheduled" or post.user_id != user_id or revision not in (None, post.revision):
+        return Start(snapshot, None)
+    return Start(snapshot, take_turn(runtime, post, snapshot.account, token, resuming=False))
+
+
+def end(
+    runtime: PostsRuntime,
+    account_id: str,
+    post_id: str,
+    token: str,
+    *,
+    platform_post_id: str | None,
+    platform_url: str | None,
+    published_at: datetime,
+) -> tuple[bool, bool]:
+    """Record attempt ``token``'s publish (as :func:`finish` would), then give the account's
+    in-flight lock back, in one step.
+
+    Returns (recorded, released); a lock not given back (Redis away) is the caller's to retry.
+    """
+    done = _FINISH_PUBLISHED(
+        runtime.database,
+        post_id,
+        token=token,
+        platform_post_id=platform_post_id,
+        platform_url=platform_url,
+        published_at=published_at,
+    )
+    try:
+        runtime.limiter.release(account_id, token)
+    except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError):
+        return done, False
+    return done, True
+
+
+#: The two moves every publish makes, built once (see PreparedUpdate): a scheduled post
+#: claimed for an attempt, and the attempt's publish recorded.
+_CLAIM_SCHEDULED = PreparedUpdate(
+    [ScheduledPost.status == "scheduled", ScheduledPost.revision == bindparam("p_revision")],
+    {
+        "status": "publishing",
+        "attempt_id": bindparam("p_token"),
+        "lease_until": bindparam("p_lease_until"),
+        "attempts": ScheduledPost.attempts + 1,
+        "first_sent_at": bindparam("p_first_sent_at"),
+    },
+)
+_FINISH_PUBLISHED = PreparedUpdate(
+    [ScheduledPost.attempt_id == bindparam("p_token")],
+    {
+        "status": "published",
+        "platform_post_id": bindparam("p_platform_post_id"),
+        "platform_url": bindparam("p_platform_url"),
+        "published_at": bindparam("p_published_at"),
+        "last_error": None,
+        "attempt_id": None,
+        "lease_until": None,
+    },
+)
+
+
 def resumable(post: ScheduledPost, account: Account, runtime: PostsRuntime, now: datetime) -> bool:
     """Whether repeating the call for a post in ``publishing`` cannot publish it twice."""
     idempotent, window = idempotency_of(account.platform, dict(account.options or {}))
@@ -126,12 +246,20 @@ def claim(
         ]
         if post.first_sent_at is None:
             values["first_sent_at"] = now
+        where.append(ScheduledPost.revision == post.revision)
+        if not update_post(runtime.database, post.id, where, values):
+            return None
     else:
-        where = [ScheduledPost.status == "scheduled"]
         values["first_sent_at"] = now
-    where.append(ScheduledPost.revision == post.revision)
-    if not update_post(runtime.database, post.id, where, values):
-        return None
+        if not _CLAIM_SCHEDULED(
+            runtime.database,
+            post.id,
+            revision=post.revision,
+            token=token,
+            lease_until=values["lease_until"],
+            first_sent_at=now,
+        ):
+            return None
     # What the UPDATE wrote, applied to our detached copy (saves reading the row again).
     post.status, post.attempt_id, post.lease_until = "publishing", token, values["lease_until"]
     post.attempts += 1

@@ -36,11 +36,11 @@ from atomq.core.logging import log_context
 from atomq.core.timeutil import utcnow
 from atomq.db.base import new_id
 from atomq.features.posts import attempts
-from atomq.features.posts.attempts import attempt_seconds, idempotency_key, lease_seconds, result
+from atomq.features.posts.attempts import attempt_seconds, idempotency_key, result
 from atomq.features.posts.models import FINAL_STATUSES, Account, ScheduledPost
 from atomq.features.posts.offloop import off_loop, redis_off_loop
-from atomq.features.posts.publishers import PublishError, PublishRequest, requests_per_post
-from atomq.features.posts.ratelimit import AccountLimiter, limit_for
+from atomq.features.posts.publishers import PublishError, PublishRequest
+from atomq.features.posts.ratelimit import AccountLimiter
 from atomq.features.posts.runtime import PostsRuntime
 
 # attempt_seconds and idempotency_key lived here before the database steps had a module.
@@ -84,8 +84,11 @@ async def publish_post_async(
     or its outcome is unknown (so the job shows as failed and alerts).
     """
     with log_context(post_id=post_id):
-        snap = await off_loop(attempts.load, runtime, post_id)
-        post, account = snap.post, snap.account
+        token = new_id("att")
+        begun = await off_loop(attempts.start, runtime, post_id, user_id, revision, token)
+        post, account = begun.snapshot.post, begun.snapshot.account
+        if begun.turn is not None:  # the common case: scheduled, and its turn already taken
+            return await _attempt(runtime, post, account, token, begun.turn, resuming=False)
         if post.user_id != user_id:
             raise PermanentError(f"post {post_id} belongs to user {post.user_id!r}, not {user_id!r}")
         if revision is not None and revision != post.revision:
@@ -107,7 +110,8 @@ async def publish_post_async(
                 why = "the attempt that was publishing it stopped answering"
                 return await off_loop(attempts.give_up_unknown, runtime, post, why)
             resuming = True
-        return await _attempt(runtime, post, account, resuming=resuming)
+        turn = await off_loop(attempts.take_turn, runtime, post, account, token, resuming=resuming)
+        return await _attempt(runtime, post, account, token, turn, resuming=resuming)
 
 
 async def _await_other_attempt(runtime: PostsRuntime, post: ScheduledPost) -> ScheduledPost:
@@ -124,17 +128,16 @@ async def _await_other_attempt(runtime: PostsRuntime, post: ScheduledPost) -> Sc
 
 
 async def _attempt(
-    runtime: PostsRuntime, post: ScheduledPost, account: Account, *, resuming: bool
+    runtime: PostsRuntime,
+    post: ScheduledPost,
+    account: Account,
+    token: str,
+    turn: attempts.Turn,
+    *,
+    resuming: bool,
 ) -> dict[str, Any]:
-    token = new_id("att")
-    lease = lease_seconds(runtime, len(post.media_urls or []))
-    limiter = runtime.limiter
-    limit = limit_for(account.platform, dict(account.options or {}), runtime.settings)
-    request_name = f"{post.id}:{post.revision}:{post.attempts + 1}"
-    cost = requests_per_post(account.platform, len(post.media_urls or []))
-    decision = await redis_off_loop(
-        limiter.acquire, account.id, limit, request=request_name, token=token, lease=lease, cost=cost
-    )
+    """Send the post whose turn was taken (or step back when the limiter said wait)."""
+    decision = turn.decision
     if not decision.ok:
         if decision.outcome == "busy":
             # Come back when the other publish has most likely ended, never later than its lease.
@@ -146,12 +149,12 @@ async def _attempt(
         logger.info("post %s waits %.1f s: %s", post.id, delay, reason)
         # Waiting is not an attempt: the post keeps its retries for real failures.
         raise Defer(_jitter(delay), f"waiting: {reason}")
+    released = False
     try:
-        claimed = await off_loop(attempts.claim, runtime, post, token, lease, resuming=resuming)
-        if claimed is None:
+        if turn.claimed is None:
             current = (await off_loop(attempts.load, runtime, post.id)).post
             return result(current, note=f"another run got there first ({current.status})")
-        post = claimed
+        post = turn.claimed
         publisher = await runtime.publisher_for(account)
         request = _request(runtime, post, account)
         logger.info("publishing post %s to %s (attempt %d)", post.id, account.platform, post.attempts)
@@ -161,16 +164,15 @@ async def _attempt(
             return await off_loop(
                 attempts.after_failure, runtime, post, account, token, exc, resuming=resuming
             )
-        done = await off_loop(
-            attempts.finish,
+        done, released = await off_loop(
+            attempts.end,
             runtime,
+            account.id,
             post.id,
             token,
-            status="published",
             platform_post_id=published.platform_post_id,
             platform_url=published.url,
             published_at=utcnow(),
-            last_error=None,
         )
         if not done:
             # Our lease ran out and another attempt took over; with an idempotent platform
@@ -185,7 +187,8 @@ async def _attempt(
         )
         return result(post)
     finally:
-        await _release(limiter, account.id, token)
+        if not released:
+            await _release(runtime.limiter, account.id, token)
 
 
 #: Seconds a finished attempt keeps trying to give its account's in-flight lock back while

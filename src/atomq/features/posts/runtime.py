@@ -67,17 +67,18 @@ class PostsRuntime:
             ssl_context=self.tls,
         )
 
-    async def http(self) -> httpx.AsyncClient:
-        """The running event loop's client for every HTTP publisher (made on first use)."""
-        return await self.clients.get()
+    async def http(self, key: str = "") -> httpx.AsyncClient:
+        """The running event loop's client for HTTP publishers, for ``key`` (an account id: the
+        same account always gets the same client, and so its kept-alive connections)."""
+        return await self.clients.get(key)
 
     @cached_property
     def limiter(self) -> AccountLimiter:
         return AccountLimiter(self.connection)
 
     async def publisher_for(self, account: Account) -> Publisher:
-        """The publisher for ``account``'s platform, on the running loop's client."""
-        client = await self.http()
+        """The publisher for ``account``'s platform, on the running loop's client for it."""
+        client = await self.http(account.id)
         if self.publisher_factory is not None:
             return self.publisher_factory(account, client)
         return build_publisher(account.platform, dict(account.options or {}), self.settings, client=client)

@@ -1,9 +1,15 @@
-"""One pooled :class:`httpx.AsyncClient` per running event loop, closed when that loop shuts down.
+"""Pooled :class:`httpx.AsyncClient` objects per running event loop, closed when that loop shuts down.
 
-An async client's connections belong to the event loop that opened them, so a process keeps one
-client per loop: a worker that runs every ``async def`` job on one loop publishes all its posts
-through one client (keep-alive connections, one TLS context); one that runs each job on a new
-loop (RQ's ``perform``, ``asyncio.run`` per job) gets a client per job, closed at its end.
+An async client's connections belong to the event loop that opened them, so a process keeps its
+clients per loop: a worker that runs every ``async def`` job on one loop publishes all its posts
+through that loop's clients (keep-alive connections, one TLS context); one that runs each job on
+a new loop (RQ's ``perform``, ``asyncio.run`` per job) gets clients per job, closed at its end.
+
+A loop has up to :data:`SHARDS` clients, and a caller names the one it wants by a key (an
+account id): the same key always gets the same client, so an account's posts reuse its
+connections. One client would do, but httpcore's pool looks at every connection it holds each
+time a request starts or ends (and, for idle ones, counts them all again): with a hundred posts
+in flight that grows with the square of the connections, and was a large part of a publish's CPU.
 
 Closing rides on what ``asyncio.run`` and :class:`asyncio.Runner` do before closing a loop: they
 close every async generator still open on it (``loop.shutdown_asyncgens``). Each client is held
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -31,40 +38,45 @@ class _Entry:
     closer: AsyncIterator[None]
 
 
+#: Clients per event loop; each caller's key picks one (see the module's docstring).
+SHARDS = 8
+
+
 class LoopClients:
-    """Clients made by ``factory``, one per running event loop of this process."""
+    """Clients made by ``factory``, up to :data:`SHARDS` per running event loop of this process."""
 
     def __init__(self, factory: Callable[[], httpx.AsyncClient]) -> None:
         self._factory = factory
         self._lock = threading.Lock()  # loops may run in several threads (tests, embedding apps)
-        self._entries: dict[asyncio.AbstractEventLoop, _Entry] = {}
+        self._entries: dict[tuple[asyncio.AbstractEventLoop, int], _Entry] = {}
         self._pid = os.getpid()
         #: Entries a forked child inherited: never used (their connections are the parent's),
         #: and kept rather than dropped, as collecting them would close the child's copies of
         #: the parent's sockets with a ResourceWarning each.
         self._inherited: list[_Entry] = []
 
-    async def get(self) -> httpx.AsyncClient:
-        """The running loop's client, made on first use."""
+    async def get(self, key: str = "") -> httpx.AsyncClient:
+        """The running loop's client for ``key`` (the same one for the same key), made on first use."""
         loop = asyncio.get_running_loop()
+        slot = (loop, zlib.crc32(key.encode()) % SHARDS if key else 0)
         with self._lock:
             self._forget_stale()
-            entry = self._entries.get(loop)
+            entry = self._entries.get(slot)
             if entry is not None:
                 return entry.client
             client = self._factory()
-            entry = self._entries[loop] = _Entry(client, self._close_at_shutdown(loop, client))
+            entry = self._entries[slot] = _Entry(client, self._close_at_shutdown(slot, client))
         # Starting the generator registers it with the loop's shutdown (asyncgen hooks); it
         # runs to its ``yield`` at once, without giving the loop to anyone else.
         await anext(entry.closer)
         return client
 
     async def aclose(self) -> None:
-        """Close the running loop's client now (the next :meth:`get` makes a new one)."""
+        """Close the running loop's clients now (the next :meth:`get` makes a new one)."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            entry = self._entries.pop(loop, None)
-        if entry is not None:
+            entries = [self._entries.pop(slot) for slot in list(self._entries) if slot[0] is loop]
+        for entry in entries:
             await entry.client.aclose()
 
     def forget_closed(self) -> None:
@@ -78,14 +90,14 @@ class LoopClients:
             return len(self._entries)
 
     async def _close_at_shutdown(
-        self, loop: asyncio.AbstractEventLoop, client: httpx.AsyncClient
+        self, slot: tuple[asyncio.AbstractEventLoop, int], client: httpx.AsyncClient
     ) -> AsyncIterator[None]:
         try:
             yield
         finally:
             with self._lock:
-                if self._entries.get(loop) is not None and self._entries[loop].client is client:
-                    del self._entries[loop]
+                if self._entries.get(slot) is not None and self._entries[slot].client is client:
+                    del self._entries[slot]
             await client.aclose()
 
     def _forget_stale(self) -> None:
@@ -94,5 +106,5 @@ class LoopClients:
             self._inherited.extend(self._entries.values())
             self._entries = {}
             self._pid = os.getpid()
-        for loop in [loop for loop in self._entries if loop.is_closed()]:
-            del self._entries[loop]
+        for slot in [slot for slot in self._entries if slot[0].is_closed()]:
+            del self._entries[slot]
