@@ -7,12 +7,19 @@ the other posts meanwhile.
 
 The pools are publishing's own rather than the loop's default executor: that one is shared
 with whatever else runs on the loop (a worker may run sync tasks in it), and a step that records
-a post's outcome must not queue behind them. The database pool's size stays within the
-database's connection pool (5 + 10 overflow on PostgreSQL), so threads never wait for a
-connection. Redis steps (an account's rate limit and in-flight lock, taken before and given
-back after every publish) have a pool of their own: during a burst the database steps queue
-for SQLite's single writer, and a lock given back must not wait behind them (it holds the
-account's next post).
+a post's outcome must not queue behind them. The common path takes two steps per post, each
+on one of these threads: the start (read, the account's rate limit and in-flight lock, the
+claim) and the end (the publish recorded, the lock given back). The few Redis-only steps (a
+lock given back after a failure, riding out a Redis outage) have a pool of their own.
+
+The database pool is small on purpose. Its steps are mostly Python holding the GIL, so more
+threads do not make them faster; they only make them share the CPU: with 8 threads, a burst of
+100 posts had all 100 start steps progressing together and finishing together, late, where 2
+threads finish them nearly in order, so the first posts leave at once and an account's next
+post starts sooner. Measured with ``bench/bench_posts.py --burst --platform-latency 200``
+(400 posts, 200 accounts): p99 lateness 2.0 s with 8 threads, 1.4-1.9 s with 2, 1.3-1.4 s with
+1, alternating runs. Two rather than one leave room for a database a network hop away, where a
+step also waits.
 """
 
 from __future__ import annotations
@@ -29,9 +36,8 @@ from typing import ParamSpec, TypeVar
 P = ParamSpec("P")
 T = TypeVar("T")
 
-#: Threads per process for publishing's database steps, and for its Redis steps. Each step is
-#: short (one query, one script), so a few threads keep up with hundreds of posts in flight.
-OFF_LOOP_THREADS = 8
+#: Threads per process for publishing's database steps (see above), and for its Redis steps.
+OFF_LOOP_THREADS = 2
 REDIS_THREADS = 4
 
 _lock = threading.Lock()
