@@ -17,7 +17,7 @@ threads do not make them faster; they only make them share the CPU: with 8 threa
 100 posts had all 100 start steps progressing together and finishing together, late, where 2
 threads finish them nearly in order, so the first posts leave at once and an account's next
 post starts sooner. Measured with ``bench/bench_posts.py --burst --platform-latency 200``
-(400 posts, 200 accounts): p99 lateness 2.0 s with 8 threads, 1.4-1.9 s with 2, 1.3-1.4 s with
+(400 posts, 200 accounts): p99 lateness 1.6-2.2 s with 8 threads, 1.3-1.9 s with 2, 1.1-1.4 s with
 1, alternating runs. Two rather than one leave room for a database a network hop away, where a
 step also waits.
 """
