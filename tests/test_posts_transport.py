@@ -84,3 +84,23 @@ def test_a_name_rebound_to_an_internal_address_is_refused_when_connecting(kind, 
     assert "rebind.test resolves to 127.0.0.2" in str(info.value)
     assert [r.path for r in allowed.requests] == ["/first"]
     assert internal.requests == []
+
+
+def test_an_idle_connection_the_platform_closed_is_seen_as_expired_and_replaced():
+    # httpcore asks each idle connection whether its socket is readable: an idle keep-alive
+    # socket that reads is one the server closed, and must not carry the next request.
+    from atomq.features.posts.netguard import _readable
+
+    ours, theirs = socket.socketpair()
+    try:
+        assert not _readable(ours)  # idle and open: reusable
+        theirs.sendall(b"x")
+        assert _readable(ours)
+        ours.recv(1)
+        assert not _readable(ours)
+        theirs.close()
+        assert _readable(ours)  # closed by the other side: expired
+    finally:
+        ours.close()
+        theirs.close()
+    assert _readable(ours)  # our own socket closed

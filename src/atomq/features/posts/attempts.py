@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import redis
 from sqlalchemy import bindparam, or_
-from sqlalchemy.sql import ColumnElement
 
 from atomq.core.errors import PermanentError, RetryableError
 from atomq.core.settings import Settings
@@ -30,7 +28,7 @@ from atomq.features.posts.publishers import (
     requests_per_post,
 )
 from atomq.features.posts.publishers.mastodon import MEDIA_PROCESSING_WAIT
-from atomq.features.posts.ratelimit import Decision, limit_for
+from atomq.features.posts.ratelimit import REDIS_AWAY, Decision, limit_for
 from atomq.features.posts.records import PreparedUpdate, load_post, update_post
 from atomq.features.posts.runtime import PostsRuntime
 
@@ -175,7 +173,7 @@ def end(
     )
     try:
         runtime.limiter.release(account_id, token)
-    except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError):
+    except REDIS_AWAY:
         return done, False
     return done, True
 
@@ -232,38 +230,44 @@ def claim(
 ) -> ScheduledPost | None:
     """Make this run the post's attempt, committed before anything is sent; None if it lost."""
     now = utcnow()
-    values: dict[str, Any] = {
-        "status": "publishing",
-        "attempt_id": token,
-        "lease_until": now + timedelta(seconds=lease),
-        "attempts": ScheduledPost.attempts + 1,
-    }
+    lease_until = now + timedelta(seconds=lease)
+    # A new attempt starts the idempotency key's lifetime; a resumed one keeps it, since it
+    # runs from the first request that carried the key.
+    first_sent_at = post.first_sent_at if resuming and post.first_sent_at is not None else now
     if resuming:
-        # Keep first_sent_at: the key's lifetime runs from the first request that carried it.
-        where: list[ColumnElement[bool]] = [
-            ScheduledPost.status == "publishing",
-            or_(ScheduledPost.attempt_id.is_(None), ScheduledPost.lease_until < now),
-        ]
+        values: dict[str, Any] = {
+            "status": "publishing",
+            "attempt_id": token,
+            "lease_until": lease_until,
+            "attempts": ScheduledPost.attempts + 1,
+        }
         if post.first_sent_at is None:
-            values["first_sent_at"] = now
-        where.append(ScheduledPost.revision == post.revision)
-        if not update_post(runtime.database, post.id, where, values):
-            return None
+            values["first_sent_at"] = first_sent_at
+        won = update_post(
+            runtime.database,
+            post.id,
+            [
+                ScheduledPost.status == "publishing",
+                or_(ScheduledPost.attempt_id.is_(None), ScheduledPost.lease_until < now),
+                ScheduledPost.revision == post.revision,
+            ],
+            values,
+        )
     else:
-        values["first_sent_at"] = now
-        if not _CLAIM_SCHEDULED(
+        won = _CLAIM_SCHEDULED(
             runtime.database,
             post.id,
             revision=post.revision,
             token=token,
-            lease_until=values["lease_until"],
-            first_sent_at=now,
-        ):
-            return None
+            lease_until=lease_until,
+            first_sent_at=first_sent_at,
+        )
+    if not won:
+        return None
     # What the UPDATE wrote, applied to our detached copy (saves reading the row again).
-    post.status, post.attempt_id, post.lease_until = "publishing", token, values["lease_until"]
+    post.status, post.attempt_id, post.lease_until = "publishing", token, lease_until
     post.attempts += 1
-    post.first_sent_at = values.get("first_sent_at", post.first_sent_at)
+    post.first_sent_at = first_sent_at
     return post
 
 

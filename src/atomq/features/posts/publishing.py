@@ -40,7 +40,7 @@ from atomq.features.posts.attempts import attempt_seconds, idempotency_key, resu
 from atomq.features.posts.models import FINAL_STATUSES, Account, ScheduledPost
 from atomq.features.posts.offloop import off_loop, redis_off_loop
 from atomq.features.posts.publishers import PublishError, PublishRequest
-from atomq.features.posts.ratelimit import AccountLimiter
+from atomq.features.posts.ratelimit import REDIS_AWAY, AccountLimiter
 from atomq.features.posts.runtime import PostsRuntime
 
 # attempt_seconds and idempotency_key lived here before the database steps had a module.
@@ -203,14 +203,12 @@ async def _release(limiter: AccountLimiter, account_id: str, token: str) -> None
     more), so the attempt keeps trying for a while; failing that, the lease frees it. Either
     way the attempt's own outcome stands: it is already in the database.
     """
-    import redis
-
     delay, deadline = 0.5, time.monotonic() + RELEASE_PATIENCE
     while True:
         try:
             await redis_off_loop(limiter.release, account_id, token)
             return
-        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError) as exc:
+        except REDIS_AWAY as exc:
             if time.monotonic() + delay > deadline:
                 logger.warning(
                     "account %s: in-flight lock not released (%s); it frees itself when its lease ends",

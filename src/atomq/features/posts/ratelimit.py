@@ -26,6 +26,10 @@ import redis
 from atomq.core.settings import Settings
 from atomq.features.posts.publishers import PLATFORMS
 
+#: What a limiter call raises while Redis is away (restarting, failing over): a lock not given
+#: back for one of these is worth trying again (see publishing's ``_release``).
+REDIS_AWAY = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)
+
 #: Key prefix of every rate-limit key.
 PREFIX = "atomq:posts:rate:"
 

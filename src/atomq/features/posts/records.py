@@ -10,9 +10,10 @@ without holding locks across an outside call.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, select, update
+from sqlalchemy import Table, Update, bindparam, select, update
 from sqlalchemy.sql import ColumnElement
 
 from atomq.core.timeutil import utcnow
@@ -37,15 +38,16 @@ def update_post(
         .values(**values)
         .returning(ScheduledPost.status, ScheduledPost.revision, ScheduledPost.attempts)
     )
-    # A Core statement on a connection, not the ORM session: nothing here needs the identity
-    # map, and the session's bulk-update machinery was a fifth of a publish's CPU.
-    with database.engine.begin() as connection:
-        row = connection.execute(statement).first()
-        if row is None:
-            return False
-        if "status" in values or "revision" in values:
-            _record_event(connection, post_id, values, row.status, row.revision, row.attempts)
-        return True
+    return _apply(
+        database,
+        post_id,
+        statement,
+        {},
+        at=values["updated_at"],
+        status_changed="status" in values,
+        recorded="status" in values or "revision" in values,
+        detail=values.get("last_error"),
+    )
 
 
 class PreparedUpdate:
@@ -64,8 +66,8 @@ class PreparedUpdate:
             .values(updated_at=bindparam("p_updated_at"), **values)
             .returning(ScheduledPost.status, ScheduledPost.revision, ScheduledPost.attempts)
         )
-        self.recorded = "status" in values or "revision" in values
-        self.sets_status = "status" in values
+        self.status_changed = "status" in values
+        self.recorded = self.status_changed or "revision" in values
 
     def __call__(
         self, database: Database, post_id: str, *, last_error: str | None = None, **params: Any
@@ -75,41 +77,56 @@ class PreparedUpdate:
         now = utcnow()
         bound = {f"p_{name}": value for name, value in params.items()}
         bound |= {"p_post_id": post_id, "p_updated_at": now}
-        with database.engine.begin() as connection:
-            row = connection.execute(self.statement, bound).first()
-            if row is None:
-                return False
-            if self.recorded:
-                _record_event(
-                    connection,
-                    post_id,
-                    {"updated_at": now, "status": row.status, "last_error": last_error},
-                    row.status,
-                    row.revision,
-                    row.attempts,
-                )
-            return True
+        return _apply(
+            database,
+            post_id,
+            self.statement,
+            bound,
+            at=now,
+            status_changed=self.status_changed,
+            recorded=self.recorded,
+            detail=last_error,
+        )
 
 
-def _record_event(
-    connection: Connection, post_id: str, values: dict[str, Any], status: str, revision: int, attempts: int
-) -> None:
-    """Add the post's new state to its history, in the transaction that changed it (issue 15)."""
-    connection.execute(
-        _EVENTS.insert(),
-        {
-            "post_id": post_id,
-            "at": values["updated_at"],
-            "status": status,
-            "event": "status" if "status" in values else "edited",
-            "revision": revision,
-            "attempts": attempts,
-            "detail": values.get("last_error") if "status" in values else None,
-        },
-    )
+def _apply(
+    database: Database,
+    post_id: str,
+    statement: Update,
+    params: dict[str, Any],
+    *,
+    at: datetime,
+    status_changed: bool,
+    recorded: bool,
+    detail: str | None,
+) -> bool:
+    """Run one compare-and-set UPDATE of ``post_id`` and, when it matched and ``recorded``, add
+    the post's new state to its history (issue 15), in the same transaction.
+
+    A Core statement on a connection, not the ORM session: nothing here needs the identity
+    map, and the session's bulk-update machinery was a fifth of a publish's CPU.
+    """
+    with database.engine.begin() as connection:
+        row = connection.execute(statement, params).first()
+        if row is None:
+            return False
+        if recorded:
+            connection.execute(
+                _EVENTS.insert(),
+                {
+                    "post_id": post_id,
+                    "at": at,
+                    "status": row.status,
+                    "event": "status" if status_changed else "edited",
+                    "revision": row.revision,
+                    "attempts": row.attempts,
+                    "detail": detail if status_changed else None,
+                },
+            )
+        return True
 
 
-#: load_post's query, built once (as PreparedUpdate, for a step every publish takes).
+#: load_post's query, built once (like PreparedUpdate: every publish reads its post).
 _LOAD = select(ScheduledPost, Account).join(Account).where(ScheduledPost.id == bindparam("post_id"))
 
 
