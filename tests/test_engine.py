@@ -148,6 +148,26 @@ def test_a_long_job_hands_the_jobs_claimed_behind_it_to_other_workers(tq, procs,
     wait_for(lambda: tq.get_job_status(slow.id)["status"] == "finished", 20)
 
 
+def test_a_lease_given_up_on_a_clean_exit_stays_given_up(connection):
+    leases = Leases(connection)
+    leases.join("leaving")
+    leases.join("restarted-redis")
+    with connection.pipeline() as pipe:
+        leases.leave(pipe, "leaving")
+        pipe.execute()
+    connection.zrem(keys.LEASES, "restarted-redis")  # as if Redis came back without its data
+    # The supervisor's renewal can land after the worker left and before its process ended.
+    assert leases.renew(["leaving", "restarted-redis"]) == []
+    assert connection.zscore(keys.LEASES, "leaving") is None
+    assert connection.zscore(keys.LEASES, "restarted-redis") is not None  # alive: taken again
+    leases.join("leaving")  # a new process under the same name holds a lease of its own
+    with connection.pipeline() as pipe:
+        pipe.zrem(keys.LEASES, "leaving")
+        pipe.execute()
+    assert leases.renew(["leaving"]) == []
+    assert connection.zscore(keys.LEASES, "leaving") is not None
+
+
 def test_recovery_counts_only_the_running_job_as_attempted(tq, connection):
     jobs = [tq.enqueue("add", a=i, b=0, retry=1) for i in range(4)]
     scripts = FastScripts(connection)

@@ -101,6 +101,11 @@ def pubsub_channel(worker_name: str) -> str:
 LEASES = f"{PREFIX}:leases"
 
 
+def left_key(worker_name: str) -> str:
+    """Marks a worker that gave its lease up on a clean exit, so no renewal takes it again."""
+    return f"{PREFIX}:left:{worker_name}"
+
+
 def dead_key(worker_name: str) -> str:
     """A worker's tombstone: its lease ran out and its jobs were handed on (an hour)."""
     return f"{PREFIX}:dead:{worker_name}"

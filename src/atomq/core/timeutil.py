@@ -16,7 +16,9 @@ def rq_text(moment: datetime) -> str:
     """``moment`` in RQ's text form, ``2026-02-06T14:30:00.000000Z`` (what ``rq.utils.utcformat``
     writes, without its ``strftime``: a worker formats two of these per job). ``moment`` is UTC,
     aware or naive."""
-    if moment.tzinfo is not None:
+    if moment.tzinfo is UTC:
+        moment = moment.replace(tzinfo=None)
+    elif moment.tzinfo is not None:
         moment = moment.astimezone(UTC).replace(tzinfo=None)
     return moment.isoformat(timespec="microseconds") + "Z"
 

@@ -343,9 +343,9 @@ class FastWorker:
         self._waker_armed.set()
         heartbeat = self._heartbeat_thread
         if heartbeat is not None and heartbeat is not threading.current_thread():
-            # A renewal already on its way would put the lease back after we give it up below
-            # (renewing re-takes a lease Redis lost): let it land first. One script call; the
-            # timeout only matters when Redis does not answer, and then we cannot deregister.
+            # A heartbeat already on its way would mark the worker alive again after we mark it
+            # dead below: let it land first. One round trip; the timeout only matters when
+            # Redis does not answer, and then we cannot deregister anyway.
             heartbeat.join(timeout=HEARTBEAT_JOIN_SECONDS)
         with contextlib.suppress(Exception):
             if self._pubsub_thread is not None:

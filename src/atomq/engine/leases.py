@@ -32,6 +32,10 @@ from atomq.engine.fast_scripts import Lua
 
 logger = logging.getLogger("atomq.leases")
 
+#: How long a clean exit's mark keeps renewals from taking the lease again: far longer than
+#: a worker process takes to end after giving its lease up.
+LEFT_MARK_SECONDS = 300
+
 #: How often leases are renewed, and expired ones looked for.
 RENEW_SECONDS = 0.5
 
@@ -40,8 +44,10 @@ DEFAULT_LEASE_SECONDS = 3.0
 
 # Renew the leases of the workers in ARGV[2..] for ARGV[1] seconds, on Redis's clock. A lease
 # that is gone because a recovery took it (its worker's tombstone is there) stays gone: that
-# worker was declared dead. One gone without a tombstone (Redis restarted without its data) is
-# taken again: the worker is alive and its jobs are its own.
+# worker was declared dead. One its worker gave up on the way out stays gone too (a renewal by
+# the supervisor can land between the worker leaving and its process ending). One gone
+# otherwise (Redis restarted without its data) is taken again: the worker is alive and its
+# jobs are its own.
 # Returns the names that were declared dead.
 _RENEW = """
 local t = redis.call('TIME')
@@ -52,7 +58,7 @@ for i = 2, #ARGV do
         and not redis.call('ZSCORE', KEYS[1], ARGV[i]) then
         if redis.call('EXISTS', 'atomq:dead:' .. ARGV[i]) == 1 then
             lost[#lost + 1] = ARGV[i]
-        else
+        elseif redis.call('EXISTS', 'atomq:left:' .. ARGV[i]) == 0 then
             redis.call('ZADD', KEYS[1], until_, ARGV[i])
         end
     end
@@ -61,9 +67,9 @@ return lost
 """
 
 # Take a lease for the worker ARGV[2] for ARGV[1] seconds (a worker starting: a new life, so
-# the tombstone of an earlier one under the same name goes).
+# the tombstone or leaving mark of an earlier one under the same name goes).
 _JOIN = """
-redis.call('DEL', 'atomq:dead:' .. ARGV[2])
+redis.call('DEL', 'atomq:dead:' .. ARGV[2], 'atomq:left:' .. ARGV[2])
 local t = redis.call('TIME')
 redis.call('ZADD', KEYS[1], tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[1]), ARGV[2])
 return 1
@@ -114,6 +120,7 @@ class Leases:
     def leave(self, pipe: redis.client.Pipeline, name: str) -> None:
         """Queue on ``pipe``: give up ``name``'s lease (a clean exit)."""
         pipe.zrem(keys.LEASES, name)
+        pipe.set(keys.left_key(name), 1, ex=LEFT_MARK_SECONDS)
         pipe.delete(keys.running_key(name))
 
     def publish_running(self, pipe: redis.client.Pipeline, name: str, job_ids: Iterable[str]) -> None:
