@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.harness import BIN, Processes, Server, child_env, latency_summary
+from bench.harness import BIN, Processes, Server, child_env, latency_summary, tree_cpu_seconds
 from bench.posts_support import Api, WebhookPlatform, create_posts
 from testkit.support import free_port
 
@@ -45,6 +45,8 @@ class Stack:
     platform: WebhookPlatform
     server: Server
     work: Path
+    #: PID of ``atomq worker`` (its supervisor and scheduler; the worker processes are its children).
+    worker_pid: int = 0
 
 
 def atomq_command(*args: str, env: dict[str, str]) -> str:
@@ -93,10 +95,10 @@ def stack(args: argparse.Namespace) -> Iterator[Stack]:
         worker = [str(BIN / "atomq"), "worker", "--count", str(args.worker_count)]
         if args.worker_concurrency:
             worker += ["--concurrency", str(args.worker_concurrency)]
-        processes.start(worker, env, work / "worker.log")
+        worker_process = processes.start(worker, env, work / "worker.log")
         # The bench process's own public-API client (the ping floor) reads these.
         os.environ.update({k: v for k, v in env.items() if k in ("REDIS_URL", "DATABASE_URL")})
-        yield Stack(api, platform, server, work)
+        yield Stack(api, platform, server, work, worker_process.pid)
     finally:
         processes.stop()
         platform.stop()
@@ -209,11 +211,14 @@ def burst(args: argparse.Namespace) -> dict[str, Any]:
         due = due_ahead(args, posts)
         every = [accounts[i % count] for i in range(posts)]
         ids = create_due(s, args, every, due)
+        cpu_before = tree_cpu_seconds(s.worker_pid)
         waited = wait_arrived(
             s.platform, set(ids), (due - datetime.now(UTC)).total_seconds() + PUBLISH_TIMEOUT
         )
         time.sleep(1)  # let the last publishes record published_at
-        out = {"accounts": count, "wait_s": waited, **lateness(s, ids, due, "")}
+        worker_cpu_ms = (tree_cpu_seconds(s.worker_pid) - cpu_before) * 1000 / posts
+        out = {"accounts": count, "wait_s": waited, "worker_cpu_ms_per_post": worker_cpu_ms}
+        out |= lateness(s, ids, due, "")
         out |= ping_floor(posts)
     floor = out.get("ping_late_p99_ms")
     if isinstance(floor, float) and out.get("late_p99_ms"):
@@ -268,6 +273,10 @@ def report(name: str, results: dict[str, Any], args: argparse.Namespace) -> None
     print("  lateness = arrival at the platform - due time")
     if name == "burst":
         row(f"{results['posts']} posts on {results['accounts']} accounts", "")
+        print(
+            f"  {'atomq worker CPU per post':<34} {results.get('worker_cpu_ms_per_post', 0):.2f} ms "
+            "(supervisor, scheduler and workers, from /proc: steal does not count)"
+        )
         print(
             f"  {'ping floor (' + str(results['ping_jobs']) + ' jobs)':<34} "
             f"p50 {results.get('ping_late_p50_ms', 0):.1f}  p99 {results.get('ping_late_p99_ms', 0):.1f} ms"
