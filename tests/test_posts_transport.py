@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from atomq.features.posts.netguard import AsyncGuardedTransport, GuardedTransport, HostPolicy, blocked
+from testkit.fakes.server import FakeServer, Recorded
 from testkit.fakes.webhook import FakeWebhookReceiver
 
 POLICY = HostPolicy.parse(["127.0.0.1"])
@@ -104,3 +105,33 @@ def test_an_idle_connection_the_platform_closed_is_seen_as_expired_and_replaced(
         ours.close()
         theirs.close()
     assert _readable(ours)  # our own socket closed
+
+
+class _SetsCookies(FakeServer):
+    """A platform that sets a session cookie on every answer."""
+
+    def handle(self, request: Recorded) -> tuple[int, dict[str, str], Any]:
+        return 200, {"Set-Cookie": "session=account-a; Path=/"}, {"ok": True}
+
+
+@pytest.mark.parametrize("client_kind", ["publisher", "plain httpx"])
+def test_a_cookie_one_account_got_never_rides_on_the_next_request(client_kind):
+    # One client serves many accounts' posts to the same host: a cookie set in answer to one
+    # account's publish must not be sent with another's.
+    from atomq.features.posts.publishers.http import make_client
+
+    server = _SetsCookies().start()
+
+    async def post_twice() -> None:
+        client = make_client(POLICY, 5) if client_kind == "publisher" else httpx.AsyncClient(timeout=5)
+        async with client:
+            for account in ("a", "b"):
+                (await client.post(f"{server.url}/hook", json={"account": account})).raise_for_status()
+
+    try:
+        asyncio.run(post_twice())
+        sent = [request.headers.get("cookie") for request in server.requests]
+    finally:
+        server.stop()
+    # Plain httpx keeps the cookie (which is what shows the platform's cookie is a real one).
+    assert sent == ([None, None] if client_kind == "publisher" else [None, "session=account-a"])
