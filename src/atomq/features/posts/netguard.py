@@ -204,7 +204,7 @@ def check_url(url: str, policy: HostPolicy, *, field: str) -> str:
 #: An async pool serves posts in flight on its loop, so it allows more than a sync one. httpcore
 #: 1.0 closes an idle connection whenever the pool holds more than ``max_keepalive_connections``
 #: connections in all (idle or not): a loop's clients are split per account
-#: (``publishers/clients.py``) so that each pool holds about an eighth of a worker's
+#: (``publishers/clients.py``) so that each pool holds a small share of a worker's
 #: connections and keeps them alive, where one pool of 100 reconnected for most publishes.
 SYNC_POOL_LIMITS = httpx.Limits(max_connections=10, max_keepalive_connections=5, keepalive_expiry=30.0)
 ASYNC_POOL_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=30.0)
