@@ -8,10 +8,15 @@ service, and a name that first resolved to 127.0.0.1 and now to 127.0.0.2 is DNS
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
+import ssl
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpcore
 import httpx
 import pytest
 
@@ -88,23 +93,184 @@ def test_a_name_rebound_to_an_internal_address_is_refused_when_connecting(kind, 
 
 
 def test_an_idle_connection_the_platform_closed_is_seen_as_expired_and_replaced():
-    # httpcore asks each idle connection whether its socket is readable: an idle keep-alive
-    # socket that reads is one the server closed, and must not carry the next request.
-    from atomq.features.posts.netguard import _readable
+    # httpcore asks each idle connection whether it is readable: an idle keep-alive connection
+    # that reads is one the server wrote to or closed, and must not carry the next request.
+    from atomq.features.posts.netguard import _open
 
-    ours, theirs = socket.socketpair()
+    async def scenario() -> list[bool]:
+        accepted: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+
+        async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await accepted.put(writer)
+
+        server = await asyncio.start_server(on_client, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        seen = []
+        try:
+            stream = await _open(ipaddress.ip_address("127.0.0.1"), port, 5, None, None)
+            theirs = await accepted.get()
+            seen.append(stream.get_extra_info("is_readable"))  # idle and open: reusable
+            theirs.write(b"x")
+            await asyncio.sleep(0.2)
+            seen.append(stream.get_extra_info("is_readable"))
+            assert await stream.read(10, 1) == b"x"
+            seen.append(stream.get_extra_info("is_readable"))
+            theirs.close()
+            await asyncio.sleep(0.2)
+            seen.append(stream.get_extra_info("is_readable"))  # closed by the other side: expired
+            assert await stream.read(10, 1) == b""
+            await stream.aclose()
+        finally:
+            server.close()
+            await server.wait_closed()
+        return seen
+
+    assert asyncio.run(scenario()) == [False, True, False, True]
+
+
+def test_a_silent_platform_times_out_and_a_large_answer_arrives_whole():
+    from atomq.features.posts.netguard import _open
+
+    body = b"y" * (3 * 1024 * 1024)  # past the read buffer's limit: reading pauses and resumes
+
+    async def scenario() -> None:
+        async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                if await reader.readline() == b"big\n":
+                    writer.write(body)
+                    await writer.drain()
+            finally:
+                writer.close()
+                await writer.wait_closed()
+
+        server = await asyncio.start_server(on_client, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            silent = await _open(ipaddress.ip_address("127.0.0.1"), port, 5, None, None)
+            with pytest.raises(httpcore.ReadTimeout):
+                await silent.read(100, 0.2)
+            await silent.aclose()
+            loud = await _open(ipaddress.ip_address("127.0.0.1"), port, 5, None, None)
+            await loud.write(b"big\n", 5)
+            got = bytearray()
+            while chunk := await loud.read(65536, 5):
+                got += chunk
+                await asyncio.sleep(0)
+            assert bytes(got) == body
+            await loud.aclose()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
+
+
+def test_a_closed_port_is_a_connect_error_and_https_verifies_the_certificate(tmp_path):
+    from atomq.features.posts.netguard import _open
+
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        closed_port = spare.getsockname()[1]
+
+    async def refused() -> None:
+        with pytest.raises(httpcore.ConnectError):
+            await _open(ipaddress.ip_address("127.0.0.1"), closed_port, 5, None, None)
+
+    asyncio.run(refused())
+
+    cert, key = _self_signed(tmp_path)
+    server = _TlsEcho(cert, key).start()
     try:
-        assert not _readable(ours)  # idle and open: reusable
-        theirs.sendall(b"x")
-        assert _readable(ours)
-        ours.recv(1)
-        assert not _readable(ours)
-        theirs.close()
-        assert _readable(ours)  # closed by the other side: expired
+        trusting = ssl.create_default_context(cafile=str(cert))
+
+        async def fetch(context: ssl.SSLContext) -> tuple[int, str]:
+            transport = AsyncGuardedTransport(POLICY, ssl_context=context)
+            async with httpx.AsyncClient(transport=transport, timeout=5) as client:
+                first = await client.post(f"https://127.0.0.1:{server.port}/a", content=b"one")
+                second = await client.post(f"https://127.0.0.1:{server.port}/b", content=b"two")
+                return second.status_code, first.text + second.text
+
+        assert asyncio.run(fetch(trusting)) == (200, "onetwo")
+        assert len(set(server.peers)) == 1  # both requests on one kept-alive TLS connection
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            asyncio.run(fetch(ssl.create_default_context()))  # not signed by a trusted CA
     finally:
-        ours.close()
-        theirs.close()
-    assert _readable(ours)  # our own socket closed
+        server.stop()
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (IP SAN) and its key, written to ``folder``."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+class _TlsEcho:
+    """An HTTPS server (HTTP/1.1, keep-alive) in a thread that answers each POST with its body."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        peers = self.peers = []
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                peers.append(self.client_address)
+                data = self.rfile.read(int(self.headers["content-length"]))
+                self.send_response(200)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def start(self) -> _TlsEcho:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
 
 
 class _SetsCookies(FakeServer):

@@ -15,8 +15,8 @@ connect to a checked one; TLS still verifies the certificate against the name.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
-import select
 import socket
 import ssl
 from collections.abc import Iterable
@@ -265,50 +265,211 @@ class _GuardedBackend(httpcore.NetworkBackend):
         self.inner.sleep(seconds)
 
 
-class _PolledStream(httpcore.AsyncNetworkStream):
-    """httpcore's stream, answering "is the idle socket readable?" straight from the socket.
+class _Reading(asyncio.Protocol):
+    """What a connection received and whether it ended, for :class:`_AsyncioStream`."""
 
-    httpcore's pool asks it of every connection it holds, each time a request starts or ends;
-    its AnyIO stream answers through AnyIO's typed attributes, which rebuild a dictionary of
-    lambdas per question. With a hundred connections that was the biggest single cost of a
-    publish, so the socket is looked up once and polled directly.
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.ended = False
+        self.error: BaseException | None = None
+        self.reading_paused = False
+        self._readable: asyncio.Future[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
+        #: Done once the connection is closed and its socket released.
+        self.lost: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) > _READ_BUFFER_LIMIT and self.transport is not None:
+            self.transport.pause_reading()  # the reader catches up first
+            self.reading_paused = True
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        self._wake_reader()
+        return False  # close our side too: HTTP/1.1 has nothing to send after the peer's end
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended = True
+        self.error = exc
+        self._wake_reader()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        if self.lost is not None and not self.lost.done():
+            self.lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    async def readable(self) -> None:
+        """Until there is data, or the connection ended."""
+        if self.buffer or self.ended:
+            return
+        self._readable = asyncio.get_running_loop().create_future()
+        try:
+            await self._readable
+        finally:
+            self._readable = None
+
+    async def drained(self) -> None:
+        """Until the transport's write buffer is below its high-water mark again."""
+        if self._drained is not None:
+            await asyncio.shield(self._drained)
+
+    def _wake_reader(self) -> None:
+        if self._readable is not None and not self._readable.done():
+            self._readable.set_result(None)
+
+
+#: Bytes a connection buffers before it stops reading from its socket until they are read.
+_READ_BUFFER_LIMIT = 256 * 1024
+
+#: Seconds a closing connection waits for its peer (TLS close_notify) before it is cut off.
+_CLOSE_WAIT_SECONDS = 1.0
+
+
+class _AsyncioStream(httpcore.AsyncNetworkStream):
+    """A connection for httpcore on asyncio's own transports, in place of its AnyIO stream.
+
+    httpcore takes any network backend; its AnyIO one wraps every read and write in a cancel
+    scope with a deadline, behind several layers of typed streams, and answers "is this idle
+    connection readable?" (which httpcore's pool asks of every connection it holds, at every
+    request start and end) through AnyIO's typed attributes, which rebuild a dictionary per
+    question. Together that was about a fifth of a publish's time on the event loop. Here a
+    read is a look at a buffer (or one future to wait for), a deadline is ``asyncio.timeout``,
+    and readable means "data or end-of-stream has arrived", which the transport, reading all
+    the time, already knows.
     """
 
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
-        self.inner = inner
-        self.socket: socket.socket | None = inner.get_extra_info("socket")
+    def __init__(self, transport: asyncio.Transport, reading: _Reading) -> None:
+        self.transport = transport
+        self.reading = reading
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self.inner.read(max_bytes, timeout)
+        reading = self.reading
+        if not reading.buffer and not reading.ended:
+            try:
+                async with asyncio.timeout(timeout):
+                    await reading.readable()
+            except TimeoutError:
+                raise httpcore.ReadTimeout(f"nothing received in {timeout:g} s") from None
+        if not reading.buffer:
+            if reading.error is not None:
+                raise httpcore.ReadError(str(reading.error) or type(reading.error).__name__)
+            return b""  # the peer closed the connection
+        data = bytes(reading.buffer[:max_bytes])
+        del reading.buffer[:max_bytes]
+        if reading.reading_paused and len(reading.buffer) <= _READ_BUFFER_LIMIT // 2:
+            reading.reading_paused = False
+            self.transport.resume_reading()
+        return data
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self.inner.write(buffer, timeout)
+        if not buffer:
+            return
+        if self.transport.is_closing():
+            raise httpcore.WriteError(
+                str(self.reading.error) if self.reading.error else "the connection is closed"
+            )
+        self.transport.write(buffer)
+        try:
+            async with asyncio.timeout(timeout):
+                await self.reading.drained()
+        except TimeoutError:
+            raise httpcore.WriteTimeout(f"could not send within {timeout:g} s") from None
 
     async def aclose(self) -> None:
-        await self.inner.aclose()
+        # Wait for the close to finish (a TLS close sends close_notify first), so the socket
+        # is released before the loop may end; a peer that does not answer is cut off.
+        self.transport.close()
+        lost = self.reading.lost
+        if lost is None or lost.done():
+            return
+        try:
+            async with asyncio.timeout(_CLOSE_WAIT_SECONDS):
+                await asyncio.shield(lost)
+        except TimeoutError:
+            self.transport.abort()
 
     async def start_tls(
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
     ) -> httpcore.AsyncNetworkStream:
-        return _PolledStream(await self.inner.start_tls(ssl_context, server_hostname, timeout))
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                transport = await loop.start_tls(
+                    self.transport, self.reading, ssl_context, server_hostname=server_hostname
+                )
+        except TimeoutError:
+            self.transport.abort()
+            raise httpcore.ConnectTimeout(f"TLS handshake not done within {timeout:g} s") from None
+        except (OSError, ssl.SSLError) as exc:
+            self.transport.abort()
+            raise httpcore.ConnectError(f"TLS handshake failed: {exc}") from exc
+        if transport is None:  # the connection closed during the handshake
+            raise httpcore.ConnectError("the connection closed during the TLS handshake")
+        self.reading.transport = transport  # flow control now pauses the decrypted side
+        return _AsyncioStream(transport, self.reading)
 
     def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable" and self.socket is not None:
-            return _readable(self.socket)
-        return self.inner.get_extra_info(info)
+        if info == "is_readable":
+            return bool(self.reading.buffer) or self.reading.ended
+        if info == "ssl_object":
+            return self.transport.get_extra_info("ssl_object")
+        if info == "client_addr":
+            return self.transport.get_extra_info("sockname")
+        if info == "server_addr":
+            return self.transport.get_extra_info("peername")
+        if info == "socket":
+            return self.transport.get_extra_info("socket")
+        return None
 
 
-def _readable(sock: socket.socket) -> bool:
-    """Whether ``sock`` has something to read (or is closed) right now, without waiting."""
-    if sock.fileno() < 0:
-        return True  # closed: reading would end at once, which is what httpcore wants to know
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
+async def _open(
+    address: IPAddress,
+    port: int,
+    timeout: float | None,
+    local_address: str | None,
+    socket_options: Iterable[Any] | None,
+) -> _AsyncioStream:
+    """A TCP connection to ``address``, as httpcore's backends make them (options, bind)."""
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        for option in socket_options or ():
+            sock.setsockopt(*option)
+        if local_address:
+            sock.bind((local_address, 0))
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            await loop.sock_connect(sock, (str(address), port))
+        transport, reading = await loop.create_connection(_Reading, sock=sock)
+    except TimeoutError:
+        sock.close()
+        raise httpcore.ConnectTimeout(f"cannot connect to {address}:{port} within {timeout:g} s") from None
+    except OSError as exc:
+        sock.close()
+        raise httpcore.ConnectError(f"cannot connect to {address}:{port}: {exc}") from exc
+    except BaseException:
+        sock.close()
+        raise
+    return _AsyncioStream(transport, reading)
 
 
 class _AsyncGuardedBackend(httpcore.AsyncNetworkBackend):
-    """The async twin of :class:`_GuardedBackend`, on httpcore's AnyIO backend (asyncio).
+    """The async twin of :class:`_GuardedBackend`, on asyncio (:class:`_AsyncioStream`).
 
     The name is resolved by :func:`resolve` in a worker thread (``getaddrinfo`` blocks), within
     the connect timeout, and only the addresses it checked are connected to.
@@ -316,7 +477,6 @@ class _AsyncGuardedBackend(httpcore.AsyncNetworkBackend):
 
     def __init__(self, policy: HostPolicy) -> None:
         self.policy = policy
-        self.inner = httpcore.AnyIOBackend()
 
     async def connect_tcp(
         self,
@@ -340,9 +500,7 @@ class _AsyncGuardedBackend(httpcore.AsyncNetworkBackend):
         last: Exception | None = None
         for address in _admitted(self.policy, host, addresses):
             try:
-                return _PolledStream(
-                    await self.inner.connect_tcp(str(address), port, timeout, local_address, socket_options)
-                )
+                return await _open(address, port, timeout, local_address, socket_options)
             except httpcore.ConnectError as exc:
                 last = exc
         assert last is not None
@@ -354,7 +512,7 @@ class _AsyncGuardedBackend(httpcore.AsyncNetworkBackend):
         raise BlockedAddressError("unix sockets are not a publisher target")
 
     async def sleep(self, seconds: float) -> None:
-        await self.inner.sleep(seconds)
+        await asyncio.sleep(seconds)
 
 
 class GuardedTransport(httpx.HTTPTransport):
