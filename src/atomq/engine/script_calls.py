@@ -66,10 +66,10 @@ def _stack(client: redis.Redis) -> _Connections:
     return stack
 
 
-def call_script(client: redis.Redis, script: Script, args: Sequence[Any]) -> Any:
-    """Run ``script`` with ``args`` (no keys) on ``client``; return its reply."""
+def call_script(client: redis.Redis, script: Script, args: Sequence[Any], keys: Sequence[Any] = ()) -> Any:
+    """Run ``script`` with ``keys`` and ``args`` on ``client``; return its reply."""
     if client.connection is None:  # a pooled client (single-connection clients use the slow path)
-        packed = [pack_command(("EVALSHA", script.sha, 0, *args))]
+        packed = [pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))]
         stack = _stack(client)
         connection = stack.take()
         try:
@@ -77,7 +77,7 @@ def call_script(client: redis.Redis, script: Script, args: Sequence[Any]) -> Any
             return connection.read_response()
         except NoScriptError:
             client.script_load(script.source)
-            return client.evalsha(script.sha, 0, *args)
+            return client.evalsha(script.sha, len(keys), *keys, *args)
         except redis.ResponseError:
             raise  # an error reply: the connection is in step, and is used again
         except _RETRY_ON:
@@ -88,16 +88,18 @@ def call_script(client: redis.Redis, script: Script, args: Sequence[Any]) -> Any
         finally:
             stack.give(connection)
     try:
-        return client.evalsha(script.sha, 0, *args)
+        return client.evalsha(script.sha, len(keys), *keys, *args)
     except NoScriptError:
         client.script_load(script.source)
-        return client.evalsha(script.sha, 0, *args)
+        return client.evalsha(script.sha, len(keys), *keys, *args)
 
 
-async def call_script_async(client: redis.asyncio.Redis, script: Script, args: Sequence[Any]) -> Any:
+async def call_script_async(
+    client: redis.asyncio.Redis, script: Script, args: Sequence[Any], keys: Sequence[Any] = ()
+) -> Any:
     """:func:`call_script` for redis-py's asyncio client."""
     if client.connection is None:
-        packed = [pack_command(("EVALSHA", script.sha, 0, *args))]
+        packed = [pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))]
         pool = client.connection_pool
         connection = await pool.get_connection()
         try:
@@ -105,7 +107,7 @@ async def call_script_async(client: redis.asyncio.Redis, script: Script, args: S
             return await connection.read_response()
         except NoScriptError:
             await client.script_load(script.source)
-            return await client.evalsha(script.sha, 0, *args)
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
         except redis.ResponseError:
             raise
         except _RETRY_ON:
@@ -118,7 +120,7 @@ async def call_script_async(client: redis.asyncio.Redis, script: Script, args: S
         finally:
             await pool.release(connection)
     try:
-        return await client.evalsha(script.sha, 0, *args)
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
     except NoScriptError:
         await client.script_load(script.source)
-        return await client.evalsha(script.sha, 0, *args)
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
