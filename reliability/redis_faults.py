@@ -143,8 +143,13 @@ class TcpProxy:
     def _pump(self, source: socket.socket, target: socket.socket) -> None:
         try:
             while data := source.recv(65536):
-                while self._silent.is_set() and source.fileno() != -1:
-                    time.sleep(0.02)  # nothing crosses a partition; heal() drops these bytes
+                if self._silent.is_set():
+                    while self._silent.is_set() and source.fileno() != -1:
+                        time.sleep(0.02)
+                    # Nothing crosses a partition: these bytes are dropped with the connection.
+                    # (Sending them once heal() has closed only one of the two sockets let a
+                    # command a client had given up on reach Redis.)
+                    break
                 target.sendall(data)
         except OSError:
             pass
