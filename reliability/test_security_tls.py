@@ -17,7 +17,8 @@ from atomq.core.errors import RedisUnavailableError
 from atomq.core.settings import load_settings
 from atomq.engine.task_queue import TaskQueue
 from reliability.report import report
-from reliability.security_support import TlsRedis, issue_server_cert, make_ca
+from reliability.security_support import TlsRedis
+from testkit.certs import issue_server_cert, make_ca
 from testkit.support import cli_env, run_cli
 
 pytestmark = pytest.mark.slow

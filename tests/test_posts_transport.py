@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from atomq.features.posts.netguard import AsyncGuardedTransport, GuardedTransport, HostPolicy, blocked
+from testkit.certs import issue_server_cert, make_ca
 from testkit.fakes.server import FakeServer, Recorded
 from testkit.fakes.webhook import FakeWebhookReceiver
 
@@ -178,10 +179,11 @@ def test_a_closed_port_is_a_connect_error_and_https_verifies_the_certificate(tmp
 
     asyncio.run(refused())
 
-    cert, key = _self_signed(tmp_path)
+    ca = make_ca(tmp_path, "publisher-test-ca")
+    cert, key = issue_server_cert(ca, tmp_path, ["localhost"], ips=["127.0.0.1"])
     server = _TlsEcho(cert, key).start()
     try:
-        trusting = ssl.create_default_context(cafile=str(cert))
+        trusting = ssl.create_default_context(cafile=str(ca.cert_path))
 
         async def fetch(context: ssl.SSLContext) -> tuple[int, str]:
             transport = AsyncGuardedTransport(POLICY, ssl_context=context)
@@ -196,42 +198,6 @@ def test_a_closed_port_is_a_connect_error_and_https_verifies_the_certificate(tmp
             asyncio.run(fetch(ssl.create_default_context()))  # not signed by a trusted CA
     finally:
         server.stop()
-
-
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 (IP SAN) and its key, written to ``folder``."""
-    from datetime import UTC, datetime, timedelta
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
 
 
 class _TlsEcho:

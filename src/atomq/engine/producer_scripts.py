@@ -12,7 +12,6 @@ standalone Redis or Sentinel, not Cluster).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +20,7 @@ from atomq.core import keys
 from atomq.core.errors import AtomqError, DuplicateJobError, JobNotFoundError, JobStateError
 from atomq.engine.producer import NewJob
 from atomq.engine.queues import WAKE_TOKENS_KEPT
+from atomq.engine.script_calls import Script
 
 #: Prefixes and names the scripts build keys from, substituted into their source once.
 _NAMES = {
@@ -253,14 +253,6 @@ def stop_message(worker_name: str, job_id: str) -> tuple[str, str]:
     """The channel and message that tell a worker to stop a job (RQ's ``stop-job`` command,
     as ``rq.command.send_command`` publishes it)."""
     return keys.pubsub_channel(worker_name), json.dumps({"command": "stop-job", "job_id": job_id})
-
-
-class Script:
-    """A script's source and SHA-1 (Redis names scripts by it)."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - Redis's script id
 
 
 ENQUEUE_SCRIPT = Script(ENQUEUE)

@@ -13,6 +13,7 @@ cache flushed) is loaded and called again.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import weakref
 from collections import deque
@@ -24,7 +25,14 @@ import redis.asyncio
 from hiredis import pack_command  # installed with redis[hiredis]
 from redis.exceptions import NoScriptError
 
-from atomq.engine.producer_scripts import Script
+
+class Script:
+    """A script's source and SHA-1 (Redis names scripts by it)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - Redis's script id
+
 
 #: Errors after which the call is retried through redis-py's own path (which reconnects): a
 #: pooled connection that Redis (restarted, or its idle timeout) closed. Not a timeout: the

@@ -338,6 +338,14 @@ _READ_BUFFER_LIMIT = 256 * 1024
 #: Seconds a closing connection waits for its peer (TLS close_notify) before it is cut off.
 _CLOSE_WAIT_SECONDS = 1.0
 
+#: httpcore's names for a stream's details -> asyncio's names for them on a transport.
+_TRANSPORT_INFO = {
+    "ssl_object": "ssl_object",
+    "client_addr": "sockname",
+    "server_addr": "peername",
+    "socket": "socket",
+}
+
 
 class _AsyncioStream(httpcore.AsyncNetworkStream):
     """A connection for httpcore on asyncio's own transports, in place of its AnyIO stream.
@@ -425,15 +433,8 @@ class _AsyncioStream(httpcore.AsyncNetworkStream):
     def get_extra_info(self, info: str) -> Any:
         if info == "is_readable":
             return bool(self.reading.buffer) or self.reading.ended
-        if info == "ssl_object":
-            return self.transport.get_extra_info("ssl_object")
-        if info == "client_addr":
-            return self.transport.get_extra_info("sockname")
-        if info == "server_addr":
-            return self.transport.get_extra_info("peername")
-        if info == "socket":
-            return self.transport.get_extra_info("socket")
-        return None
+        name = _TRANSPORT_INFO.get(info)
+        return self.transport.get_extra_info(name) if name is not None else None
 
 
 async def _open(

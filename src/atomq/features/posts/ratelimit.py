@@ -24,8 +24,7 @@ from typing import Any
 import redis
 
 from atomq.core.settings import Settings
-from atomq.engine.producer_scripts import Script
-from atomq.engine.script_calls import call_script
+from atomq.engine.script_calls import Script, call_script
 from atomq.features.posts.publishers import PLATFORMS
 
 #: What a limiter call raises while Redis is away (restarting, failing over): a lock not given

@@ -23,6 +23,9 @@ from atomq.features.posts.models import Account, PostEvent, ScheduledPost
 _POSTS: Table = ScheduledPost.__table__  # type: ignore[assignment]
 _EVENTS: Table = PostEvent.__table__  # type: ignore[assignment]
 
+#: The history row every recorded change adds, built once (it is on every publish's path).
+_INSERT_EVENT = _EVENTS.insert()
+
 
 def update_post(
     database: Database, post_id: str, where: list[ColumnElement[bool]], values: dict[str, Any]
@@ -112,7 +115,7 @@ def _apply(
             return False
         if recorded:
             connection.execute(
-                _EVENTS.insert(),
+                _INSERT_EVENT,
                 {
                     "post_id": post_id,
                     "at": at,
