@@ -318,3 +318,39 @@ def imported(modules: list[str]) -> dict[str, bool]:
     import sys
 
     return {name: name in sys.modules for name in modules}
+
+
+#: What the warm-ups below saw, in the worker process that called them.
+WARMED: dict[str, Any] = {"calls": 0}
+
+
+async def warm_up_on_the_loop(connection: Any) -> None:
+    """``warmed``'s warm-up: notes the loop it ran on and that the worker's Redis answered."""
+    import asyncio
+
+    WARMED["calls"] += 1
+    WARMED["loop"] = id(asyncio.get_running_loop())
+    WARMED["redis"] = bool(connection.ping())
+    WARMED["at"] = time.time()
+
+
+@task("warmed", queue="warm_ups", warm_up="tests.jobs:warm_up_on_the_loop")
+async def warmed() -> dict[str, Any]:
+    """What the warm-up had done when this job ran, and whether it shared the job's loop."""
+    import asyncio
+
+    return {
+        "calls": WARMED["calls"],
+        "same_loop": WARMED.get("loop") == id(asyncio.get_running_loop()),
+        "redis": WARMED.get("redis"),
+        "before_job": WARMED.get("at", float("inf")) < time.time(),
+    }
+
+
+def warm_up_that_fails(connection: Any) -> None:
+    raise RuntimeError("no warm-up today")
+
+
+@task("cold", queue="cold_starts", warm_up="tests.jobs:warm_up_that_fails")
+def cold() -> str:
+    return "ran anyway"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import pytest
 
 from atomq.cli import exits
@@ -52,3 +56,88 @@ def test_db_cli_upgrades_and_reports(cli, env, tmp_path):
     assert down.returncode == exits.UNAVAILABLE
     assert "secret" not in down.stderr
     assert len(down.stderr.strip().splitlines()) == 1
+
+
+#: A process that holds a SQLite write transaction on ``argv[1]`` for ``argv[2]`` seconds
+#: (through atomq's engine), printing when it began and when its commit ended.
+_HOLD_WRITE = """
+import sys, time
+from sqlalchemy import text
+from atomq.core.settings import load_settings
+from atomq.db.engine import make_engine
+engine = make_engine(load_settings(database_url="sqlite:///" + sys.argv[1]))
+with engine.begin() as connection:
+    connection.execute(text("INSERT INTO t VALUES (1)"))
+    print("began", flush=True)
+    time.sleep(float(sys.argv[2]))
+print("committed", time.time(), flush=True)
+"""
+
+
+def test_sqlite_writers_of_other_processes_are_let_in_the_moment_a_write_ends(tmp_path):
+    # SQLite's busy handler polls a locked file with sleeps of up to 100 ms (1, 2, 5, 10, 15,
+    # 20, 25, 25, 25, 50 ms...): a writer held up 150 ms would get in ~25 ms after the lock
+    # came free. atomq's writers queue for a lock file and get in at once.
+    import sqlite3
+    from pathlib import Path
+
+    from sqlalchemy import text
+
+    from atomq.db.engine import make_engine
+    from atomq.db.writer_lock import LOCK_SUFFIX
+
+    path = tmp_path / "atomq.db"
+    with sqlite3.connect(path) as plain:
+        plain.execute("CREATE TABLE t (x)")
+    engine = make_engine(load_settings(database_url=f"sqlite:///{path}"))
+    gaps = []
+    for _ in range(3):
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_WRITE, str(path), "0.15"], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "began"
+            with engine.begin() as connection:
+                got_in = time.time()
+                connection.execute(text("INSERT INTO t VALUES (2)"))
+            out, _ = holder.communicate(timeout=30)
+        finally:
+            holder.kill()
+            holder.wait()
+        committed = float(out.split()[1])
+        assert got_in >= committed  # it did wait for the other writer
+        gaps.append(got_in - committed)
+    assert min(gaps) < 0.010, gaps
+    assert Path(f"{path}{LOCK_SUFFIX}").exists()
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM t")).scalar() == 6
+    engine.dispose()
+
+
+@pytest.mark.timeout(20)
+def test_a_thread_that_writes_never_waits_for_itself_on_another_connection(tmp_path):
+    # Two write transactions open at once in one thread can never both proceed: SQLite fails
+    # the second after its busy timeout, as without the lock file, instead of waiting forever.
+    import sqlite3
+
+    from atomq.db.writer_lock import GatedConnection
+
+    path = str(tmp_path / "atomq.db")
+    first, second = (
+        sqlite3.connect(path, timeout=0.2, isolation_level=None, factory=GatedConnection) for _ in range(2)
+    )
+    first.execute("CREATE TABLE t (x)")
+    first.hold_writer_lock()
+    first.execute("BEGIN IMMEDIATE")
+    second.hold_writer_lock()
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        second.execute("BEGIN IMMEDIATE")
+    second.release_writer_lock()
+    first.rollback()
+    # Rolled back, the lock is free again for either connection, in this thread or another.
+    second.hold_writer_lock()
+    second.execute("BEGIN IMMEDIATE")
+    second.execute("INSERT INTO t VALUES (1)")
+    second.commit()
+    first.close()
+    second.close()

@@ -188,3 +188,34 @@ def test_a_loop_closed_without_shutting_down_has_its_client_forgotten():
     assert len(clients) == 0  # forgotten, not handed to the next loop
     second = asyncio.run(clients.get())
     assert second is not first and second.is_closed
+
+
+def test_a_workers_warm_up_builds_the_runtime_its_posts_then_use(
+    service, accounts, webhook, posts_env, connection, monkeypatch
+):
+    # What a worker serving social_media calls before its first job: the runtime for its
+    # connection, every client of its loop, a pooled database connection per database thread.
+    from atomq.features.posts.offloop import OFF_LOOP_THREADS
+    from atomq.features.posts.publishers.clients import SHARDS
+    from atomq.features.posts.publishing import publish_post_async
+    from atomq.features.posts.runtime import from_environment, warm_up
+
+    for name, value in posts_env.items():
+        monkeypatch.setenv(name, value)
+    post = schedule(service, accounts.webhook(webhook), "due at 9:00")
+
+    async def worker_loop():
+        await warm_up(connection)
+        runtime = from_environment(connection)
+        warmed = (len(runtime.clients), runtime.database.engine.pool.checkedin())
+        result = await publish_post_async(runtime, post.id, post.user_id)
+        return runtime, warmed, result, len(runtime.clients)
+
+    runtime, warmed, result, clients = asyncio.run(worker_loop())
+    try:
+        assert warmed == (SHARDS, OFF_LOOP_THREADS)
+        assert result["status"] == "published"
+        assert clients == SHARDS  # the post used a client the warm-up made
+        assert from_environment(connection) is runtime
+    finally:  # the process keeps its runtime; this test's database goes away
+        runtime.database.dispose()

@@ -362,3 +362,36 @@ def test_a_worker_imports_the_heavy_modules_of_the_tasks_it_serves_before_its_fi
     job = tq.enqueue("imported", modules=[publishing])
     wait_for(lambda: status_of(tq, job.id) == "finished", 30, what="the job")
     assert tq.get_job_status(job.id)["result"] == {publishing: False}
+
+
+def test_a_worker_warms_up_the_tasks_it_serves_before_its_first_job(tq, procs):
+    # Once per process, on the event loop its async jobs share, with the worker's Redis; a
+    # worker that does not serve the task's queue never calls it.
+    procs.worker("warm_ups", "--no-scheduler", "--count", "1")
+    jobs = [tq.enqueue("warmed", queue="warm_ups") for _ in range(3)]
+    wait_for(lambda: all(status_of(tq, job.id) == "finished" for job in jobs), 30, what="the jobs")
+    for job in jobs:
+        assert tq.get_job_status(job.id)["result"] == {
+            "calls": 1,
+            "same_loop": True,
+            "redis": True,
+            "before_job": True,
+        }
+
+
+def test_a_warm_up_that_fails_is_logged_and_the_worker_runs_jobs_anyway(tq, procs):
+    worker = procs.worker("cold_starts", "--no-scheduler", "--count", "1")
+    job = tq.enqueue("cold", queue="cold_starts")
+    wait_for(lambda: status_of(tq, job.id) == "finished", 30, what="the job")
+    assert tq.get_job_status(job.id)["result"] == "ran anyway"
+    log = procs.log(worker)
+    assert "task cold: warm-up tests.jobs:warm_up_that_fails failed (RuntimeError('no warm-up today'))" in log
+    assert "Traceback" not in log
+
+
+def test_a_warm_up_must_name_a_module_and_a_function():
+    from atomq.core.errors import ConfigurationError
+    from atomq.engine.tasks import TaskRegistry, task
+
+    with pytest.raises(ConfigurationError, match="warm_up must be 'module:function'"):
+        task("badly_warmed", warm_up="tests.jobs.warm_up_that_fails", registry=TaskRegistry())(lambda: None)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from atomq.core.errors import ConfigurationError, DatabaseUnavailableError
 from atomq.core.settings import Settings
 from atomq.core.text import loads as json_loads
+from atomq.db.writer_lock import GatedConnection
 
 
 def database_url(settings: Settings) -> str:
@@ -45,7 +46,9 @@ def make_engine(settings: Settings, **options: Any) -> Engine:
             from pathlib import Path
 
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30}, **options)
+        # GatedConnection: writers of every atomq process line up on a lock file rather than
+        # polling SQLite's lock (see atomq.db.writer_lock); timeout is SQLite's busy timeout.
+        engine = create_engine(url, connect_args={"timeout": 30, "factory": GatedConnection}, **options)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
@@ -81,8 +84,17 @@ def _sqlite_begin(connection: Any) -> None:
     # (Database.reading) begins DEFERRED and never waits for a writer.
     if connection.get_execution_options().get(READ_ONLY):
         connection.exec_driver_sql("BEGIN")
-    else:
+        return
+    dbapi_connection = connection.connection.dbapi_connection
+    gated = isinstance(dbapi_connection, GatedConnection)
+    if gated:
+        dbapi_connection.hold_writer_lock()
+    try:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+    except BaseException:
+        if gated:
+            dbapi_connection.release_writer_lock()
+        raise
 
 
 class Database:

@@ -66,6 +66,7 @@ from atomq.engine.recovery import held_jobs
 from atomq.engine.scripts import decode
 from atomq.engine.slots import Slots
 from atomq.engine.tasks import TaskRegistry, preload, registry
+from atomq.engine.warmup import warm_up
 
 logger = logging.getLogger("atomq.worker")
 
@@ -217,10 +218,13 @@ class FastWorker:
         # posts due at 9:00 must not wait for the first one to import publishing's libraries
         # (about a second of import, holding the event loop). Tasks of queues it does not serve
         # cost nothing.
-        preload(spec for spec in self.tasks if spec.queue in self.queues)
+        served = [spec for spec in self.tasks if spec.queue in self.queues]
+        preload(served)
         self.scripts.load()
         self.register_birth()
         self._start_background()
+        # And what their first jobs would build (pools, clients, compiled queries): see warmup.
+        warm_up(served, self.connection, lambda: self.executor.loop)
         set_process_title(f"atomq worker {self.name}: listening on {','.join(self.queues)}")
         logger.info(
             "Worker %s: started with PID %d, listening on %s (up to %d jobs at once)",

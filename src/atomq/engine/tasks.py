@@ -17,6 +17,7 @@ import inspect
 import logging
 import os
 import random
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -105,6 +106,9 @@ class TaskSpec:
     #: workers import them lazily, on the task's first job, keeping workers that never run
     #: the task small.
     preload: tuple[str, ...] = ()
+    #: ``"module:function"``: what a worker serving the task's queue calls once before it takes
+    #: any job (see :func:`task`), so the first jobs after a start do not pay for it.
+    warm_up: str | None = None
     signature: inspect.Signature = field(init=False, repr=False, compare=False)
     #: ``async def`` tasks run on the worker's event loop, the others on its threads.
     is_async: bool = field(init=False, repr=False, compare=False)
@@ -223,6 +227,7 @@ def task(
     failure_ttl: int | None = None,
     isolation: Isolation | None = None,
     preload: tuple[str, ...] = (),
+    warm_up: str | None = None,
     registry: TaskRegistry | None = None,
 ) -> Callable[[F], F]: ...
 
@@ -237,6 +242,7 @@ def task(
     failure_ttl: int | None = None,
     isolation: Isolation | None = None,
     preload: tuple[str, ...] = (),
+    warm_up: str | None = None,
     registry: TaskRegistry | None = None,
 ) -> F | Callable[[F], F]:
     """Register a function as a task under ``name`` (the function's name when omitted).
@@ -245,6 +251,13 @@ def task(
     and ``failure_ttl`` become the defaults of every job of this task; each call to
     ``task_queue.enqueue`` may override them. ``isolation="fork"`` runs each job in a child
     process (for code that leaks memory or may crash the interpreter).
+
+    ``preload`` names modules the task imports, imported by a worker serving its queue before
+    it takes jobs; ``warm_up`` (``"module:function"``) is called there too, once per process,
+    with the worker's Redis connection: a coroutine function on the event loop the task's
+    ``async def`` jobs share, else on the worker's thread. It builds what the first job would
+    otherwise build (clients, pools, compiled queries), so jobs due the minute a worker
+    started are not late for it. A warm-up that fails is logged; the worker starts anyway.
     """
     target = registry if registry is not None else globals()["registry"]
 
@@ -263,6 +276,10 @@ def task(
             raise ConfigurationError(f"task {task_name!r}: timeout must be positive, got {timeout}")
         if isolation not in (None, "inline", "fork"):
             raise ConfigurationError(f"task {task_name!r}: isolation must be 'inline' or 'fork'")
+        if warm_up is not None and not WARM_UP_PATTERN.fullmatch(warm_up):
+            raise ConfigurationError(
+                f"task {task_name!r}: warm_up must be 'module:function', got {warm_up!r}"
+            )
         spec = TaskSpec(
             name=task_name,
             func=func,
@@ -274,6 +291,7 @@ def task(
             isolation=isolation,
             description=inspect.getdoc(func) or "",
             preload=tuple(preload),
+            warm_up=warm_up,
         )
         target.register(spec)
         func.__atomq_task__ = spec  # type: ignore[attr-defined]
@@ -292,6 +310,24 @@ def preload(specs: Iterable[TaskSpec] | None = None) -> None:
                 importlib.import_module(module)
             except ImportError as exc:
                 logger.warning("task %s: cannot preload %s: %s", spec.name, module, exc)
+
+
+#: What ``warm_up`` names: a module and a function in it.
+WARM_UP_PATTERN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+def warm_up_function(spec: TaskSpec) -> Callable[[Any], Any] | None:
+    """The function ``spec.warm_up`` names, imported; None when the task has none, or when it
+    cannot be imported (logged: the task's first jobs then warm up by themselves)."""
+    if spec.warm_up is None:
+        return None
+    module, _, name = spec.warm_up.partition(":")
+    try:
+        func: Callable[[Any], Any] = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        logger.warning("task %s: cannot import warm-up %s: %s", spec.name, spec.warm_up, exc)
+        return None
+    return func
 
 
 def load_task_modules(modules: Iterable[str]) -> None:

@@ -93,6 +93,30 @@ class PostsRuntime:
 _runtimes: dict[tuple[int, int, int], PostsRuntime] = {}
 
 
+async def warm_up(connection: redis.Redis) -> None:
+    """Build what a worker's first post would: this process's runtime on ``connection``, its
+    TLS context, the running loop's HTTP clients, a pooled database connection per database
+    thread, and the query every post starts with, compiled. The worker calls it before taking
+    jobs (``@task(warm_up=...)``), so posts due the minute it started are not late for it."""
+    from atomq.features.posts.offloop import off_loop  # publishing's, deferred like the task's
+
+    runtime = from_environment(connection)
+    _ = runtime.tls, runtime.credentials, runtime.limiter
+    await runtime.clients.warm()
+    await off_loop(_warm_database, runtime.database)
+
+
+def _warm_database(database: Database) -> None:
+    from atomq.features.posts.offloop import OFF_LOOP_THREADS
+    from atomq.features.posts.records import load_post
+
+    # Opened together, so the pool keeps one for each thread that runs publishing's steps.
+    opened = [database.engine.connect() for _ in range(OFF_LOOP_THREADS)]
+    for connection in opened:
+        connection.close()
+    load_post(database, "")  # also configures the ORM's mappers
+
+
 def from_environment(connection: redis.Redis | None = None) -> PostsRuntime:
     """This process's runtime for the current environment, on ``connection`` (the worker's)
     when given; built on first use and kept while the environment stays the same."""

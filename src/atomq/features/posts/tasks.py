@@ -6,9 +6,10 @@ runs each async job on a loop of its own (RQ's ``perform``) still runs it, one p
 
 Every atomq process imports this module (``BUILTIN_TASK_MODULES``), so it only registers the
 task: publishing's own imports (SQLAlchemy, httpx, the publishers, cryptography: ~30 MB) are
-made on the first post a process publishes, and preloaded before forking where a process forks
-per job (``preload``). The periodic reconciler registers where a scheduler runs
-(the feature's ``periodic`` modules, see :mod:`atomq.engine.plugins`).
+made by the processes that publish, before their first job (``preload``: workers serving
+``social_media``, and RQ's worker before it forks), and such a worker also builds publishing's
+runtime then (``warm_up``). The periodic reconciler registers where a scheduler runs (the
+feature's ``periodic`` modules, see :mod:`atomq.engine.plugins`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ DEFAULT_JOB_TIMEOUT = 300
     timeout=DEFAULT_JOB_TIMEOUT,
     retry=POST_RETRY,
     preload=PUBLISHING_MODULES,
+    warm_up="atomq.features.posts.runtime:warm_up",
 )
 async def process_scheduled_post(post_id: str, user_id: str, revision: int | None = None) -> dict[str, Any]:
     """Publish scheduled post ``post_id`` of ``user_id``, at most once however often it runs.

@@ -61,8 +61,15 @@ class LoopClients:
 
     async def get(self, key: str = "") -> httpx.AsyncClient:
         """The running loop's client for ``key`` (the same one for the same key), made on first use."""
-        loop = asyncio.get_running_loop()
-        slot = (loop, zlib.crc32(key.encode()) % SHARDS if key else 0)
+        return await self._client(zlib.crc32(key.encode()) % SHARDS if key else 0)
+
+    async def warm(self) -> None:
+        """Make every client of the running loop now (a worker's warm-up), not on first use."""
+        for shard in range(SHARDS):
+            await self._client(shard)
+
+    async def _client(self, shard: int) -> httpx.AsyncClient:
+        slot = (asyncio.get_running_loop(), shard)
         with self._lock:
             self._forget_stale()
             entry = self._entries.get(slot)
