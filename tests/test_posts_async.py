@@ -195,7 +195,7 @@ def test_a_workers_warm_up_builds_the_runtime_its_posts_then_use(
 ):
     # What a worker serving social_media calls before its first job: the runtime for its
     # connection, every client of its loop, a pooled database connection per database thread.
-    from atomq.features.posts.offloop import OFF_LOOP_THREADS
+    from atomq.features.posts.offloop import threads
     from atomq.features.posts.publishers.clients import SHARDS
     from atomq.features.posts.publishing import publish_post_async
     from atomq.features.posts.runtime import from_environment, warm_up
@@ -213,7 +213,8 @@ def test_a_workers_warm_up_builds_the_runtime_its_posts_then_use(
 
     runtime, warmed, result, clients = asyncio.run(worker_loop())
     try:
-        assert warmed == (SHARDS, OFF_LOOP_THREADS)
+        assert warmed == (SHARDS, threads(runtime.step_pool))
+        assert threads(runtime.step_pool) == (1 if runtime.database.dialect == "sqlite" else 2)
         assert result["status"] == "published"
         assert clients == SHARDS  # the post used a client the warm-up made
         assert from_environment(connection) is runtime

@@ -38,7 +38,7 @@ from atomq.db.base import new_id
 from atomq.features.posts import attempts
 from atomq.features.posts.attempts import attempt_seconds, idempotency_key, result
 from atomq.features.posts.models import FINAL_STATUSES, Account, ScheduledPost
-from atomq.features.posts.offloop import off_loop, redis_off_loop
+from atomq.features.posts.offloop import redis_off_loop
 from atomq.features.posts.publishers import PublishError, PublishRequest
 from atomq.features.posts.ratelimit import REDIS_AWAY, AccountLimiter
 from atomq.features.posts.runtime import PostsRuntime
@@ -85,7 +85,7 @@ async def publish_post_async(
     """
     with log_context(post_id=post_id):
         token = new_id("att")
-        begun = await off_loop(attempts.start, runtime, post_id, user_id, revision, token)
+        begun = await runtime.step(attempts.start, post_id, user_id, revision, token)
         post, account = begun.snapshot.post, begun.snapshot.account
         if begun.turn is not None:  # the common case: scheduled, and its turn already taken
             return await _attempt(runtime, post, account, token, begun.turn, resuming=False)
@@ -108,9 +108,9 @@ async def publish_post_async(
                     raise Defer(_jitter(decision), "another attempt is publishing this post")
             if decision == "unconfirmed":
                 why = "the attempt that was publishing it stopped answering"
-                return await off_loop(attempts.give_up_unknown, runtime, post, why)
+                return await runtime.step(attempts.give_up_unknown, post, why)
             resuming = True
-        turn = await off_loop(attempts.take_turn, runtime, post, account, token, resuming=resuming)
+        turn = await runtime.step(attempts.take_turn, post, account, token, resuming=resuming)
         return await _attempt(runtime, post, account, token, turn, resuming=resuming)
 
 
@@ -119,7 +119,7 @@ async def _await_other_attempt(runtime: PostsRuntime, post: ScheduledPost) -> Sc
     deadline = time.monotonic() + BUSY_WAIT
     while time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-        post = (await off_loop(attempts.load, runtime, post.id)).post
+        post = (await runtime.step(attempts.load, post.id)).post
         if post.status != "publishing" or post.attempt_id is None:
             break
         if post.lease_until is not None and post.lease_until <= utcnow():
@@ -152,7 +152,7 @@ async def _attempt(
     released = False
     try:
         if turn.claimed is None:
-            current = (await off_loop(attempts.load, runtime, post.id)).post
+            current = (await runtime.step(attempts.load, post.id)).post
             return result(current, note=f"another run got there first ({current.status})")
         post = turn.claimed
         publisher = await runtime.publisher_for(account)
@@ -163,12 +163,9 @@ async def _attempt(
         try:
             published = await publisher.publish(request)
         except PublishError as exc:
-            return await off_loop(
-                attempts.after_failure, runtime, post, account, token, exc, resuming=resuming
-            )
-        done, released = await off_loop(
+            return await runtime.step(attempts.after_failure, post, account, token, exc, resuming=resuming)
+        done, released = await runtime.step(
             attempts.end,
-            runtime,
             account.id,
             post.id,
             token,
@@ -180,7 +177,7 @@ async def _attempt(
             # Our lease ran out and another attempt took over; with an idempotent platform
             # both requests carried the same key, so the platform made one post.
             logger.warning("post %s: published, but another attempt had taken over", post.id)
-            return result((await off_loop(attempts.load, runtime, post.id)).post)
+            return result((await runtime.step(attempts.load, post.id)).post)
         logger.info("published post %s (%s)", post.id, published.url or published.platform_post_id)
         post.status, post.platform_post_id, post.platform_url = (
             "published",

@@ -16,6 +16,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Concatenate, ParamSpec, TypeVar
 
 import httpx
 import redis
@@ -26,10 +27,14 @@ from atomq.db.engine import Database, process_database
 from atomq.features.posts.credentials import CredentialsBox
 from atomq.features.posts.models import Account
 from atomq.features.posts.netguard import HostPolicy
+from atomq.features.posts.offloop import database_kind, on_pool, threads
 from atomq.features.posts.publishers import Publisher, build_publisher
 from atomq.features.posts.publishers.clients import LoopClients
 from atomq.features.posts.publishers.http import make_client
 from atomq.features.posts.ratelimit import AccountLimiter
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 #: Makes the publisher for an account, sending through the given client (the loop's).
 PublisherFactory = Callable[[Account, httpx.AsyncClient], Publisher]
@@ -73,6 +78,19 @@ class PostsRuntime:
         return await self.clients.get(key)
 
     @cached_property
+    def step_pool(self) -> str:
+        """The threads publishing's database steps run on (:mod:`~atomq.features.posts.offloop`:
+        one on SQLite, two for a database over the network)."""
+        return database_kind(self.database.dialect)
+
+    async def step(
+        self, func: Callable[Concatenate[PostsRuntime, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``func(self, *args, **kwargs)``, a blocking step of publishing (database, Redis), on
+        the threads for this runtime's database, awaited without holding the event loop."""
+        return await on_pool(self.step_pool, func, self, *args, **kwargs)
+
+    @cached_property
     def limiter(self) -> AccountLimiter:
         return AccountLimiter(self.connection)
 
@@ -98,23 +116,20 @@ async def warm_up(connection: redis.Redis) -> None:
     TLS context, the running loop's HTTP clients, a pooled database connection per database
     thread, and the query every post starts with, compiled. The worker calls it before taking
     jobs (``@task(warm_up=...)``), so posts due the minute it started are not late for it."""
-    from atomq.features.posts.offloop import off_loop  # publishing's, deferred like the task's
-
     runtime = from_environment(connection)
     _ = runtime.tls, runtime.credentials, runtime.limiter
     await runtime.clients.warm()
-    await off_loop(_warm_database, runtime.database)
+    await runtime.step(_warm_database)
 
 
-def _warm_database(database: Database) -> None:
-    from atomq.features.posts.offloop import OFF_LOOP_THREADS
-    from atomq.features.posts.records import load_post
+def _warm_database(runtime: PostsRuntime) -> None:
+    from atomq.features.posts.records import load_post  # publishing's, deferred like the task's
 
     # Opened together, so the pool keeps one for each thread that runs publishing's steps.
-    opened = [database.engine.connect() for _ in range(OFF_LOOP_THREADS)]
+    opened = [runtime.database.engine.connect() for _ in range(threads(runtime.step_pool))]
     for connection in opened:
         connection.close()
-    load_post(database, "")  # also configures the ORM's mappers
+    load_post(runtime.database, "")  # also configures the ORM's mappers
 
 
 def from_environment(connection: redis.Redis | None = None) -> PostsRuntime:
