@@ -220,3 +220,37 @@ def test_a_workers_warm_up_builds_the_runtime_its_posts_then_use(
         assert from_environment(connection) is runtime
     finally:  # the process keeps its runtime; this test's database goes away
         runtime.database.dispose()
+
+
+def test_calls_made_while_the_pool_is_busy_run_together_and_each_gets_its_own_answer():
+    import threading
+
+    from atomq.features.posts.offloop import Batches
+
+    batches_seen: list[list[int]] = []
+    first_running, let_go = threading.Event(), threading.Event()
+
+    def run_many(items: list[int]) -> list[int | Exception]:
+        batches_seen.append(list(items))
+        if len(batches_seen) == 1:
+            first_running.set()
+            let_go.wait(10)
+        return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
+
+    batches = Batches(run_many, "sqlite")  # one thread: one batch at a time
+
+    async def main():
+        first = asyncio.ensure_future(batches(0))
+        await asyncio.get_running_loop().run_in_executor(None, first_running.wait, 10)
+        later = [asyncio.ensure_future(batches(i)) for i in range(1, 6)]
+        await asyncio.sleep(0.05)  # all five wait for the next batch
+        later[1].cancel()  # a caller gone (a time limit) before its batch: its item is left out
+        await asyncio.sleep(0)
+        let_go.set()
+        return await asyncio.gather(first, *later, return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert batches_seen == [[0], [1, 3, 4, 5]]
+    assert results[0] == 0
+    assert [str(r) for r in results[1:]] == ["odd 1", "", "odd 3", "40", "odd 5"]
+    assert isinstance(results[2], asyncio.CancelledError)

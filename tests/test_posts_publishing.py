@@ -284,3 +284,89 @@ def test_rate_limit_reserves_slots_and_one_publish_in_flight(connection):
     limiter.block("acct", 0.3)
     assert limiter.acquire("acct", limit, request="d", token="t4", lease=5).outcome == "blocked"
     assert limiter.acquire("other", limit, request="x", token="t5", lease=5).ok  # per account
+
+
+def test_runs_started_together_share_a_read_and_a_transaction_yet_end_as_each_would_alone(
+    runtime, service, accounts, webhook
+):
+    # What a burst's starts do in one step: each run gets what its own start would give.
+    from atomq.features.posts.attempts import StartRequest, start_many
+    from atomq.features.posts.records import load_post, post_events
+
+    first, second, third = (accounts.webhook(webhook, handle=f"hook-{i}") for i in range(3))
+    due = [schedule(service, first, "one"), schedule(service, second, "two")]
+    same_account = schedule(service, first, "after one")
+    foreign = schedule(service, third, "not yours")
+    requests = [
+        StartRequest(due[0].id, due[0].user_id, None, "att_1"),
+        StartRequest(due[1].id, due[1].user_id, due[1].revision, "att_2"),
+        StartRequest(due[0].id, due[0].user_id, None, "att_3"),  # a duplicate job of due[0]
+        StartRequest(same_account.id, same_account.user_id, None, "att_4"),
+        StartRequest(foreign.id, "someone_else", None, "att_5"),
+        StartRequest("post_missing", "user_1", None, "att_6"),
+    ]
+    started = start_many(runtime, requests)
+
+    for begun, token in zip(started[:2], ["att_1", "att_2"], strict=True):
+        assert begun.turn.decision.ok and begun.turn.claimed is not None
+        assert (begun.turn.claimed.status, begun.turn.claimed.attempt_id) == ("publishing", token)
+        stored, _ = load_post(runtime.database, begun.snapshot.post.id)
+        assert (stored.status, stored.attempt_id, stored.attempts) == ("publishing", token, 1)
+        assert [e.status for e in post_events(runtime.database, stored.id)][-1] == "publishing"
+    # The duplicate found the post claimed by the first, as a run after it would.
+    assert started[2].turn is None and started[2].snapshot.post.status == "publishing"
+    # Its account's publish is in flight: the limiter said busy, nothing was claimed.
+    assert started[3].turn.decision.outcome == "busy" and started[3].turn.claimed is None
+    assert started[4].turn is None and started[4].snapshot.post.user_id != "someone_else"
+    assert isinstance(started[5], PermanentError)
+
+
+def test_a_claim_that_fails_in_a_batch_fails_alone(runtime, service, accounts, webhook, monkeypatch):
+    from atomq.features.posts import attempts
+    from atomq.features.posts.attempts import StartRequest, start_many
+    from atomq.features.posts.records import load_post
+
+    posts = [schedule(service, accounts.webhook(webhook, handle=f"hook-{i}"), f"post {i}") for i in range(3)]
+    real_on = attempts._CLAIM_SCHEDULED.on
+
+    def fails_inside_the_batch(connection, post_id, **params):
+        if post_id == posts[1].id:
+            raise RuntimeError("disk I/O error")
+        return real_on(connection, post_id, **params)
+
+    monkeypatch.setattr(attempts._CLAIM_SCHEDULED, "on", fails_inside_the_batch)
+    started = start_many(
+        runtime, [StartRequest(p.id, p.user_id, None, f"att_{i}") for i, p in enumerate(posts)]
+    )
+    # The shared transaction rolled back; alone, the others' claims went through.
+    assert [started[0].turn.claimed.attempt_id, started[2].turn.claimed.attempt_id] == ["att_0", "att_2"]
+    assert isinstance(started[1], RuntimeError) and str(started[1]) == "disk I/O error"
+    assert [load_post(runtime.database, p.id)[0].status for p in posts] == [
+        "publishing",
+        "scheduled",
+        "publishing",
+    ]
+
+
+def test_publishes_ended_together_are_recorded_and_their_accounts_freed(runtime, service, accounts, webhook):
+    from atomq.features.posts.attempts import EndRequest, StartRequest, end_many, start_many
+    from atomq.features.posts.ratelimit import AccountLimiter
+    from atomq.features.posts.records import load_post
+
+    posts = [schedule(service, accounts.webhook(webhook, handle=f"hook-{i}"), f"post {i}") for i in range(2)]
+    start_many(runtime, [StartRequest(p.id, p.user_id, None, f"att_{i}") for i, p in enumerate(posts)])
+    now = utcnow()
+    ended = end_many(
+        runtime,
+        [
+            EndRequest(posts[0].account_id, posts[0].id, "att_0", "remote-0", "https://x/0", now),
+            # An attempt whose lease ran out and was taken over: not recorded, its lock not the holder's.
+            EndRequest(posts[1].account_id, posts[1].id, "att_stale", "remote-1", None, now),
+        ],
+    )
+    assert ended == [(True, True), (False, True)]
+    first, second = (load_post(runtime.database, p.id)[0] for p in posts)
+    assert (first.status, first.platform_post_id, first.attempt_id) == ("published", "remote-0", None)
+    assert (second.status, second.attempt_id) == ("publishing", "att_1")
+    inflight = [runtime.connection.get(AccountLimiter.keys(p.account_id)[1]) for p in posts]
+    assert inflight == [None, b"att_1"]  # the first account is free; the stale token freed nothing

@@ -29,7 +29,7 @@ from atomq.features.posts.publishers import (
 )
 from atomq.features.posts.publishers.mastodon import MEDIA_PROCESSING_WAIT
 from atomq.features.posts.ratelimit import REDIS_AWAY, Decision, limit_for
-from atomq.features.posts.records import PreparedUpdate, load_post, update_post
+from atomq.features.posts.records import PreparedUpdate, load_post, load_posts, update_post
 from atomq.features.posts.runtime import PostsRuntime
 
 logger = logging.getLogger("atomq.features.posts")
@@ -110,6 +110,16 @@ def take_turn(
     unless the account's in-flight lock and rate limit allow a send now. When the claim loses,
     the lock is still held: the caller gives it back, as after any attempt.
     """
+    decision, lease = _acquire(runtime, post, account, token)
+    if not decision.ok:
+        return Turn(decision)
+    return Turn(decision, claim(runtime, post, token, lease, resuming=resuming))
+
+
+def _acquire(
+    runtime: PostsRuntime, post: ScheduledPost, account: Account, token: str
+) -> tuple[Decision, float]:
+    """The limiter's decision on sending ``post`` now, as attempt ``token``, and its lease."""
     lease = lease_seconds(runtime, len(post.media_urls or []))
     decision = runtime.limiter.acquire(
         account.id,
@@ -119,9 +129,7 @@ def take_turn(
         lease=lease,
         cost=requests_per_post(account.platform, len(post.media_urls or [])),
     )
-    if not decision.ok:
-        return Turn(decision)
-    return Turn(decision, claim(runtime, post, token, lease, resuming=resuming))
+    return decision, lease
 
 
 @dataclass
@@ -143,39 +151,138 @@ def start(runtime: PostsRuntime, post_id: str, user_id: str, revision: int | Non
     """
     snapshot = load(runtime, post_id)
     post = snapshot.post
-    if post.status != "scheduled" or post.user_id != user_id or revision not in (None, post.revision):
+    if not _plainly_due(post, user_id, revision):
         return Start(snapshot, None)
     return Start(snapshot, take_turn(runtime, post, snapshot.account, token, resuming=False))
 
 
-def end(
-    runtime: PostsRuntime,
-    account_id: str,
-    post_id: str,
-    token: str,
-    *,
-    platform_post_id: str | None,
-    platform_url: str | None,
-    published_at: datetime,
-) -> tuple[bool, bool]:
-    """Record attempt ``token``'s publish (as :func:`finish` would), then give the account's
-    in-flight lock back, in one step.
+def _plainly_due(post: ScheduledPost, user_id: str, revision: int | None) -> bool:
+    """Whether a run for ``user_id`` and ``revision`` finds ``post`` simply waiting for it."""
+    return post.status == "scheduled" and post.user_id == user_id and revision in (None, post.revision)
 
-    Returns (recorded, released); a lock not given back (Redis away) is the caller's to retry.
+
+@dataclass(frozen=True)
+class StartRequest:
+    """One run's :func:`start`, to be taken with others by :func:`start_many`."""
+
+    post_id: str
+    user_id: str
+    revision: int | None
+    token: str
+
+
+def start_many(runtime: PostsRuntime, requests: list[StartRequest]) -> list[Start | Exception]:
+    """:func:`start` for runs that arrived together, in one step: one read for all their posts,
+    then the limiter, then every claim in one transaction. Returns each run's :class:`Start`,
+    or the exception its own :func:`start` would have raised.
+
+    A burst's starts are most of its database work, and each cost a read and a write
+    transaction of its own: together they share them. A run whose post another run of the batch
+    also starts (a duplicate job) goes after the batch on its own, so it finds the post claimed
+    as it would have. Should the shared transaction fail, each claim is made again on its own,
+    so one post's failure stays its own.
     """
-    done = _FINISH_PUBLISHED(
-        runtime.database,
-        post_id,
-        token=token,
-        platform_post_id=platform_post_id,
-        platform_url=platform_url,
-        published_at=published_at,
-    )
-    try:
-        runtime.limiter.release(account_id, token)
-    except REDIS_AWAY:
-        return done, False
-    return done, True
+    found = load_posts(runtime.database, list({r.post_id for r in requests}))
+    results: list[Start | Exception | None] = [None] * len(requests)
+    seen: set[str] = set()
+    alone: list[int] = []
+    claims: list[tuple[int, ScheduledPost, float]] = []
+    for index, request in enumerate(requests):
+        if request.post_id in seen:
+            alone.append(index)
+            continue
+        seen.add(request.post_id)
+        pair = found.get(request.post_id)
+        if pair is None:
+            results[index] = PermanentError(f"no scheduled post {request.post_id}")
+            continue
+        snapshot = Snapshot(*pair)
+        post = snapshot.post
+        if not _plainly_due(post, request.user_id, request.revision):
+            results[index] = Start(snapshot, None)
+            continue
+        try:
+            decision, lease = _acquire(runtime, post, snapshot.account, request.token)
+        except Exception as exc:
+            results[index] = exc
+            continue
+        results[index] = Start(snapshot, Turn(decision))
+        if decision.ok:
+            claims.append((index, post, lease))
+    _claim_together(runtime, requests, claims, results)
+    for index in alone:
+        request = requests[index]
+        try:
+            results[index] = start(runtime, request.post_id, request.user_id, request.revision, request.token)
+        except Exception as exc:
+            results[index] = exc
+    started = [result for result in results if result is not None]
+    assert len(started) == len(requests), "every run got its start or its error"
+    return started
+
+
+def _claim_together(
+    runtime: PostsRuntime,
+    requests: list[StartRequest],
+    claims: list[tuple[int, ScheduledPost, float]],
+    results: list[Start | Exception | None],
+) -> None:
+    """Claim the posts whose turn was taken, in one transaction (each alone, should it fail)."""
+    if not claims:
+        return
+    now = utcnow()
+    changes = [(post.id, _claim_params(post, requests[i].token, lease, now)) for i, post, lease in claims]
+    for (i, post, lease), won in zip(claims, _CLAIM_SCHEDULED.many(runtime.database, changes), strict=True):
+        start_ = results[i]
+        if isinstance(won, Exception):
+            results[i] = won
+        elif won and isinstance(start_, Start) and start_.turn is not None:
+            start_.turn.claimed = _claimed(post, requests[i].token, now + timedelta(seconds=lease), now)
+
+
+@dataclass(frozen=True)
+class EndRequest:
+    """A publish for :func:`end_many` to record: attempt ``token`` sent ``post_id``."""
+
+    account_id: str
+    post_id: str
+    token: str
+    platform_post_id: str | None
+    platform_url: str | None
+    published_at: datetime
+
+
+def end_many(runtime: PostsRuntime, requests: list[EndRequest]) -> list[tuple[bool, bool] | Exception]:
+    """Record the publishes of attempts that ended together (as :func:`finish` would), in one
+    transaction (each alone, should it fail), then give each account's in-flight lock back.
+
+    Returns (recorded, released) for each, or the exception recording it raised (its lock is
+    then not given back); a lock not given back (Redis away) is the caller's to retry.
+    """
+    changes = [
+        (
+            r.post_id,
+            {
+                "token": r.token,
+                "platform_post_id": r.platform_post_id,
+                "platform_url": r.platform_url,
+                "published_at": r.published_at,
+            },
+        )
+        for r in requests
+    ]
+    results: list[tuple[bool, bool] | Exception] = []
+    for request, done in zip(requests, _FINISH_PUBLISHED.many(runtime.database, changes), strict=True):
+        if isinstance(done, Exception):
+            results.append(done)
+            continue
+        try:
+            runtime.limiter.release(request.account_id, request.token)
+        except REDIS_AWAY:
+            results.append((done, False))
+            continue
+        results.append((done, True))
+    return results
 
 
 #: The two moves every publish makes, built once (see PreparedUpdate): a scheduled post
@@ -254,17 +361,27 @@ def claim(
             values,
         )
     else:
-        won = _CLAIM_SCHEDULED(
-            runtime.database,
-            post.id,
-            revision=post.revision,
-            token=token,
-            lease_until=lease_until,
-            first_sent_at=first_sent_at,
-        )
+        won = _CLAIM_SCHEDULED(runtime.database, post.id, **_claim_params(post, token, lease, now))
     if not won:
         return None
-    # What the UPDATE wrote, applied to our detached copy (saves reading the row again).
+    return _claimed(post, token, lease_until, first_sent_at)
+
+
+def _claim_params(post: ScheduledPost, token: str, lease: float, now: datetime) -> dict[str, Any]:
+    """What :data:`_CLAIM_SCHEDULED` takes to make ``token`` the attempt of a scheduled post."""
+    return {
+        "revision": post.revision,
+        "token": token,
+        "lease_until": now + timedelta(seconds=lease),
+        "first_sent_at": now,
+    }
+
+
+def _claimed(
+    post: ScheduledPost, token: str, lease_until: datetime, first_sent_at: datetime
+) -> ScheduledPost:
+    """``post`` as the claim's UPDATE wrote it, applied to our detached copy (saves reading
+    the row again)."""
     post.status, post.attempt_id, post.lease_until = "publishing", token, lease_until
     post.attempts += 1
     post.first_sent_at = first_sent_at

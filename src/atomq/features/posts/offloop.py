@@ -31,12 +31,16 @@ import contextvars
 import functools
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from dataclasses import dataclass, field
+from typing import Generic, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741 - an item, beside R its result
+R = TypeVar("R")
 
 #: Threads per process for publishing's database steps (see above): on SQLite, elsewhere,
 #: and for its Redis steps.
@@ -92,6 +96,79 @@ async def on_pool(kind: str, func: Callable[P, T], *args: P.args, **kwargs: P.kw
 async def redis_off_loop(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """:func:`off_loop` for a Redis step, on threads no database step holds."""
     return await _run(executor("redis"), func, *args, **kwargs)
+
+
+class Batches(Generic[I, R]):
+    """One step's calls that arrive while its pool is busy, run together as one step.
+
+    ``run_many(items)`` returns a result or an exception for each item, in order. A call made
+    while the pool has a thread free runs at once (alone, when it is alone); calls made while
+    every thread runs a batch wait for the next one, up to ``limit`` per batch. So an idle
+    worker's post waits for nobody, and a burst's posts share reads and transactions instead
+    of queueing for them one by one. A batch runs outside any job's context: its step must
+    not log as one job.
+    """
+
+    def __init__(
+        self, run_many: Callable[[list[I]], list[R | Exception]], kind: str, limit: int = 64
+    ) -> None:
+        self.run_many = run_many
+        self.kind = kind
+        self.limit = limit
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waiting[I, R]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def __call__(self, item: I) -> R:
+        """``item``'s result (or its exception raised), once its batch has run."""
+        loop = asyncio.get_running_loop()
+        waiting = self._loops.get(loop)
+        if waiting is None:
+            waiting = self._loops[loop] = _Waiting()
+        future: asyncio.Future[R] = loop.create_future()
+        waiting.items.append((item, future))
+        self._pump(loop, waiting)
+        return await future
+
+    def _pump(self, loop: asyncio.AbstractEventLoop, waiting: _Waiting[I, R]) -> None:
+        # A caller gone before its batch started (cancelled at a time limit) is left out, as a
+        # step still queued for a thread is; one whose batch runs is like a step that started.
+        waiting.items = [entry for entry in waiting.items if not entry[1].done()]
+        while waiting.items and waiting.running < threads(self.kind):
+            batch = waiting.items[: self.limit]
+            del waiting.items[: self.limit]
+            waiting.running += 1
+            done = loop.run_in_executor(executor(self.kind), self.run_many, [item for item, _ in batch])
+            done.add_done_callback(functools.partial(self._settle, loop, waiting, batch))
+
+    def _settle(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        waiting: _Waiting[I, R],
+        batch: list[tuple[I, asyncio.Future[R]]],
+        done: asyncio.Future[list[R | Exception]],
+    ) -> None:
+        waiting.running -= 1
+        failed = done.exception() if not done.cancelled() else asyncio.CancelledError()
+        results: list[R | BaseException] = (
+            [failed] * len(batch) if failed is not None else list(done.result())
+        )
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():  # its caller was cancelled (a time limit): nobody to tell
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        self._pump(loop, waiting)
+
+
+@dataclass
+class _Waiting(Generic[I, R]):
+    """A loop's calls of one :class:`Batches` not started yet, and its batches running."""
+
+    items: list[tuple[I, asyncio.Future[R]]] = field(default_factory=list)
+    running: int = 0
 
 
 async def _run(pool: ThreadPoolExecutor, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

@@ -85,7 +85,11 @@ async def publish_post_async(
     """
     with log_context(post_id=post_id):
         token = new_id("att")
-        begun = await runtime.step(attempts.start, post_id, user_id, revision, token)
+        # Together with the starts of other posts due at the same moment (one read, one
+        # transaction for their claims): a burst's database work is mostly these.
+        begun = await runtime.together(
+            attempts.start_many, attempts.StartRequest(post_id, user_id, revision, token)
+        )
         post, account = begun.snapshot.post, begun.snapshot.account
         if begun.turn is not None:  # the common case: scheduled, and its turn already taken
             return await _attempt(runtime, post, account, token, begun.turn, resuming=False)
@@ -164,14 +168,16 @@ async def _attempt(
             published = await publisher.publish(request)
         except PublishError as exc:
             return await runtime.step(attempts.after_failure, post, account, token, exc, resuming=resuming)
-        done, released = await runtime.step(
-            attempts.end,
-            account.id,
-            post.id,
-            token,
-            platform_post_id=published.platform_post_id,
-            platform_url=published.url,
-            published_at=utcnow(),
+        done, released = await runtime.together(
+            attempts.end_many,
+            attempts.EndRequest(
+                account.id,
+                post.id,
+                token,
+                platform_post_id=published.platform_post_id,
+                platform_url=published.url,
+                published_at=utcnow(),
+            ),
         )
         if not done:
             # Our lease ran out and another attempt took over; with an idempotent platform

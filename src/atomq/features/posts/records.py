@@ -10,15 +10,18 @@ without holding locks across an outside call.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, Update, bindparam, select, update
+from sqlalchemy import Connection, Table, Update, bindparam, select, update
 from sqlalchemy.sql import ColumnElement
 
 from atomq.core.timeutil import utcnow
 from atomq.db.engine import Database
 from atomq.features.posts.models import Account, PostEvent, ScheduledPost
+
+logger = logging.getLogger("atomq.features.posts")
 
 _POSTS: Table = ScheduledPost.__table__  # type: ignore[assignment]
 _EVENTS: Table = PostEvent.__table__  # type: ignore[assignment]
@@ -77,11 +80,40 @@ class PreparedUpdate:
     ) -> bool:
         """Apply the change to ``post_id`` with ``params`` (``p_`` omitted); True when it matched
         (committed, with its history event). ``last_error`` is the event's detail."""
+        with database.engine.begin() as connection:
+            return self.on(connection, post_id, last_error=last_error, **params)
+
+    def many(self, database: Database, changes: list[tuple[str, dict[str, Any]]]) -> list[bool | Exception]:
+        """Several changes (post id, params) in one transaction: whether each matched, in order.
+
+        Should the transaction fail, each change is made again alone, so that one change's
+        failure (its exception, in its place) is its own.
+        """
+        try:
+            with database.engine.begin() as connection:
+                return [self.on(connection, post_id, **params) for post_id, params in changes]
+        except Exception as exc:
+            if len(changes) == 1:
+                return [exc]
+            logger.warning("%d post changes made together failed (%r); making each alone", len(changes), exc)
+        results: list[bool | Exception] = []
+        for post_id, params in changes:
+            try:
+                results.append(self(database, post_id, **params))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    def on(
+        self, connection: Connection, post_id: str, *, last_error: str | None = None, **params: Any
+    ) -> bool:
+        """:meth:`__call__` inside the caller's transaction on ``connection`` (several changes
+        committed together)."""
         now = utcnow()
         bound = {f"p_{name}": value for name, value in params.items()}
         bound |= {"p_post_id": post_id, "p_updated_at": now}
-        return _apply(
-            database,
+        return _apply_on(
+            connection,
             post_id,
             self.statement,
             bound,
@@ -110,23 +142,46 @@ def _apply(
     map, and the session's bulk-update machinery was a fifth of a publish's CPU.
     """
     with database.engine.begin() as connection:
-        row = connection.execute(statement, params).first()
-        if row is None:
-            return False
-        if recorded:
-            connection.execute(
-                _INSERT_EVENT,
-                {
-                    "post_id": post_id,
-                    "at": at,
-                    "status": row.status,
-                    "event": "status" if status_changed else "edited",
-                    "revision": row.revision,
-                    "attempts": row.attempts,
-                    "detail": detail if status_changed else None,
-                },
-            )
-        return True
+        return _apply_on(
+            connection,
+            post_id,
+            statement,
+            params,
+            at=at,
+            status_changed=status_changed,
+            recorded=recorded,
+            detail=detail,
+        )
+
+
+def _apply_on(
+    connection: Connection,
+    post_id: str,
+    statement: Update,
+    params: dict[str, Any],
+    *,
+    at: datetime,
+    status_changed: bool,
+    recorded: bool,
+    detail: str | None,
+) -> bool:
+    row = connection.execute(statement, params).first()
+    if row is None:
+        return False
+    if recorded:
+        connection.execute(
+            _INSERT_EVENT,
+            {
+                "post_id": post_id,
+                "at": at,
+                "status": row.status,
+                "event": "status" if status_changed else "edited",
+                "revision": row.revision,
+                "attempts": row.attempts,
+                "detail": detail if status_changed else None,
+            },
+        )
+    return True
 
 
 #: load_post's query, built once (like PreparedUpdate: every publish reads its post).
@@ -141,6 +196,22 @@ def load_post(database: Database, post_id: str) -> tuple[ScheduledPost, Account]
     if row is None:
         return None
     return row[0], row[1]
+
+
+_LOAD_MANY = (
+    select(ScheduledPost, Account).join(Account).where(ScheduledPost.id.in_(bindparam("ids", expanding=True)))
+)
+
+
+def load_posts(database: Database, post_ids: list[str]) -> dict[str, tuple[ScheduledPost, Account]]:
+    """:func:`load_post` for several posts in one query: each found post and its account, by id.
+
+    Posts of the same account share one detached Account object.
+    """
+    with database.reading() as session:
+        rows = session.execute(_LOAD_MANY, {"ids": post_ids}).all()
+        session.expunge_all()
+    return {row[0].id: (row[0], row[1]) for row in rows}
 
 
 def post_events(database: Database, post_id: str) -> list[PostEvent]:

@@ -11,12 +11,13 @@ context and - on the same event loop - the HTTP client and its connections
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import httpx
 import redis
@@ -27,7 +28,7 @@ from atomq.db.engine import Database, process_database
 from atomq.features.posts.credentials import CredentialsBox
 from atomq.features.posts.models import Account
 from atomq.features.posts.netguard import HostPolicy
-from atomq.features.posts.offloop import database_kind, on_pool, threads
+from atomq.features.posts.offloop import Batches, database_kind, on_pool, threads
 from atomq.features.posts.publishers import Publisher, build_publisher
 from atomq.features.posts.publishers.clients import LoopClients
 from atomq.features.posts.publishers.http import make_client
@@ -35,6 +36,8 @@ from atomq.features.posts.ratelimit import AccountLimiter
 
 P = ParamSpec("P")
 T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741 - an item, beside R its result
+R = TypeVar("R")
 
 #: Makes the publisher for an account, sending through the given client (the loop's).
 PublisherFactory = Callable[[Account, httpx.AsyncClient], Publisher]
@@ -48,6 +51,9 @@ class PostsRuntime:
     database: Database
     connection: redis.Redis
     publisher_factory: PublisherFactory | None = field(default=None)
+    _batches: dict[Callable[..., Any], Batches[Any, Any]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     @cached_property
     def credentials(self) -> CredentialsBox:
@@ -89,6 +95,16 @@ class PostsRuntime:
         """``func(self, *args, **kwargs)``, a blocking step of publishing (database, Redis), on
         the threads for this runtime's database, awaited without holding the event loop."""
         return await on_pool(self.step_pool, func, self, *args, **kwargs)
+
+    async def together(self, run_many: Callable[[PostsRuntime, list[I]], list[R | Exception]], item: I) -> R:
+        """``run_many(self, [item, ...])``'s result for ``item``: a step like :meth:`step`, but
+        calls made while this runtime's database threads are busy run together, as one step
+        (:class:`~atomq.features.posts.offloop.Batches`)."""
+        batches = self._batches.get(run_many)
+        if batches is None:
+            batches = self._batches[run_many] = Batches(functools.partial(run_many, self), self.step_pool)
+        result: R = await batches(item)
+        return result
 
     @cached_property
     def limiter(self) -> AccountLimiter:
