@@ -138,6 +138,26 @@ def test_ctrl_c_to_the_whole_process_group_still_lets_the_running_job_finish(tq,
     assert status_of(tq, job.id) == "finished"
 
 
+def test_the_scheduler_leaves_on_the_first_signal_and_lets_its_clean_up_finish_on_the_second():
+    # Ctrl-C reaches the scheduler itself, then as its supervisor's SIGTERM: the second signal
+    # must not break off the clean-up the first one's exit runs through.
+    from atomq.engine.supervisor import _stops_once
+
+    class Scheduler:
+        stops = 0
+
+        def stop(self) -> None:
+            self.stops += 1
+
+    scheduler = Scheduler()
+    stop = _stops_once(scheduler)  # type: ignore[arg-type]
+    with pytest.raises(SystemExit) as leaving:
+        stop(signal.SIGINT, None)
+    assert leaving.value.code == 0
+    stop(signal.SIGTERM, None)  # during the clean-up: no second SystemExit
+    assert scheduler.stops == 2
+
+
 def test_supervisor_restarts_a_killed_worker_and_recovers_its_job(tq, procs, wclass, tmp_path):
     supervisor = procs.worker("--worker-class", wclass, "--count", "2", "--name", "w")
     wait_for(lambda: tq.connection.scard("rq:workers") == 2, 15, what="two workers")

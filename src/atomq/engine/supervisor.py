@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -425,10 +426,27 @@ def _scheduler_main(
     connection = connect(settings, check=False)
     scheduler = Scheduler(connection, name=name, queues=list(settings.queues), settings=settings)
 
-    def stop(signum: int, frame: Any) -> None:
-        scheduler.stop()
-        raise SystemExit(0)
-
+    stop = _stops_once(scheduler)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     scheduler.run()
+
+
+def _stops_once(scheduler: Scheduler) -> Callable[[int, Any], None]:
+    """The scheduler process's SIGTERM/SIGINT handler: stop, leaving at once the first time.
+
+    Ctrl-C in a terminal reaches every process of the group, then the supervisor passes on a
+    SIGTERM: a second ``SystemExit`` raised while the first unwinds would break off the
+    clean-up it runs through (closing a database connection logged a traceback).
+    """
+    stopping = False
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        scheduler.stop()
+        if stopping:
+            return
+        stopping = True
+        raise SystemExit(0)
+
+    return stop
