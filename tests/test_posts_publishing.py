@@ -11,6 +11,7 @@ import time
 from datetime import timedelta
 
 import pytest
+import redis
 
 from atomq.core.errors import Defer, PermanentError, PostStateError, RetryableError
 from atomq.core.timeutil import utcnow
@@ -284,6 +285,40 @@ def test_rate_limit_reserves_slots_and_one_publish_in_flight(connection):
     limiter.block("acct", 0.3)
     assert limiter.acquire("acct", limit, request="d", token="t4", lease=5).outcome == "blocked"
     assert limiter.acquire("other", limit, request="x", token="t5", lease=5).ok  # per account
+
+
+def test_turns_asked_of_the_limiter_together_are_decided_as_one_by_one(connection):
+    from atomq.features.posts.ratelimit import Acquire
+
+    limiter = AccountLimiter(connection)
+    connection.script_flush()  # scripts Redis no longer knows: loaded, and the calls sent again
+    limit = Limit(2, 3.0)
+    decisions = limiter.acquire_many(
+        [
+            Acquire("acct", limit, request="a", token="t1", lease=5),
+            Acquire("acct", limit, request="b", token="t2", lease=5),  # behind t1, in the same trip
+            Acquire("other", limit, request="x", token="t3", lease=5),
+        ]
+    )
+    assert [d.outcome for d in decisions] == ["ok", "busy", "ok"]
+    connection.script_flush()
+    # Someone else's token frees nothing; the holders' tokens free their accounts.
+    assert limiter.release_many([("acct", "t2"), ("other", "t3")]) == [None, None]
+    assert limiter.acquire("acct", limit, request="b", token="t2", lease=5).outcome == "busy"
+    assert limiter.acquire("other", limit, request="y", token="t4", lease=5).ok
+    assert limiter.release_many([("acct", "t1")]) == [None]
+    assert limiter.acquire("acct", limit, request="b", token="t2", lease=5).ok
+    # A client holding one connection of its own goes through redis-py's pipeline, alike.
+    kwargs = connection.connection_pool.connection_kwargs
+    single = redis.Redis(host=kwargs["host"], port=kwargs["port"], single_connection_client=True)
+    try:
+        connection.script_flush()
+        alone = AccountLimiter(single).acquire_many(
+            [Acquire("acct", limit, request="c", token="t5", lease=5), Acquire("third", limit, "z", "t6", 5)]
+        )
+        assert [d.outcome for d in alone] == ["busy", "ok"]
+    finally:
+        single.close()
 
 
 def test_runs_started_together_share_a_read_and_a_transaction_yet_end_as_each_would_alone(

@@ -28,7 +28,7 @@ from atomq.features.posts.publishers import (
     requests_per_post,
 )
 from atomq.features.posts.publishers.mastodon import MEDIA_PROCESSING_WAIT
-from atomq.features.posts.ratelimit import REDIS_AWAY, Decision, limit_for
+from atomq.features.posts.ratelimit import REDIS_AWAY, Acquire, Decision, limit_for
 from atomq.features.posts.records import PreparedUpdate, load_post, load_posts, update_post
 from atomq.features.posts.runtime import PostsRuntime
 
@@ -120,16 +120,23 @@ def _acquire(
     runtime: PostsRuntime, post: ScheduledPost, account: Account, token: str
 ) -> tuple[Decision, float]:
     """The limiter's decision on sending ``post`` now, as attempt ``token``, and its lease."""
-    lease = lease_seconds(runtime, len(post.media_urls or []))
+    asked = _asking(runtime, post, account, token)
     decision = runtime.limiter.acquire(
+        asked.account_id, asked.limit, request=asked.request, token=token, lease=asked.lease, cost=asked.cost
+    )
+    return decision, asked.lease
+
+
+def _asking(runtime: PostsRuntime, post: ScheduledPost, account: Account, token: str) -> Acquire:
+    """What the limiter is asked before ``post`` is sent as attempt ``token``."""
+    return Acquire(
         account.id,
         limit_for(account.platform, dict(account.options or {}), runtime.settings),
         request=f"{post.id}:{post.revision}:{post.attempts + 1}",
         token=token,
-        lease=lease,
+        lease=lease_seconds(runtime, len(post.media_urls or [])),
         cost=requests_per_post(account.platform, len(post.media_urls or [])),
     )
-    return decision, lease
 
 
 @dataclass
@@ -186,7 +193,7 @@ def start_many(runtime: PostsRuntime, requests: list[StartRequest]) -> list[Star
     results: list[Start | Exception | None] = [None] * len(requests)
     seen: set[str] = set()
     alone: list[int] = []
-    claims: list[tuple[int, ScheduledPost, float]] = []
+    due: list[tuple[int, Snapshot, Acquire]] = []
     for index, request in enumerate(requests):
         if request.post_id in seen:
             alone.append(index)
@@ -197,18 +204,26 @@ def start_many(runtime: PostsRuntime, requests: list[StartRequest]) -> list[Star
             results[index] = PermanentError(f"no scheduled post {request.post_id}")
             continue
         snapshot = Snapshot(*pair)
-        post = snapshot.post
-        if not _plainly_due(post, request.user_id, request.revision):
+        if not _plainly_due(snapshot.post, request.user_id, request.revision):
             results[index] = Start(snapshot, None)
             continue
-        try:
-            decision, lease = _acquire(runtime, post, snapshot.account, request.token)
+        try:  # an account's options the limiter cannot read fail its own run, not the batch
+            due.append((index, snapshot, _asking(runtime, snapshot.post, snapshot.account, request.token)))
         except Exception as exc:
             results[index] = exc
+    # Every turn asked of the limiter in one round trip, then every claim in one transaction.
+    try:
+        decisions = runtime.limiter.acquire_many([asked for _, _, asked in due])
+    except Exception as exc:  # Redis away: no run of the batch got its turn
+        decisions = [exc] * len(due)
+    claims: list[tuple[int, ScheduledPost, float]] = []
+    for (index, snapshot, asked), decision in zip(due, decisions, strict=True):
+        if isinstance(decision, Exception):
+            results[index] = decision
             continue
         results[index] = Start(snapshot, Turn(decision))
         if decision.ok:
-            claims.append((index, post, lease))
+            claims.append((index, snapshot.post, asked.lease))
     _claim_together(runtime, requests, claims, results)
     for index in alone:
         request = requests[index]
@@ -271,17 +286,24 @@ def end_many(runtime: PostsRuntime, requests: list[EndRequest]) -> list[tuple[bo
         )
         for r in requests
     ]
+    recorded = _FINISH_PUBLISHED.many(runtime.database, changes)
+    # The locks of the publishes recorded, given back in one round trip.
+    freeing = [
+        (r.account_id, r.token)
+        for r, done in zip(requests, recorded, strict=True)
+        if not isinstance(done, Exception)
+    ]
+    try:
+        released = runtime.limiter.release_many(freeing)
+    except REDIS_AWAY as exc:  # each run gives its lock back itself, riding out the outage
+        released = [exc] * len(freeing)
+    freed = iter(released)
     results: list[tuple[bool, bool] | Exception] = []
-    for request, done in zip(requests, _FINISH_PUBLISHED.many(runtime.database, changes), strict=True):
+    for done in recorded:
         if isinstance(done, Exception):
             results.append(done)
-            continue
-        try:
-            runtime.limiter.release(request.account_id, request.token)
-        except REDIS_AWAY:
-            results.append((done, False))
-            continue
-        results.append((done, True))
+        else:
+            results.append((done, next(freed) is None))
     return results
 
 

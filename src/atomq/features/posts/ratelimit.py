@@ -18,13 +18,14 @@ reservations), so memory stays bounded by the limit, not by how many posts wait.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from atomq.core.settings import Settings
-from atomq.engine.script_calls import Script, call_script
+from atomq.engine.script_calls import Script, call_script, call_scripts
 from atomq.features.posts.publishers import PLATFORMS
 
 #: What a limiter call raises while Redis is away (restarting, failing over): a lock not given
@@ -134,6 +135,24 @@ class Decision:
         return self.outcome == "ok"
 
 
+@dataclass(frozen=True)
+class Acquire:
+    """One send's :meth:`AccountLimiter.acquire`, for :meth:`AccountLimiter.acquire_many`."""
+
+    account_id: str
+    limit: Limit
+    request: str
+    token: str
+    lease: float
+    cost: int = 1
+
+
+def _decision(reply: Any) -> Decision:
+    outcome, wait_ms = reply
+    name = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+    return Decision(name, int(wait_ms) / 1000)
+
+
 class AccountLimiter:
     """The per-account limits, on ``connection``."""
 
@@ -151,7 +170,7 @@ class AccountLimiter:
         """Try to start request ``request`` (unique per send) as ``token``, holding the account's
         in-flight lock for at most ``lease`` seconds. ``cost`` is how many requests to the
         platform it makes (a Mastodon post with media: one per upload, plus the status)."""
-        outcome, wait_ms = call_script(
+        reply = call_script(
             self.connection,
             _ACQUIRE_SCRIPT,
             [
@@ -164,8 +183,30 @@ class AccountLimiter:
             ],
             keys=self.keys(account_id)[:3],
         )
-        name = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
-        return Decision(name, int(wait_ms) / 1000)
+        return _decision(reply)
+
+    def acquire_many(self, requests: Sequence[Acquire]) -> list[Decision | Exception]:
+        """:meth:`acquire` for several sends, in one round trip: each one's decision, or the
+        error Redis answered it with. A lost connection raises (which ran is then unknown)."""
+        replies = call_scripts(
+            self.connection,
+            [
+                (
+                    _ACQUIRE_SCRIPT,
+                    [
+                        r.limit.requests,
+                        int(r.limit.seconds * 1000),
+                        r.request,
+                        r.token,
+                        max(1, int(r.lease * 1000)),
+                        max(1, r.cost),
+                    ],
+                    self.keys(r.account_id)[:3],
+                )
+                for r in requests
+            ],
+        )
+        return [reply if isinstance(reply, Exception) else _decision(reply) for reply in replies]
 
     def release(self, account_id: str, token: str) -> None:
         """Give the in-flight lock back (only if ``token`` still holds it).
@@ -176,6 +217,17 @@ class AccountLimiter:
         """
         keys = self.keys(account_id)
         call_script(self.connection, _RELEASE_SCRIPT, [token], keys=[keys[1], keys[3]])
+
+    def release_many(self, held: Sequence[tuple[str, str]]) -> list[Exception | None]:
+        """:meth:`release` for several (account id, token) pairs, in one round trip: None for
+        each lock given back, or the error Redis answered with. A lost connection raises."""
+        calls = []
+        for account_id, token in held:
+            keys = self.keys(account_id)
+            calls.append((_RELEASE_SCRIPT, [token], [keys[1], keys[3]]))
+        return [
+            reply if isinstance(reply, Exception) else None for reply in call_scripts(self.connection, calls)
+        ]
 
     def block(self, account_id: str, seconds: float) -> None:
         """Stop every worker from calling the platform for this account for ``seconds``."""
