@@ -44,16 +44,17 @@ def update_post(
         .values(**values)
         .returning(ScheduledPost.status, ScheduledPost.revision, ScheduledPost.attempts)
     )
-    return _apply(
-        database,
-        post_id,
-        statement,
-        {},
-        at=values["updated_at"],
-        status_changed="status" in values,
-        recorded="status" in values or "revision" in values,
-        detail=values.get("last_error"),
-    )
+    with database.engine.begin() as connection:
+        return _apply(
+            connection,
+            post_id,
+            statement,
+            {},
+            at=values["updated_at"],
+            status_changed="status" in values,
+            recorded="status" in values or "revision" in values,
+            detail=values.get("last_error"),
+        )
 
 
 class PreparedUpdate:
@@ -112,7 +113,7 @@ class PreparedUpdate:
         now = utcnow()
         bound = {f"p_{name}": value for name, value in params.items()}
         bound |= {"p_post_id": post_id, "p_updated_at": now}
-        return _apply_on(
+        return _apply(
             connection,
             post_id,
             self.statement,
@@ -125,36 +126,6 @@ class PreparedUpdate:
 
 
 def _apply(
-    database: Database,
-    post_id: str,
-    statement: Update,
-    params: dict[str, Any],
-    *,
-    at: datetime,
-    status_changed: bool,
-    recorded: bool,
-    detail: str | None,
-) -> bool:
-    """Run one compare-and-set UPDATE of ``post_id`` and, when it matched and ``recorded``, add
-    the post's new state to its history (issue 15), in the same transaction.
-
-    A Core statement on a connection, not the ORM session: nothing here needs the identity
-    map, and the session's bulk-update machinery was a fifth of a publish's CPU.
-    """
-    with database.engine.begin() as connection:
-        return _apply_on(
-            connection,
-            post_id,
-            statement,
-            params,
-            at=at,
-            status_changed=status_changed,
-            recorded=recorded,
-            detail=detail,
-        )
-
-
-def _apply_on(
     connection: Connection,
     post_id: str,
     statement: Update,
@@ -165,6 +136,12 @@ def _apply_on(
     recorded: bool,
     detail: str | None,
 ) -> bool:
+    """Run one compare-and-set UPDATE of ``post_id`` and, when it matched and ``recorded``, add
+    the post's new state to its history (issue 15), in the caller's transaction on ``connection``.
+
+    A Core statement on a connection, not the ORM session: nothing here needs the identity
+    map, and the session's bulk-update machinery was a fifth of a publish's CPU.
+    """
     row = connection.execute(statement, params).first()
     if row is None:
         return False
