@@ -30,6 +30,7 @@ import httpcore
 import httpx
 
 from atomq.core.errors import InvalidInputError
+from atomq.features.posts.connpool import OriginPool
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -201,11 +202,10 @@ def check_url(url: str, policy: HostPolicy, *, field: str) -> str:
 
 
 #: Connections one guarded pool keeps: in total, and idle for reuse (per pool, all hosts).
-#: An async pool serves posts in flight on its loop, so it allows more than a sync one. httpcore
-#: 1.0 closes an idle connection whenever the pool holds more than ``max_keepalive_connections``
-#: connections in all (idle or not): a loop's clients are split per account
-#: (``publishers/clients.py``) so that each pool holds a small share of a worker's
-#: connections and keeps them alive, where one pool of 100 reconnected for most publishes.
+#: httpcore 1.0's sync pool closes an idle connection whenever it holds more than
+#: ``max_keepalive_connections`` connections in all (idle or not). The async pool is atomq's
+#: :class:`~atomq.features.posts.connpool.OriginPool`, which caps only idle connections and
+#: leaves the number in use to the worker's concurrency (``max_connections`` is not used).
 SYNC_POOL_LIMITS = httpx.Limits(max_connections=10, max_keepalive_connections=5, keepalive_expiry=30.0)
 ASYNC_POOL_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=30.0)
 
@@ -546,11 +546,10 @@ class AsyncGuardedTransport(httpx.AsyncHTTPTransport):
     def __init__(self, policy: HostPolicy, ssl_context: ssl.SSLContext | None = None) -> None:
         context = ssl_context or httpx.create_ssl_context(trust_env=False)
         super().__init__(verify=context, trust_env=False, limits=ASYNC_POOL_LIMITS)
-        self._pool = httpcore.AsyncConnectionPool(
+        self._pool = OriginPool(
             ssl_context=context,
-            max_connections=ASYNC_POOL_LIMITS.max_connections,
-            max_keepalive_connections=ASYNC_POOL_LIMITS.max_keepalive_connections,
-            keepalive_expiry=ASYNC_POOL_LIMITS.keepalive_expiry,
+            max_keepalive_connections=ASYNC_POOL_LIMITS.max_keepalive_connections or 0,
+            keepalive_expiry=ASYNC_POOL_LIMITS.keepalive_expiry or 0.0,
             network_backend=_AsyncGuardedBackend(policy),
         )
 

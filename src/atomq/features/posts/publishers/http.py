@@ -12,6 +12,7 @@ from importlib.metadata import version
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import httpcore
 import httpx
 
 from atomq.features.posts.netguard import AsyncGuardedTransport, HostPolicy, blocked
@@ -31,8 +32,31 @@ class _NoCookies(httpx.Cookies):
         return None
 
 
+#: Parsed targets a client keeps (URL -> httpcore URL and Host header); forgotten all at once
+#: when full, as a webhook's or instance's URL repeats for each of an account's posts.
+TARGETS_KEPT = 4096
+
+#: httpcore's errors -> httpx's, so that a caller of :meth:`CookielessClient.post_bytes`
+#: handles the same errors as one of ``post`` (the first match wins: subclasses come first).
+_HTTPX_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
 class CookielessClient(httpx.AsyncClient):
-    """An ``httpx.AsyncClient`` that keeps no cookies.
+    """An ``httpx.AsyncClient`` that keeps no cookies, with a lean way to POST bytes.
 
     One client serves the posts of many accounts (``publishers/clients.py``), so a cookie one
     account's platform set would ride on the next account's request to the same host. The
@@ -44,6 +68,68 @@ class CookielessClient(httpx.AsyncClient):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._none_kept = _NoCookies()
+        self._targets: dict[str, tuple[httpcore.URL, bytes]] = {}
+        self._fixed_headers = [(b"Accept", b"*/*"), (b"User-Agent", self.headers["User-Agent"].encode())]
+
+    async def post_bytes(self, url: str, content: bytes, headers: dict[str, str]) -> httpx.Response:
+        """POST ``content`` to ``url`` and read the whole answer, as ``post(url, content=...,
+        headers=...)`` would on this client, at 0.72x its CPU (``bench/bench_http_pool.py``:
+        0.27 ms against 0.38 ms per request, 150 in flight).
+
+        ``post`` builds and merges an httpx request, then walks the auth, redirect, cookie and
+        event-hook layers, none of which this client uses (no auth, no redirects followed, no
+        cookies, no hooks). Here the parsed target is kept per
+        URL and the request goes straight to the guarded transport's pool, with the client's
+        timeouts; httpcore's errors are raised as httpx's. It asks for no compression, so
+        the answer is read as sent (a server that compresses anyway is still decoded).
+        """
+        target = self._targets.get(url)
+        if target is None:
+            target = self._target(url)
+        raw_headers = [
+            (b"Host", target[1]),
+            *self._fixed_headers,
+            (b"Content-Length", str(len(content)).encode()),
+            *((name.encode(), value.encode()) for name, value in headers.items()),
+        ]
+        request = httpcore.Request(
+            b"POST",
+            target[0],
+            headers=raw_headers,
+            content=content,
+            extensions={"timeout": self.timeout.as_dict()},
+        )
+        transport = self._transport
+        if not isinstance(transport, httpx.AsyncHTTPTransport):
+            return await self.post(url, content=content, headers=headers)
+        try:
+            response = await transport._pool.handle_async_request(request)
+            try:
+                body = await response.aread()
+            finally:
+                await response.aclose()
+        except Exception as exc:
+            for core, mapped in _HTTPX_ERRORS:
+                if isinstance(exc, core):
+                    raise mapped(str(exc)) from exc
+            raise
+        return httpx.Response(response.status, headers=response.headers, content=body)
+
+    def _target(self, url: str) -> tuple[httpcore.URL, bytes]:
+        """The httpcore URL and Host header for ``url``, parsed (and checked) by httpx."""
+        parsed = httpx.URL(url)
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise httpx.UnsupportedProtocol(f"{redact(url)} is not an http:// or https:// URL with a host")
+        target = (
+            httpcore.URL(
+                scheme=parsed.raw_scheme, host=parsed.raw_host, port=parsed.port, target=parsed.raw_path
+            ),
+            parsed.netloc,
+        )
+        if len(self._targets) >= TARGETS_KEPT:
+            self._targets.clear()
+        self._targets[url] = target
+        return target
 
     @property
     def cookies(self) -> httpx.Cookies:
@@ -83,7 +169,15 @@ async def send(client: httpx.AsyncClient, url: str, **kwargs: Any) -> httpx.Resp
     """POST and return the 2xx response, or raise the outcome the failure means."""
     where = redact(url)
     try:
-        response = await client.post(url, **kwargs)
+        if isinstance(client, CookielessClient) and kwargs.keys() == {"content", "headers"}:
+            response = await client.post_bytes(url, kwargs["content"], kwargs["headers"])
+        elif isinstance(client, CookielessClient) and kwargs.keys() == {"json", "headers"}:
+            # Encoded as httpx encodes ``json=``.
+            body = json.dumps(kwargs["json"], ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            headers = {"Content-Type": "application/json", **kwargs["headers"]}
+            response = await client.post_bytes(url, body.encode(), headers)
+        else:
+            response = await client.post(url, **kwargs)
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
         if blocked(exc):
             raise Rejected(f"{where}: {exc}") from None
