@@ -57,6 +57,9 @@ def aof_redis(tmp_path: Path) -> Iterator[AofRedis]:
         server.stop()
 
 
+# Each of its three waits may take up to a minute when something is wrong: the default 120 s
+# would cut the test off before its assertions say which part went wrong.
+@pytest.mark.timeout(300)
 def test_redis_sigkilled_under_load(
     aof_redis: AofRedis, tmp_path: Path, ledger: Ledger, procs: Processes, mastodon: FakeMastodon
 ) -> None:
@@ -160,12 +163,17 @@ def test_redis_sigkilled_under_load(
         seconds_until_all_posts_published=round(posts_done_at - restarted_at, 2),
     )
     assert len(safe) > RATE * (BEFORE - AOF_WINDOW) * 0.2, "the load fell far short of its rate"
-    assert lost_safe == [], f"{len(lost_safe)} acknowledged jobs lost: {lost_safe[:10]}"
+    assert lost_safe == [], (
+        f"{len(lost_safe)} acknowledged jobs lost: {lost_safe[:10]}\n{Processes.log(supervisor)[-6000:]}"
+    )
     assert resume_seconds < 60
     assert crashes == 0, Processes.log(supervisor)
     assert scripts_back
     assert len(stored) >= POST_RATE * BEFORE * 0.5
-    assert published_in_time, {p.id: p.status for p in final if p.status != "published"}
+    assert published_in_time, (
+        {p.id: p.status for p in final if p.status != "published"},
+        Processes.log(supervisor)[-6000:],
+    )
     assert posted_twice == []
     assert len(contents) == len(final)
 
