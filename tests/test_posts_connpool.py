@@ -193,24 +193,37 @@ def test_post_bytes_decodes_a_compressed_answer_and_send_encodes_json_as_httpx(e
     asyncio.run(scenario())
 
 
+async def raised(call: Any) -> Exception:
+    """The error ``call`` (an awaitable) raised; fails the test if it raised none."""
+    try:
+        await call
+    except Exception as exc:
+        return exc
+    raise AssertionError("no error raised")
+
+
 def test_post_bytes_raises_what_post_raises_and_send_maps_it_to_outcomes(echo):
     async def scenario() -> None:
         closed = f"http://127.0.0.1:{free_port()}/hook"
+        internal = "http://127.0.0.2:9/internal"
         async with make_client(POLICY, 0.3) as client:
-            with pytest.raises(httpx.ConnectError):
-                await client.post_bytes(closed, b"x", {})
+            echo.plan(Plan(delay=1), Plan(delay=1))  # the two slow requests below
+            for url, kind in (
+                (closed, httpx.ConnectError),
+                (f"{echo.url}/slow", httpx.ReadTimeout),
+                (internal, httpx.ConnectError),
+            ):
+                lean = await raised(client.post_bytes(url, b"x", {}))
+                full = await raised(client.post(url, content=b"x"))
+                assert type(lean) is type(full) is kind, (url, lean, full)
+                assert blocked(lean) == blocked(full) == (url == internal)
             with pytest.raises(NotSent):
                 await send(client, closed, content=b"x", headers={})
-            echo.plan(Plan(delay=1), Plan(delay=1))
-            with pytest.raises(httpx.ReadTimeout):
-                await client.post_bytes(f"{echo.url}/slow", b"x", {})
+            echo.plan(Plan(delay=1))
             with pytest.raises(OutcomeUnknown):
                 await send(client, f"{echo.url}/slow", content=b"x", headers={})
-            with pytest.raises(httpx.ConnectError) as info:
-                await client.post_bytes("http://127.0.0.2:9/internal", b"x", {})
-            assert blocked(info.value)
             with pytest.raises(Rejected):
-                await send(client, "http://127.0.0.2:9/internal", content=b"x", headers={})
+                await send(client, internal, content=b"x", headers={})
             with pytest.raises(httpx.UnsupportedProtocol):
                 await client.post_bytes("ftp://127.0.0.1/x", b"x", {})
             echo.plan(Plan(status=422, body=b'{"error": "too long"}'))

@@ -121,10 +121,7 @@ def _acquire(
 ) -> tuple[Decision, float]:
     """The limiter's decision on sending ``post`` now, as attempt ``token``, and its lease."""
     asked = _asking(runtime, post, account, token)
-    decision = runtime.limiter.acquire(
-        asked.account_id, asked.limit, request=asked.request, token=token, lease=asked.lease, cost=asked.cost
-    )
-    return decision, asked.lease
+    return runtime.limiter.ask(asked), asked.lease
 
 
 def _asking(runtime: PostsRuntime, post: ScheduledPost, account: Account, token: str) -> Acquire:

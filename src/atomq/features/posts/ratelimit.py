@@ -25,7 +25,7 @@ from typing import Any
 import redis
 
 from atomq.core.settings import Settings
-from atomq.engine.script_calls import Script, call_script, call_scripts
+from atomq.engine.script_calls import Script, ScriptCall, call_script, call_scripts
 from atomq.features.posts.publishers import PLATFORMS
 
 #: What a limiter call raises while Redis is away (restarting, failing over): a lock not given
@@ -170,42 +170,17 @@ class AccountLimiter:
         """Try to start request ``request`` (unique per send) as ``token``, holding the account's
         in-flight lock for at most ``lease`` seconds. ``cost`` is how many requests to the
         platform it makes (a Mastodon post with media: one per upload, plus the status)."""
-        reply = call_script(
-            self.connection,
-            _ACQUIRE_SCRIPT,
-            [
-                limit.requests,
-                int(limit.seconds * 1000),
-                request,
-                token,
-                max(1, int(lease * 1000)),
-                max(1, cost),
-            ],
-            keys=self.keys(account_id)[:3],
-        )
-        return _decision(reply)
+        return self.ask(Acquire(account_id, limit, request, token, lease, cost))
+
+    def ask(self, asked: Acquire) -> Decision:
+        """:meth:`acquire`, asked as an :class:`Acquire`."""
+        script, args, keys = self._acquire_call(asked)
+        return _decision(call_script(self.connection, script, args, keys=keys))
 
     def acquire_many(self, requests: Sequence[Acquire]) -> list[Decision | Exception]:
         """:meth:`acquire` for several sends, in one round trip: each one's decision, or the
         error Redis answered it with. A lost connection raises (which ran is then unknown)."""
-        replies = call_scripts(
-            self.connection,
-            [
-                (
-                    _ACQUIRE_SCRIPT,
-                    [
-                        r.limit.requests,
-                        int(r.limit.seconds * 1000),
-                        r.request,
-                        r.token,
-                        max(1, int(r.lease * 1000)),
-                        max(1, r.cost),
-                    ],
-                    self.keys(r.account_id)[:3],
-                )
-                for r in requests
-            ],
-        )
+        replies = call_scripts(self.connection, [self._acquire_call(r) for r in requests])
         return [reply if isinstance(reply, Exception) else _decision(reply) for reply in replies]
 
     def release(self, account_id: str, token: str) -> None:
@@ -215,19 +190,34 @@ class AccountLimiter:
         became async block on while the account is busy (kept for a rolling upgrade; no current
         worker waits: a busy account defers the job).
         """
-        keys = self.keys(account_id)
-        call_script(self.connection, _RELEASE_SCRIPT, [token], keys=[keys[1], keys[3]])
+        script, args, keys = self._release_call(account_id, token)
+        call_script(self.connection, script, args, keys=keys)
 
     def release_many(self, held: Sequence[tuple[str, str]]) -> list[Exception | None]:
         """:meth:`release` for several (account id, token) pairs, in one round trip: None for
         each lock given back, or the error Redis answered with. A lost connection raises."""
-        calls = []
-        for account_id, token in held:
-            keys = self.keys(account_id)
-            calls.append((_RELEASE_SCRIPT, [token], [keys[1], keys[3]]))
+        calls = [self._release_call(account_id, token) for account_id, token in held]
         return [
             reply if isinstance(reply, Exception) else None for reply in call_scripts(self.connection, calls)
         ]
+
+    def _acquire_call(self, asked: Acquire) -> ScriptCall:
+        return (
+            _ACQUIRE_SCRIPT,
+            [
+                asked.limit.requests,
+                int(asked.limit.seconds * 1000),
+                asked.request,
+                asked.token,
+                max(1, int(asked.lease * 1000)),
+                max(1, asked.cost),
+            ],
+            self.keys(asked.account_id)[:3],
+        )
+
+    def _release_call(self, account_id: str, token: str) -> ScriptCall:
+        keys = self.keys(account_id)
+        return (_RELEASE_SCRIPT, [token], [keys[1], keys[3]])
 
     def block(self, account_id: str, seconds: float) -> None:
         """Stop every worker from calling the platform for this account for ``seconds``."""

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpcore
 import httpx
+from httpx._transports.default import map_httpcore_exceptions  # private: httpx is pinned to 0.28.x
 
 from atomq.features.posts.netguard import AsyncGuardedTransport, HostPolicy, blocked
 from atomq.features.posts.publishers.base import NotSent, OutcomeUnknown, RateLimited, Rejected
@@ -35,24 +36,6 @@ class _NoCookies(httpx.Cookies):
 #: Parsed targets a client keeps (URL -> httpcore URL and Host header); forgotten all at once
 #: when full, as a webhook's or instance's URL repeats for each of an account's posts.
 TARGETS_KEPT = 4096
-
-#: httpcore's errors -> httpx's, so that a caller of :meth:`CookielessClient.post_bytes`
-#: handles the same errors as one of ``post`` (the first match wins: subclasses come first).
-_HTTPX_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.ProtocolError, httpx.ProtocolError),
-)
 
 
 class CookielessClient(httpx.AsyncClient):
@@ -78,11 +61,14 @@ class CookielessClient(httpx.AsyncClient):
 
         ``post`` builds and merges an httpx request, then walks the auth, redirect, cookie and
         event-hook layers, none of which this client uses (no auth, no redirects followed, no
-        cookies, no hooks). Here the parsed target is kept per
-        URL and the request goes straight to the guarded transport's pool, with the client's
-        timeouts; httpcore's errors are raised as httpx's. It asks for no compression, so
-        the answer is read as sent (a server that compresses anyway is still decoded).
+        cookies, no hooks). Here the parsed target is kept per URL and the request goes
+        straight to the guarded transport's pool, with the client's timeouts; httpcore's errors
+        are raised as httpx's. It asks for no compression, so the answer is read as sent (a
+        server that compresses anyway is still decoded).
         """
+        transport = self._transport
+        if not isinstance(transport, httpx.AsyncHTTPTransport):
+            return await self.post(url, content=content, headers=headers)
         target = self._targets.get(url)
         if target is None:
             target = self._target(url)
@@ -99,20 +85,14 @@ class CookielessClient(httpx.AsyncClient):
             content=content,
             extensions={"timeout": self.timeout.as_dict()},
         )
-        transport = self._transport
-        if not isinstance(transport, httpx.AsyncHTTPTransport):
-            return await self.post(url, content=content, headers=headers)
-        try:
+        # httpx's own translation of httpcore's errors, the one its transport applies to
+        # ``post``: the same error for the same failure, whichever way the request went.
+        with map_httpcore_exceptions():
             response = await transport._pool.handle_async_request(request)
             try:
                 body = await response.aread()
             finally:
                 await response.aclose()
-        except Exception as exc:
-            for core, mapped in _HTTPX_ERRORS:
-                if isinstance(exc, core):
-                    raise mapped(str(exc)) from exc
-            raise
         return httpx.Response(response.status, headers=response.headers, content=body)
 
     def _target(self, url: str) -> tuple[httpcore.URL, bytes]:
