@@ -181,6 +181,50 @@ def test_supervisor_restarts_a_killed_worker_and_recovers_its_job(tq, procs, wcl
     assert worker_pid not in children_of(supervisor.pid)
 
 
+def test_supervisor_backs_off_only_for_a_worker_that_dies_before_it_runs_a_job(tq, procs):
+    supervisor = procs.worker("--count", "1", "--name", "b", "--no-scheduler")
+
+    def live_worker() -> int:
+        pids = wait_for(lambda: [int(p) for p in _worker_pids(tq)], 15, what="a registered worker")
+        return pids[0]
+
+    def restarts() -> list[str]:
+        return re.findall(r"restarting worker b\S* in (.*)", procs.log(supervisor))
+
+    # Killed twice at work: back after the first delay both times.
+    for n in (1, 2):
+        pid = live_worker()
+        job = tq.enqueue("add", a=n, b=n)
+        wait_for(lambda: status_of(tq, job.id) == "finished", 10, what="a job on the worker")
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: len(restarts()) == n, 10, what=f"restart {n}")
+        wait_for(lambda: pid not in _worker_pids(tq), 10, what="the dead worker's unregistration")
+    assert restarts() == ["0.5 s", "0.5 s"]
+    # Killed before it ran a job, twice running: the delay doubles, and the log says why.
+    for n in (3, 4):
+        pid = live_worker()
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: len(restarts()) == n, 10, what=f"restart {n}")
+        wait_for(lambda: pid not in _worker_pids(tq), 10, what="the dead worker's unregistration")
+    assert restarts()[2:] == [
+        "1.0 s (died 2 times in a row before running a job)",
+        "2.0 s (died 3 times in a row before running a job)",
+    ]
+    # A job run resets it.
+    live_worker()
+    job = tq.enqueue("add", a=1, b=1)
+    wait_for(lambda: status_of(tq, job.id) == "finished", 10, what="a job on the fifth worker")
+
+
+def _worker_pids(tq) -> list[int]:
+    pids = []
+    for name in tq.connection.smembers(keys.WORKERS_SET):
+        pid = tq.connection.hget(keys.worker_key(name.decode()), "pid")
+        if pid is not None and Path(f"/proc/{int(pid)}").exists():
+            pids.append(int(pid))
+    return pids
+
+
 def test_failed_attempts_are_retried_with_backoff(tq, procs, wclass, tmp_path):
     procs.worker("--worker-class", wclass)
     attempts = tmp_path / "attempts"

@@ -303,7 +303,17 @@ class Supervisor:
             slot.failures = 1 if ran_for >= RESTART_RESET_AFTER or worked else slot.failures + 1
             delay = min(RESTART_DELAY_MAX, RESTART_DELAY_FIRST * 2 ** (slot.failures - 1))
             slot.restart_at = time.monotonic() + delay
-            logger.info("restarting %s %s in %.1f s", slot.role, slot.name, delay)
+            if slot.failures == 1:
+                logger.info("restarting %s %s in %.1f s", slot.role, slot.name, delay)
+            else:
+                # Say why it waits longer: the operator sees a child that cannot get to work.
+                logger.info(
+                    "restarting %s %s in %.1f s (died %d times in a row before running a job)",
+                    slot.role,
+                    slot.name,
+                    delay,
+                    slot.failures,
+                )
 
     def _recover(self, slot: Slot, reason: str) -> None:
         attempted: set[str] | None = None
