@@ -357,19 +357,26 @@ def test_runs_started_together_share_a_read_and_a_transaction_yet_end_as_each_wo
 
 
 def test_a_claim_that_fails_in_a_batch_fails_alone(runtime, service, accounts, webhook, monkeypatch):
-    from atomq.features.posts import attempts
+    from atomq.features.posts import attempts, records
     from atomq.features.posts.attempts import StartRequest, start_many
     from atomq.features.posts.records import load_post
 
     posts = [schedule(service, accounts.webhook(webhook, handle=f"hook-{i}"), f"post {i}") for i in range(3)]
     real_on = attempts._CLAIM_SCHEDULED.on
+    real_run = records._Batched.run
 
     def fails_inside_the_batch(connection, post_id, **params):
         if post_id == posts[1].id:
             raise RuntimeError("disk I/O error")
         return real_on(connection, post_id, **params)
 
+    def batch_fails_with_it(batched, connection, params):
+        if posts[1].id in params.values():
+            raise RuntimeError("disk I/O error")
+        return real_run(batched, connection, params)
+
     monkeypatch.setattr(attempts._CLAIM_SCHEDULED, "on", fails_inside_the_batch)
+    monkeypatch.setattr(records._Batched, "run", batch_fails_with_it)
     started = start_many(
         runtime, [StartRequest(p.id, p.user_id, None, f"att_{i}") for i, p in enumerate(posts)]
     )
@@ -381,6 +388,68 @@ def test_a_claim_that_fails_in_a_batch_fails_alone(runtime, service, accounts, w
         "scheduled",
         "publishing",
     ]
+
+
+@pytest.mark.parametrize("batch_rows", [256, 2])
+def test_changes_made_together_match_as_each_would_alone(
+    runtime, service, accounts, webhook, monkeypatch, batch_rows
+):
+    # One statement for a batch of claims (in chunks of batch_rows): each matches or not as
+    # its own UPDATE would, and only the ones that matched get their history row.
+    from sqlalchemy import select
+
+    from atomq.features.posts import attempts, records
+    from atomq.features.posts.models import ScheduledPost
+    from atomq.features.posts.records import load_post, post_events
+
+    monkeypatch.setattr(records, "BATCH_ROWS", batch_rows)
+    posts = [schedule(service, accounts.webhook(webhook, handle=f"hook-{i}"), f"post {i}") for i in range(4)]
+    now = utcnow()
+    lease = now + timedelta(seconds=90, microseconds=123)
+
+    def claim(post, token, revision=None):
+        revision = post.revision if revision is None else revision
+        return post.id, {"revision": revision, "token": token, "lease_until": lease, "first_sent_at": now}
+
+    changes = [
+        claim(posts[0], "att_0"),
+        claim(posts[1], "att_1", revision=posts[1].revision + 1),  # edited since: no match
+        claim(posts[2], "att_2"),
+        claim(posts[0], "att_0b"),  # named twice: the first claimed it, this one finds it taken
+        claim(posts[3], "att_3"),
+        ("post_missing", claim(posts[3], "att_x")[1]),
+    ]
+    assert attempts._CLAIM_SCHEDULED.many(runtime.database, changes) == [
+        True,
+        False,
+        True,
+        False,
+        True,
+        False,
+    ]
+
+    for post, token in [(posts[0], "att_0"), (posts[2], "att_2"), (posts[3], "att_3")]:
+        stored, _ = load_post(runtime.database, post.id)
+        assert (stored.status, stored.attempt_id, stored.attempts) == ("publishing", token, 1)
+        assert (stored.lease_until, stored.first_sent_at) == (lease, now)
+        assert stored.updated_at >= now
+        events = post_events(runtime.database, post.id)
+        assert [(e.status, e.event, e.revision, e.attempts) for e in events][-1] == (
+            "publishing",
+            "status",
+            post.revision,
+            1,
+        )
+        assert [e.status for e in events].count("publishing") == 1
+    # Times are stored as every other write stores them: a query bound the usual way finds them.
+    query = select(ScheduledPost.id).where(
+        ScheduledPost.lease_until == lease, ScheduledPost.first_sent_at == now
+    )
+    with runtime.database.engine.connect() as connection:
+        assert sorted(connection.scalars(query)) == sorted(p.id for p in (posts[0], posts[2], posts[3]))
+    untouched, _ = load_post(runtime.database, posts[1].id)
+    assert (untouched.status, untouched.attempt_id, untouched.attempts) == ("scheduled", None, 0)
+    assert [e.status for e in post_events(runtime.database, posts[1].id)] == ["scheduled"]
 
 
 def test_publishes_ended_together_are_recorded_and_their_accounts_freed(runtime, service, accounts, webhook):
