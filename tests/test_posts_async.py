@@ -195,6 +195,7 @@ def test_a_workers_warm_up_builds_the_runtime_its_posts_then_use(
 ):
     # What a worker serving social_media calls before its first job: the runtime for its
     # connection, every client of its loop, a pooled database connection per database thread.
+    from atomq.features.posts import attempts
     from atomq.features.posts.offloop import threads
     from atomq.features.posts.publishers.clients import SHARDS
     from atomq.features.posts.publishing import publish_post_async
@@ -208,12 +209,18 @@ def test_a_workers_warm_up_builds_the_runtime_its_posts_then_use(
         await warm_up(connection)
         runtime = from_environment(connection)
         warmed = (len(runtime.clients), runtime.database.engine.pool.checkedin())
+        # ...and the batched claims and records compiled, for every size a step may take.
+        compiled = {
+            name: sorted(size for dialect, size in change._sized if dialect == runtime.database.dialect)
+            for name, change in (("claim", attempts._CLAIM_SCHEDULED), ("record", attempts._FINISH_PUBLISHED))
+        }
         result = await publish_post_async(runtime, post.id, post.user_id)
-        return runtime, warmed, result, len(runtime.clients)
+        return runtime, warmed, compiled, result, len(runtime.clients)
 
-    runtime, warmed, result, clients = asyncio.run(worker_loop())
+    runtime, warmed, compiled, result, clients = asyncio.run(worker_loop())
     try:
         assert warmed == (SHARDS, threads(runtime.step_pool))
+        assert compiled == {"claim": [2, 4, 8, 16, 32, 64], "record": [2, 4, 8, 16, 32, 64]}
         assert threads(runtime.step_pool) == (1 if runtime.database.dialect == "sqlite" else 2)
         assert result["status"] == "published"
         assert clients == SHARDS  # the post used a client the warm-up made

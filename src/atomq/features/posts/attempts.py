@@ -304,6 +304,14 @@ def end_many(runtime: PostsRuntime, requests: list[EndRequest]) -> list[tuple[bo
     return results
 
 
+def prepare(runtime: PostsRuntime, rows: int) -> None:
+    """Compile the statements :func:`start_many` and :func:`end_many` use for up to ``rows``
+    posts at once (see ``runtime.warm_up``)."""
+    with runtime.database.engine.connect() as connection:
+        for change in (_CLAIM_SCHEDULED, _FINISH_PUBLISHED):
+            change.prepare(connection, rows)
+
+
 #: The two moves every publish makes, built once (see PreparedUpdate): a scheduled post
 #: claimed for an attempt, and the attempt's publish recorded.
 _CLAIM_SCHEDULED = PreparedUpdate(

@@ -98,6 +98,10 @@ async def redis_off_loop(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs
     return await _run(executor("redis"), func, *args, **kwargs)
 
 
+#: Calls a :class:`Batches` runs together at most, by default.
+BATCH_LIMIT = 64
+
+
 class Batches(Generic[I, R]):
     """One step's calls that arrive while its pool is busy, run together as one step.
 
@@ -110,7 +114,7 @@ class Batches(Generic[I, R]):
     """
 
     def __init__(
-        self, run_many: Callable[[list[I]], list[R | Exception]], kind: str, limit: int = 64
+        self, run_many: Callable[[list[I]], list[R | Exception]], kind: str, limit: int = BATCH_LIMIT
     ) -> None:
         self.run_many = run_many
         self.kind = kind

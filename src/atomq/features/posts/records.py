@@ -165,6 +165,14 @@ class PreparedUpdate:
             results[index] = self.on(connection, post_id, **params)
         return results
 
+    def prepare(self, connection: Connection, rows: int) -> None:
+        """Build and compile now the batched statements :meth:`many` uses for up to ``rows``
+        changes (a worker's warm-up: a few milliseconds each, not to be paid by a burst)."""
+        size = 2
+        while size <= _bucket(min(rows, BATCH_ROWS)):
+            self._batched(connection, size)
+            size *= 2
+
     def _batched(self, connection: Connection, size: int) -> _Batched:
         """This change for ``size`` posts as one statement (built once per size and database)
         that returns the posts it changed; row ``i``'s parameters are ``r<i>_post_id`` and

@@ -28,7 +28,7 @@ from atomq.db.engine import Database, process_database
 from atomq.features.posts.credentials import CredentialsBox
 from atomq.features.posts.models import Account
 from atomq.features.posts.netguard import HostPolicy
-from atomq.features.posts.offloop import Batches, database_kind, on_pool, threads
+from atomq.features.posts.offloop import BATCH_LIMIT, Batches, database_kind, on_pool, threads
 from atomq.features.posts.publishers import Publisher, build_publisher
 from atomq.features.posts.publishers.clients import LoopClients
 from atomq.features.posts.publishers.http import make_client
@@ -139,13 +139,16 @@ async def warm_up(connection: redis.Redis) -> None:
 
 
 def _warm_database(runtime: PostsRuntime) -> None:
-    from atomq.features.posts.records import load_post  # publishing's, deferred like the task's
+    from atomq.features.posts import attempts  # publishing's, deferred like the task's
+    from atomq.features.posts.records import load_post
 
     # Opened together, so the pool keeps one for each thread that runs publishing's steps.
     opened = [runtime.database.engine.connect() for _ in range(threads(runtime.step_pool))]
     for connection in opened:
         connection.close()
     load_post(runtime.database, "")  # also configures the ORM's mappers
+    # The batched claims and records, for as many posts as a step takes together.
+    attempts.prepare(runtime, BATCH_LIMIT)
 
 
 def _environment_hash() -> int:
