@@ -20,7 +20,7 @@ from rq.results import Result
 from atomq.core import keys
 from atomq.engine.scripts import decode
 from reliability.ledger import Ledger
-from testkit.support import children_of
+from testkit.support import worker_pids
 
 #: What the worker processes of these scenarios import.
 TASK_MODULES = "reliability.tasks_workers"
@@ -29,21 +29,6 @@ TASK_MODULES = "reliability.tasks_workers"
 def worker_env(env: dict[str, str], ledger: Ledger, **extra: str) -> dict[str, str]:
     """``env`` (the suite's worker environment) with this part's tasks and the ledger."""
     return {**env, "ATOMQ_TASK_MODULES": TASK_MODULES, **ledger.env(), **extra}
-
-
-def worker_pids(connection: redis.Redis, supervisor_pid: int) -> list[int]:
-    """Pids of the supervisor's live worker processes (its scheduler excluded).
-
-    A worker registers its pid in its ``rq:worker:<name>`` hash; only pids that are also live
-    children of the supervisor count (a registration may outlive its process for a moment).
-    """
-    children = set(children_of(supervisor_pid))
-    pids = []
-    for name in connection.smembers(keys.WORKERS_SET):
-        pid = connection.hget(keys.worker_key(decode(name)), "pid")
-        if pid is not None and int(pid) in children:
-            pids.append(int(pid))
-    return pids
 
 
 @dataclass

@@ -21,6 +21,9 @@ from typing import Any
 
 import redis
 
+from atomq.core import keys
+from atomq.engine.scripts import decode
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: The keys of get_job_status(), in the guide's order.
@@ -242,6 +245,21 @@ def group_pids(pgid: int) -> list[int]:
 def children_of(pid: int) -> list[int]:
     """Direct children of ``pid``."""
     return [child for child, parent, _ in _live_processes() if parent == pid]
+
+
+def worker_pids(connection: redis.Redis, supervisor_pid: int) -> list[int]:
+    """Pids of the supervisor's live worker processes (its scheduler excluded).
+
+    A worker registers its pid in its ``rq:worker:<name>`` hash; only pids that are also live
+    children of the supervisor count (a registration may outlive its process for a moment).
+    """
+    children = set(children_of(supervisor_pid))
+    pids = []
+    for name in connection.smembers(keys.WORKERS_SET):
+        pid = connection.hget(keys.worker_key(decode(name)), "pid")
+        if pid is not None and int(pid) in children:
+            pids.append(int(pid))
+    return pids
 
 
 POSTGRES_ADMIN_URL = os.environ.get(

@@ -18,7 +18,7 @@ import pytest
 from atomq import Retry
 from atomq.core import keys
 from atomq.ops.monitor import failure_detail
-from testkit.support import Processes, RedisServer, children_of, cli_env, wait_for
+from testkit.support import Processes, RedisServer, children_of, cli_env, wait_for, worker_pids
 
 
 @pytest.fixture(params=["fast", "rq"])
@@ -185,7 +185,7 @@ def test_supervisor_backs_off_only_for_a_worker_that_dies_before_it_runs_a_job(t
     supervisor = procs.worker("--count", "1", "--name", "b", "--no-scheduler")
 
     def live_worker() -> int:
-        pids = wait_for(lambda: [int(p) for p in _worker_pids(tq)], 15, what="a registered worker")
+        pids = wait_for(lambda: worker_pids(tq.connection, supervisor.pid), 15, what="a registered worker")
         return pids[0]
 
     def restarts() -> list[str]:
@@ -198,31 +198,33 @@ def test_supervisor_backs_off_only_for_a_worker_that_dies_before_it_runs_a_job(t
         wait_for(lambda: status_of(tq, job.id) == "finished", 10, what="a job on the worker")
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: len(restarts()) == n, 10, what=f"restart {n}")
-        wait_for(lambda: pid not in _worker_pids(tq), 10, what="the dead worker's unregistration")
+        wait_for(
+            lambda: pid not in worker_pids(tq.connection, supervisor.pid),
+            10,
+            what="the dead worker's unregistration",
+        )
     assert restarts() == ["0.5 s", "0.5 s"]
     # Killed before it ran a job, twice running: the delay doubles, and the log says why.
     for n in (3, 4):
         pid = live_worker()
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: len(restarts()) == n, 10, what=f"restart {n}")
-        wait_for(lambda: pid not in _worker_pids(tq), 10, what="the dead worker's unregistration")
+        wait_for(
+            lambda: pid not in worker_pids(tq.connection, supervisor.pid),
+            10,
+            what="the dead worker's unregistration",
+        )
     assert restarts()[2:] == [
         "1.0 s (died 2 times in a row before running a job)",
         "2.0 s (died 3 times in a row before running a job)",
     ]
-    # A job run resets it.
-    live_worker()
+    # A job run resets it: killed at work again, it is back after the first delay.
+    pid = live_worker()
     job = tq.enqueue("add", a=1, b=1)
     wait_for(lambda: status_of(tq, job.id) == "finished", 10, what="a job on the fifth worker")
-
-
-def _worker_pids(tq) -> list[int]:
-    pids = []
-    for name in tq.connection.smembers(keys.WORKERS_SET):
-        pid = tq.connection.hget(keys.worker_key(name.decode()), "pid")
-        if pid is not None and Path(f"/proc/{int(pid)}").exists():
-            pids.append(int(pid))
-    return pids
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: len(restarts()) == 5, 10, what="restart 5")
+    assert restarts()[4] == "0.5 s"
 
 
 def test_failed_attempts_are_retried_with_backoff(tq, procs, wclass, tmp_path):
