@@ -10,10 +10,11 @@ import gzip
 import json
 from typing import Any
 
+import httpcore
 import httpx
 import pytest
 
-from atomq.features.posts.connpool import OriginPool
+from atomq.features.posts.connpool import Http11Connection, OriginPool
 from atomq.features.posts.netguard import HostPolicy, blocked
 from atomq.features.posts.publishers.base import NotSent, OutcomeUnknown, Rejected
 from atomq.features.posts.publishers.http import CookielessClient, make_client, send
@@ -229,5 +230,29 @@ def test_post_bytes_raises_what_post_raises_and_send_maps_it_to_outcomes(echo):
             echo.plan(Plan(status=422, body=b'{"error": "too long"}'))
             with pytest.raises(Rejected, match="422: too long"):
                 await send(client, f"{echo.url}/hook", content=b"x", headers={})
+
+    asyncio.run(scenario())
+
+
+def test_connections_guard_their_state_with_an_asyncio_lock_in_place_of_httpcores():
+    """``Http11Connection`` replaces httpcore's private ``_state_lock`` (an AnyIO lock that
+    yields to the loop on every acquire). This fails when an httpcore upgrade renames it, which
+    would otherwise quietly bring the cost back; the pool's connections are ours."""
+    origin = httpcore.Origin(b"http", b"127.0.0.1", 80)
+    stock = httpcore.AsyncHTTP11Connection(origin=origin, stream=None)  # type: ignore[arg-type]
+    assert type(vars(stock)["_state_lock"]).__name__ == "AsyncLock"
+    ours = Http11Connection(origin, None, None)  # type: ignore[arg-type]
+    assert isinstance(vars(ours)["_state_lock"], asyncio.Lock)
+
+    async def scenario() -> None:
+        server = Echo().start()
+        try:
+            async with make_client(POLICY, 5) as client:
+                for _ in range(2):
+                    assert (await client.post(f"{server.url}/x", content=b"1")).status_code == 200
+                (connection,) = pool_of(client).connections
+                assert isinstance(connection, Http11Connection) and connection.is_idle()
+        finally:
+            server.stop()
 
     asyncio.run(scenario())

@@ -12,6 +12,7 @@ import ipaddress
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -148,8 +149,10 @@ def test_a_silent_platform_times_out_and_a_large_answer_arrives_whole():
         port = server.sockets[0].getsockname()[1]
         try:
             silent = await _open(ipaddress.ip_address("127.0.0.1"), port, 5, None, None)
+            waited = time.monotonic()
             with pytest.raises(httpcore.ReadTimeout):
                 await silent.read(100, 0.2)
+            assert 0.15 < time.monotonic() - waited < 2
             await silent.aclose()
             loud = await _open(ipaddress.ip_address("127.0.0.1"), port, 5, None, None)
             await loud.write(b"big\n", 5)
@@ -160,6 +163,44 @@ def test_a_silent_platform_times_out_and_a_large_answer_arrives_whole():
             assert bytes(got) == body
             await loud.aclose()
         finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
+
+
+def test_a_platform_that_stops_reading_is_a_write_timeout():
+    """A write returns at once while the connection's buffer has room (no deadline is set up
+    then); once the peer stops reading and the buffers fill, the write's timeout holds."""
+    from atomq.features.posts.netguard import _open
+
+    async def scenario() -> None:
+        done = asyncio.Event()
+
+        async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await done.wait()  # never reads: its buffer fills, then the sockets'
+            writer.close()
+
+        server = await asyncio.start_server(on_client, "127.0.0.1", 0, limit=1024)
+        port = server.sockets[0].getsockname()[1]
+        stream = await _open(ipaddress.ip_address("127.0.0.1"), port, 5, None, None)
+        try:
+            chunk, sent = b"z" * (1024 * 1024), 0
+            started = time.monotonic()
+
+            async def write_until_stuck() -> None:
+                nonlocal sent
+                while sent < 64:  # far more than loopback's socket buffers hold
+                    await stream.write(chunk, 0.3)
+                    sent += 1
+
+            with pytest.raises(httpcore.WriteTimeout):
+                await write_until_stuck()
+            assert time.monotonic() - started < 10
+            assert sent >= 1  # the first writes went through without waiting
+        finally:
+            done.set()
+            await stream.aclose()
             server.close()
             await server.wait_closed()
 

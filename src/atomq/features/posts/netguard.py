@@ -274,7 +274,7 @@ class _Reading(asyncio.Protocol):
         self.ended = False
         self.error: BaseException | None = None
         self.reading_paused = False
-        self._readable: asyncio.Future[None] | None = None
+        self._readable: asyncio.Future[bool] | None = None
         self._drained: asyncio.Future[None] | None = None
         #: Done once the connection is closed and its socket released.
         self.lost: asyncio.Future[None] | None = None
@@ -312,15 +312,29 @@ class _Reading(asyncio.Protocol):
             self._drained.set_result(None)
         self._drained = None
 
-    async def readable(self) -> None:
-        """Until there is data, or the connection ended."""
+    async def readable(self, timeout: float | None = None) -> bool:
+        """Wait until there is data or the connection ended (True), or ``timeout`` seconds
+        passed (False).
+
+        The deadline is a timer that ends the wait, which costs a fraction of an
+        ``asyncio.timeout`` scope: a publish waits here once per response.
+        """
         if self.buffer or self.ended:
-            return
-        self._readable = asyncio.get_running_loop().create_future()
+            return True
+        loop = asyncio.get_running_loop()
+        readable = self._readable = loop.create_future()
+        timer = loop.call_later(timeout, _expire, readable) if timeout is not None else None
         try:
-            await self._readable
+            return await readable
         finally:
             self._readable = None
+            if timer is not None:
+                timer.cancel()
+
+    @property
+    def writing_paused(self) -> bool:
+        """Whether the transport's write buffer is over its high-water mark."""
+        return self._drained is not None
 
     async def drained(self) -> None:
         """Until the transport's write buffer is below its high-water mark again."""
@@ -329,7 +343,12 @@ class _Reading(asyncio.Protocol):
 
     def _wake_reader(self) -> None:
         if self._readable is not None and not self._readable.done():
-            self._readable.set_result(None)
+            self._readable.set_result(True)
+
+
+def _expire(waiting: asyncio.Future[bool]) -> None:
+    if not waiting.done():
+        waiting.set_result(False)
 
 
 #: Bytes a connection buffers before it stops reading from its socket until they are read.
@@ -366,12 +385,8 @@ class _AsyncioStream(httpcore.AsyncNetworkStream):
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         reading = self.reading
-        if not reading.buffer and not reading.ended:
-            try:
-                async with asyncio.timeout(timeout):
-                    await reading.readable()
-            except TimeoutError:
-                raise httpcore.ReadTimeout(f"nothing received in {timeout:g} s") from None
+        if not reading.buffer and not reading.ended and not await reading.readable(timeout):
+            raise httpcore.ReadTimeout(f"nothing received in {timeout:g} s")
         if not reading.buffer:
             if reading.error is not None:
                 raise httpcore.ReadError(str(reading.error) or type(reading.error).__name__)
@@ -391,6 +406,8 @@ class _AsyncioStream(httpcore.AsyncNetworkStream):
                 str(self.reading.error) if self.reading.error else "the connection is closed"
             )
         self.transport.write(buffer)
+        if not self.reading.writing_paused:
+            return  # the usual case: below the high-water mark, no deadline worth setting up
         try:
             async with asyncio.timeout(timeout):
                 await self.reading.drained()
