@@ -244,7 +244,8 @@ def test_calls_made_while_the_pool_is_busy_run_together_and_each_gets_its_own_an
             let_go.wait(10)
         return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
 
-    batches = Batches(run_many, "sqlite")  # one thread: one batch at a time
+    # One thread: one batch at a time, of at most 3 (the caller gone does not count).
+    batches = Batches(run_many, "sqlite", limit=3)
 
     async def main():
         first = asyncio.ensure_future(batches(0))
@@ -257,7 +258,7 @@ def test_calls_made_while_the_pool_is_busy_run_together_and_each_gets_its_own_an
         return await asyncio.gather(first, *later, return_exceptions=True)
 
     results = asyncio.run(main())
-    assert batches_seen == [[0], [1, 3, 4, 5]]
+    assert batches_seen == [[0], [1, 3, 4], [5]]
     assert results[0] == 0
     assert [str(r) for r in results[1:]] == ["odd 1", "", "odd 3", "40", "odd 5"]
     assert isinstance(results[2], asyncio.CancelledError)

@@ -32,6 +32,7 @@ import functools
 import os
 import threading
 import weakref
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -135,12 +136,19 @@ class Batches(Generic[I, R]):
         return await future
 
     def _pump(self, loop: asyncio.AbstractEventLoop, waiting: _Waiting[I, R]) -> None:
-        # A caller gone before its batch started (cancelled at a time limit) is left out, as a
-        # step still queued for a thread is; one whose batch runs is like a step that started.
-        waiting.items = [entry for entry in waiting.items if not entry[1].done()]
-        while waiting.items and waiting.running < threads(self.kind):
-            batch = waiting.items[: self.limit]
-            del waiting.items[: self.limit]
+        items = waiting.items
+        while items and waiting.running < threads(self.kind):
+            # A caller gone before its batch started (cancelled at a time limit) is left out, as
+            # a step still queued for a thread is; one whose batch runs is like a step that
+            # started. Looked at only as a batch is taken: every call pumps, and looking over
+            # all that wait each time cost a burst (hundreds waiting) time quadratic in them.
+            batch: list[tuple[I, asyncio.Future[R]]] = []
+            while items and len(batch) < self.limit:
+                entry = items.popleft()
+                if not entry[1].done():
+                    batch.append(entry)
+            if not batch:
+                return
             waiting.running += 1
             done = loop.run_in_executor(executor(self.kind), self.run_many, [item for item, _ in batch])
             done.add_done_callback(functools.partial(self._settle, loop, waiting, batch))
@@ -171,7 +179,7 @@ class Batches(Generic[I, R]):
 class _Waiting(Generic[I, R]):
     """A loop's calls of one :class:`Batches` not started yet, and its batches running."""
 
-    items: list[tuple[I, asyncio.Future[R]]] = field(default_factory=list)
+    items: deque[tuple[I, asyncio.Future[R]]] = field(default_factory=deque)
     running: int = 0
 
 
