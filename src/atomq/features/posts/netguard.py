@@ -322,7 +322,8 @@ class _Reading(asyncio.Protocol):
         if self.buffer or self.ended:
             return True
         loop = asyncio.get_running_loop()
-        readable = self._readable = loop.create_future()
+        readable: asyncio.Future[bool] = loop.create_future()
+        self._readable = readable
         timer = loop.call_later(timeout, _expire, readable) if timeout is not None else None
         try:
             return await readable
