@@ -76,3 +76,26 @@ def test_every_long_running_command_takes_log_file(cli, procs, tmp_path):
 
     wait_for(healthy, 30, what="the API")
     wait_for(lambda: log.exists() and "GET /health" in log.read_text(), 10, what="the access log line")
+
+
+def test_text_lines_carry_the_context_quote_what_needs_it_and_drop_rqs_argument_dumps():
+    import logging
+
+    from atomq.core.logging import ContextFilter, TextFormatter, log_context
+
+    fmt, keep = TextFormatter(), ContextFilter()
+
+    def line(message: str, **extra: object) -> str:
+        record = logging.getLogger("atomq.test").makeRecord(
+            "atomq.test", logging.INFO, __file__, 1, message, (), None, extra=extra
+        )
+        assert keep.filter(record)
+        return fmt.format(record)
+
+    with log_context(job_id="j-1", post_id="post_1", note='says "hi"', where="two words", empty=""):
+        text = line("published", kwargs={"secret": "x"}, arguments=[1], func="f", post_id="post_2")
+    assert text.endswith(
+        ' published post_id=post_2 job_id=j-1 note="says \\"hi\\"" where="two words" empty=""'
+    ), text
+    assert "secret" not in text and "arguments" not in text and "func=" not in text
+    assert line("outside").endswith(" outside")  # nothing of the block is left behind

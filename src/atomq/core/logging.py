@@ -17,6 +17,7 @@ import contextvars
 import json
 import logging
 import logging.handlers
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -104,12 +105,15 @@ class ContextFilter(logging.Filter):
     """Copy the current log context onto each record (and drop RQ's argument extras)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        for key in _DROPPED & set(vars(record)):
-            delattr(record, key)
-        fields = _context.get() or {}
-        for key, value in fields.items():
-            if not hasattr(record, key):
-                setattr(record, key, value)
+        # Straight on the record's __dict__: workers log a line or two per job.
+        attributes = record.__dict__
+        for key in _DROPPED:
+            attributes.pop(key, None)
+        fields = _context.get()
+        if fields:
+            for key, value in fields.items():
+                if key not in attributes:
+                    attributes[key] = value
         return True
 
 
@@ -174,9 +178,13 @@ class RotationAwareFileHandler(logging.handlers.WatchedFileHandler):
             super().reopenIfNeeded()
 
 
+#: Characters that make a field's value quoted in the text format.
+_NEEDS_QUOTES = re.compile(r'[ "=\n]')
+
+
 def _text(value: Any) -> str:
     text = str(value)
-    if not text or any(c in text for c in ' "=\n'):
+    if not text or _NEEDS_QUOTES.search(text):
         return json.dumps(text)
     return text
 
