@@ -191,11 +191,13 @@ def test_supervisor_backs_off_only_for_a_worker_that_dies_before_it_runs_a_job(t
     def restarts() -> list[str]:
         return re.findall(r"restarting worker b\S* in (.*)", procs.log(supervisor))
 
-    # Killed twice at work: back after the first delay both times.
-    for n in (1, 2):
+    def kill(n: int, *, after_a_job: bool) -> None:
+        """SIGKILL the live worker (once it ran a job, or before it ran any), then wait for
+        restart ``n`` to be logged and the dead worker to leave the registry."""
         pid = live_worker()
-        job = tq.enqueue("add", a=n, b=n)
-        wait_for(lambda: status_of(tq, job.id) == "finished", 10, what="a job on the worker")
+        if after_a_job:
+            job = tq.enqueue("add", a=n, b=n)
+            wait_for(lambda: status_of(tq, job.id) == "finished", 10, what=f"a job on worker {n}")
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: len(restarts()) == n, 10, what=f"restart {n}")
         wait_for(
@@ -203,27 +205,20 @@ def test_supervisor_backs_off_only_for_a_worker_that_dies_before_it_runs_a_job(t
             10,
             what="the dead worker's unregistration",
         )
+
+    # Killed twice at work: back after the first delay both times.
+    kill(1, after_a_job=True)
+    kill(2, after_a_job=True)
     assert restarts() == ["0.5 s", "0.5 s"]
     # Killed before it ran a job, twice running: the delay doubles, and the log says why.
-    for n in (3, 4):
-        pid = live_worker()
-        os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: len(restarts()) == n, 10, what=f"restart {n}")
-        wait_for(
-            lambda: pid not in worker_pids(tq.connection, supervisor.pid),
-            10,
-            what="the dead worker's unregistration",
-        )
+    kill(3, after_a_job=False)
+    kill(4, after_a_job=False)
     assert restarts()[2:] == [
         "1.0 s (died 2 times in a row before running a job)",
         "2.0 s (died 3 times in a row before running a job)",
     ]
     # A job run resets it: killed at work again, it is back after the first delay.
-    pid = live_worker()
-    job = tq.enqueue("add", a=1, b=1)
-    wait_for(lambda: status_of(tq, job.id) == "finished", 10, what="a job on the fifth worker")
-    os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: len(restarts()) == 5, 10, what="restart 5")
+    kill(5, after_a_job=True)
     assert restarts()[4] == "0.5 s"
 
 
