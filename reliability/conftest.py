@@ -12,4 +12,4 @@ from reliability.ledger import Ledger
 
 @pytest.fixture
 def ledger(tmp_path: Path) -> Ledger:
-    return Ledger(tmp_path / "ledger.sqlite3")
+    return Ledger(tmp_path / "ledger.jsonl")

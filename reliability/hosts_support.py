@@ -12,7 +12,6 @@ import contextlib
 import json
 import math
 import re
-import sqlite3
 import subprocess
 import threading
 import time
@@ -74,7 +73,7 @@ class Lab:
             root,
             network,
             server,
-            Ledger(root / "ledger.sqlite3"),
+            Ledger(root / "ledger.jsonl"),
             client,
             TaskQueue(connection=client),
             hosts={},
@@ -257,19 +256,12 @@ class Record:
 
 
 def ledger_records(ledger: Ledger) -> list[Record]:
-    """Every ``start:``/``done:`` record of the host tasks, oldest first."""
-    connection = sqlite3.connect(ledger.path, timeout=30)
-    try:
-        rows = connection.execute(
-            "SELECT key, (at - 2440587.5) * 86400.0 FROM effects ORDER BY at, id"
-        ).fetchall()
-    finally:
-        connection.close()
+    """Every ``start:``/``done:`` record of the host tasks, oldest first (as written, on a tie)."""
     out = []
-    for raw, at in rows:
-        kind, _, rest = raw.partition(":")
+    for entry in sorted(ledger.entries(), key=lambda entry: entry.at):
+        kind, _, rest = entry.key.partition(":")
         key, _, host = rest.rpartition(":")
-        out.append(Record(kind, key, host, float(at)))
+        out.append(Record(kind, key, host, entry.at))
     return out
 
 

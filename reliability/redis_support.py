@@ -136,14 +136,10 @@ def enqueuer(tq: TaskQueue, rate: float, prefix: str) -> SteadyStream:
 
 def ledger_times(ledger: Ledger) -> dict[str, float]:
     """Each key's first recording, as a Unix time."""
-    import sqlite3
-
-    connection = sqlite3.connect(ledger.path, timeout=30)
-    try:
-        rows = connection.execute("SELECT key, MIN(at) FROM effects GROUP BY key").fetchall()
-    finally:
-        connection.close()
-    return {key: (at - 2440587.5) * 86400.0 for key, at in rows}
+    first: dict[str, float] = {}
+    for entry in ledger.entries():
+        first[entry.key] = min(entry.at, first.get(entry.key, entry.at))
+    return first
 
 
 def wait_all_recorded(ledger: Ledger, keys: list[str], timeout: float) -> list[str]:

@@ -138,16 +138,7 @@ def kill_if_alive(pids: list[int]) -> list[int]:
 
 def record_times(ledger: Ledger, key: str) -> list[float]:
     """Unix times at which ``key`` was recorded, oldest first (the ledger keeps them)."""
-    import sqlite3
-
-    connection = sqlite3.connect(ledger.path, timeout=30)
-    try:
-        rows = connection.execute(
-            "SELECT (at - 2440587.5) * 86400.0 FROM effects WHERE key = ? ORDER BY at", (key,)
-        ).fetchall()
-    finally:
-        connection.close()
-    return [float(at) for (at,) in rows]
+    return sorted(entry.at for entry in ledger.entries() if entry.key == key)
 
 
 def attempt_seconds(job: Job) -> list[float]:
