@@ -23,7 +23,7 @@ from atomq.core.options import DerivedJobId, reserved_for
 from atomq.engine import task_queue as task_queue_module
 from atomq.engine.batches import item_job_id
 from atomq.engine.producer_scripts import CANCEL_SCRIPT, ENQUEUE_ONE_SCRIPT, ENQUEUE_SCRIPT
-from atomq.engine.script_calls import call_script
+from atomq.engine.script_calls import Script, call_script, call_scripts
 from atomq.features.posts.jobs import job_id_for
 from atomq.features.recurring.schedules import Schedule
 from atomq.features.workflows.service import step_job_id
@@ -398,3 +398,16 @@ def test_an_option_of_atomqs_own_is_a_line_in_field_options(tq, connection, monk
     with pytest.raises(InvalidJobOptionError) as caught:
         tq.enqueue("add", a=1, b=1, group="")
     assert caught.value.field == "group"
+
+
+def test_scripts_called_together_reach_redis_in_one_read(connection):
+    """A step's rate-limit calls for a batch of posts go out as one request (they were a send
+    each, and Redis read them in a dozen pieces)."""
+    script = Script("return redis.call('INCR', KEYS[1])")
+    calls = [(script, [], [f"counter-{i}"]) for i in range(40)]
+    call_scripts(connection, calls)  # loads the script and opens the connection first
+    before = connection.info("stats")["total_reads_processed"]
+    replies = call_scripts(connection, calls)
+    reads = connection.info("stats")["total_reads_processed"] - before - 1  # the second INFO
+    assert replies == [2] * 40
+    assert reads == 1
