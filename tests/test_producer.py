@@ -1,5 +1,6 @@
-"""The producer side: one round trip per enqueue, RQ's layout byte for byte, explicit ids that
-are refused or replaced atomically, reserved ids, dependencies, enqueue_many in chunks."""
+"""The producer side: one round trip per enqueue, RQ's layout (its fields and values, less those
+it writes empty), explicit ids that are refused or replaced atomically, reserved ids,
+dependencies, enqueue_many in chunks."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import redis
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.job import Retry as RQRetry
@@ -29,6 +31,18 @@ from atomq.features.recurring.schedules import Schedule
 from atomq.features.workflows.service import step_job_id
 
 pytestmark = pytest.mark.timeout(60)
+
+#: What RQ reads from the fields it writes empty for a job that has not run.
+UNSET_ATTRIBUTES = (
+    "success_callback",
+    "failure_callback",
+    "stopped_callback",
+    "started_at",
+    "ended_at",
+    "last_heartbeat",
+    "worker_name",
+    "group_id",
+)
 
 #: Fields whose values differ between two jobs made at different moments or with jitter.
 MOMENT_FIELDS = {"created_at", "enqueued_at", "data", "retry_intervals"}
@@ -68,14 +82,17 @@ def rq_queue(connection, name="default"):
 
 
 def assert_same_layout(atomq_hash, rq_hash, *, extra=()):
-    assert set(atomq_hash) - set(extra) == set(rq_hash), (
-        sorted(set(atomq_hash) ^ set(rq_hash)),
+    """atomq's hash has RQ's fields with RQ's values, less those RQ writes empty (its reader
+    takes a missing field for an empty one)."""
+    written = {name for name, value in rq_hash.items() if value != b""}
+    assert set(atomq_hash) - set(extra) == written, (
+        sorted(set(atomq_hash) ^ written),
         atomq_hash,
         rq_hash,
     )
     for name, value in rq_hash.items():
         if name not in MOMENT_FIELDS:
-            assert atomq_hash[name] == value, name
+            assert atomq_hash.get(name, b"") == value, name
     for stamp in ("created_at", "enqueued_at"):
         if stamp in rq_hash:
             assert datetime.strptime(atomq_hash[stamp].decode(), "%Y-%m-%dT%H:%M:%S.%fZ")
@@ -123,6 +140,10 @@ def test_a_queued_job_has_rqs_layout_and_costs_one_round_trip(tq, connection, at
         assert 0 < connection.ttl(keys.job_key(job.id)) <= 300
     fetched = Job.fetch(job.id, connection=connection, serializer=JSONSerializer)
     assert (fetched.func_name, fetched.kwargs, fetched.origin) == ("add", {"a": 1, "b": 2}, "default")
+    # The fields RQ writes empty and atomq leaves out read the same.
+    theirs = Job.fetch(rq_job.id, connection=connection, serializer=JSONSerializer)
+    for name in UNSET_ATTRIBUTES:
+        assert getattr(fetched, name) == getattr(theirs, name), name
     assert fetched.get_status() == JobStatus.QUEUED
     assert fetched.meta == atomq_options.get("meta", {})
     assert (job.id, job.origin, job.get_status(refresh=False)) == ("mine-1", "default", JobStatus.QUEUED)
@@ -147,6 +168,23 @@ def test_a_scheduled_job_has_rqs_layout_exact_due_time_and_one_round_trip(tq, co
     assert connection.lrange(keys.SCHEDULER_WAKE, 0, -1) == [b"1"]
     assert connection.llen(keys.queue_key("default")) == 0
     assert job.get_status(refresh=False) == JobStatus.SCHEDULED
+
+
+def test_enqueues_top_up_the_wake_tokens_to_sixteen_and_no_further(tq, connection):
+    # A token wakes one idle worker; a full list means no worker is waiting on it.
+    wake = keys.wake_key("default")
+    for i in range(20):
+        tq.enqueue("add", a=i, b=1)
+    assert connection.llen(wake) == 16
+    connection.lpop(wake, 3)  # three workers woke
+    tq.enqueue("add", a=1, b=1)
+    assert connection.llen(wake) == 14
+    tq.enqueue_many([("add", {"a": i, "b": 1}) for i in range(5)])
+    assert connection.llen(wake) == 16
+    tq.enqueue_in(60, "add", a=1, b=1)
+    for _ in range(20):
+        tq.enqueue_at(datetime.now(UTC) + timedelta(minutes=1), "add", a=1, b=1)
+    assert connection.llen(keys.SCHEDULER_WAKE) == 16
 
 
 def test_a_job_waiting_for_another_is_deferred_in_rqs_layout(tq, connection):
@@ -217,7 +255,8 @@ def test_replace_puts_a_new_job_in_place_of_the_old_one(tq, connection, burst):
     assert reads == 1
     stored = text_hash(connection, "again")
     assert stored[b"origin".decode()] == b"high_priority"
-    assert "meta" not in stored and stored["started_at"] == b"" and stored["status"] == b"queued"
+    assert not {"meta", "started_at", "ended_at", "worker_name"} & set(stored), "nothing of the old run"
+    assert stored["status"] == b"queued"
     assert not connection.exists(keys.results_key("again")), "the old run's results went with it"
     assert connection.zscore(keys.finished_key("default"), "again") is None
     assert connection.lrange(keys.queue_key("high_priority"), 0, -1) == [b"again"]
@@ -411,3 +450,20 @@ def test_scripts_called_together_reach_redis_in_one_read(connection):
     reads = connection.info("stats")["total_reads_processed"] - before - 1  # the second INFO
     assert replies == [2] * 40
     assert reads == 1
+
+
+def test_work_given_to_a_script_call_runs_once_before_its_reply_is_read(connection, redis_url):
+    """``call_script(meanwhile=...)``: the sync queue builds the job it returns while Redis runs
+    the script that writes it. Called once on every path: pooled, single connection, and a
+    script Redis has forgotten (loaded and called again)."""
+    script = Script("return redis.call('INCR', KEYS[1])")
+    single = redis.Redis.from_url(redis_url, single_connection_client=True)
+    try:
+        for client in (connection, single, connection):
+            seen: list[int] = []
+            reply = call_script(client, script, [], keys=["counted"], meanwhile=lambda: seen.append(1))
+            assert seen == [1]
+            assert reply == int(connection.get("counted"))
+            connection.script_flush()  # the next call finds it unknown
+    finally:
+        single.close()

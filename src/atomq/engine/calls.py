@@ -1,8 +1,9 @@
 """Task calls as callers write them, and the jobs handed back for them.
 
 :func:`split_call` tells a call's task arguments from its enqueue options, :func:`build_many`
-checks a whole ``enqueue_many`` before anything is written, and :func:`as_rq_job` /
-:class:`QueuedJob` are what the sync and the asyncio task queues return for a written job.
+checks a whole ``enqueue_many`` before anything is written, and :func:`rq_job_for` (completed
+by :func:`settle`) / :class:`QueuedJob` are what the sync and the asyncio task queues return
+for a written job.
 """
 
 from __future__ import annotations
@@ -134,8 +135,10 @@ class QueuedJob:
         return cls(job.id, job.task, job.queue, status, job.created_at, job.description, due)
 
 
-def as_rq_job(job: NewJob, status: str, connection: Any) -> AtomqJob:
-    """The RQ job object for a written job, as ``Job.fetch`` would return it."""
+def rq_job_for(job: NewJob, connection: Any) -> AtomqJob:
+    """The RQ job object for ``job``, as ``Job.fetch`` would return it once written, but for
+    the status Redis writes it with: the sync queue builds it while the script that writes
+    the job runs, and :func:`settle` completes it."""
     rq_job = AtomqJob.written(job.id, connection)
     rq_job._func_name = job.task
     rq_job._instance = None
@@ -151,10 +154,15 @@ def as_rq_job(job: NewJob, status: str, connection: Any) -> AtomqJob:
     rq_job.retries_left = job.retries_left
     rq_job.retry_intervals = job.retry_intervals
     rq_job.created_at = job.created_at
-    rq_job.enqueued_at = job.created_at if status == JobStatus.QUEUED.value else None
     rq_job._dependency_ids = list(job.depends_on)
     if job.at_front and (job.due is not None or job.depends_on):
         rq_job.enqueue_at_front = True
     rq_job.due_at = job.due
+    return rq_job
+
+
+def settle(rq_job: AtomqJob, status: str) -> AtomqJob:
+    """Give a job built by :func:`rq_job_for` the status Redis wrote it with."""
+    rq_job.enqueued_at = rq_job.created_at if status == JobStatus.QUEUED.value else None
     rq_job._status = JobStatus(status)
     return rq_job

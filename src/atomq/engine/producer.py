@@ -4,9 +4,13 @@
 ``atomq.aio`` both call it and differ only in how they send the result
 (:mod:`atomq.engine.producer_scripts`): one script call writes the job whole.
 
-The hash holds exactly the fields RQ's ``Job.to_dict()`` writes for the same call (a test
-compares the two), so ``Job.fetch``, ``rq info`` and rq-dashboard read atomq's jobs. The
-fields that every job of one task with the same options shares are kept as a
+The hash holds the fields RQ's ``Job.to_dict()`` writes for the same call, with the same
+values (a test compares the two), so ``Job.fetch``, ``rq info`` and rq-dashboard read atomq's
+jobs. The fields RQ writes empty for a job that has not run (its callbacks, ``started_at``,
+``ended_at``, ``last_heartbeat``, ``worker_name``, ``group_id``) are left out: RQ's
+``Job.restore`` reads a missing field and an empty one alike, and they were 8 of a job's 17
+fields, 16 of an enqueue's 41 arguments and 155 of the 557 bytes a queued job takes in
+Redis. The fields that every job of one task with the same options shares are kept as a
 :class:`Template`, built once and sent as they are, already encoded.
 """
 
@@ -47,19 +51,6 @@ Kind = Literal["queue", "schedule"]
 #: What the script does when the job's id already exists: refuse (an id the caller chose),
 #: replace the old job (``replace=True``), or nothing to check (an id atomq generated).
 Check = Literal["none", "refuse", "replace"]
-
-#: Fields RQ writes empty for a job that has not run (``Job.to_dict``), in RQ's order.
-_EMPTY_FIELDS = (
-    "success_callback_name",
-    "failure_callback_name",
-    "stopped_callback_name",
-    "started_at",
-    "ended_at",
-    "last_heartbeat",
-    "worker_name",
-    "group_id",
-)
-
 
 #: Enqueue options stored as a job hash field of atomq's own: option -> (field, check that
 #: returns the text to store or raises InvalidJobOptionError). Adding one is a line here (and
@@ -320,8 +311,6 @@ def template(
     if found is not None:
         return found
     pairs: list[Any] = []
-    for name in _EMPTY_FIELDS:
-        pairs += [name, ""]
     if retries is not None:
         pairs += ["retries_left", retries]
     pairs += ["origin", queue, "timeout", timeout]

@@ -43,9 +43,26 @@ _NAMES = {
 }
 
 
+# Wake-up tokens: a token wakes one idle worker (or the scheduler), so a list holds up to
+# TOKENS_KEPT of them. Only the missing ones are pushed: a full list means nobody is waiting
+# on it (a blocked pop returns at once on a non-empty list), and reading its length costs
+# Redis less than a push and a trim, which are writes. Producers that keep enqueueing while
+# every worker is busy find it full and write nothing.
+_ADD_TOKENS = """
+local function add_tokens(key, n)
+    local missing = math.min(n, tonumber(TOKENS_KEPT) - redis.call('LLEN', key))
+    if missing > 0 then
+        local tokens = {}
+        for k = 1, missing do tokens[k] = 1 end
+        redis.call('LPUSH', key, unpack(tokens))
+    end
+end
+"""
+
+
 def _source(template: str) -> str:
     head = "\n".join(f"local {name} = '{value}'" for name, value in _NAMES.items())
-    return f"{head}\n{template}"
+    return f"{head}\n{_ADD_TOKENS}\n{template}"
 
 
 # ARGV[1] 'all' (every job is written or none: a refusal writes nothing) or 'each' (each job
@@ -115,12 +132,7 @@ end
 -- idle worker wakes, not one while the others sleep out their poll.
 local woken, scheduler_woken = {}, false
 local function wake_workers()
-    for queue, n in pairs(woken) do
-        local tokens = {}
-        for k = 1, math.min(n, tonumber(TOKENS_KEPT)) do tokens[k] = 1 end
-        redis.call('LPUSH', WAKE .. queue, unpack(tokens))
-        redis.call('LTRIM', WAKE .. queue, 0, TOKENS_KEPT - 1)
-    end
+    for queue, n in pairs(woken) do add_tokens(WAKE .. queue, n) end
 end
 local function write(job)
     local key, t = JOB .. job.id, job.template
@@ -150,8 +162,7 @@ local function write(job)
         redis.call('ZADD', SCHEDULED .. t.queue, job.due, job.id)
         if not scheduler_woken then
             scheduler_woken = true
-            redis.call('LPUSH', SCHEDULER_WAKE, 1)
-            redis.call('LTRIM', SCHEDULER_WAKE, 0, TOKENS_KEPT - 1)
+            add_tokens(SCHEDULER_WAKE, 1)
         end
     else
         redis.call('ZADD', DEFERRED .. t.queue, now, job.id)
@@ -200,16 +211,14 @@ local status = 'queued'
 if ARGV[3] == 'S' then
     status = 'scheduled'
     redis.call('ZADD', SCHEDULED .. queue, ARGV[5], job_id)
-    redis.call('LPUSH', SCHEDULER_WAKE, 1)
-    redis.call('LTRIM', SCHEDULER_WAKE, 0, TOKENS_KEPT - 1)
+    add_tokens(SCHEDULER_WAKE, 1)
 else
     if ARGV[4] == '1' then
         redis.call('LPUSH', QUEUE .. queue, job_id)
     else
         redis.call('RPUSH', QUEUE .. queue, job_id)
     end
-    redis.call('LPUSH', WAKE .. queue, 1)
-    redis.call('LTRIM', WAKE .. queue, 0, TOKENS_KEPT - 1)
+    add_tokens(WAKE .. queue, 1)
 end
 local ttl = tonumber(ARGV[7])
 if ttl and ttl > 0 then

@@ -39,7 +39,7 @@ from atomq.core.options import validate_queue_name
 from atomq.core.settings import Settings, load_settings
 from atomq.core.timeutil import as_timedelta, to_aware, utcnow
 from atomq.engine.batches import Batch, enqueue_batch
-from atomq.engine.calls import Call, as_rq_job, build_many, split_call
+from atomq.engine.calls import Call, build_many, rq_job_for, settle, split_call
 from atomq.engine.jobs import AtomqJob, load_job, status_dict
 from atomq.engine.producer import NewJob, build_job
 from atomq.engine.producer_scripts import (
@@ -175,15 +175,12 @@ class TaskQueue:
         for start in range(0, len(jobs), MANY_CHUNK):
             chunk = jobs[start : start + MANY_CHUNK]
             try:
-                statuses = self._write(chunk, all_or_none=True)
+                written += self._write(chunk, all_or_none=True)
             except AtomqError as exc:  # refused by Redis: say what the chunks before wrote
                 if start:
                     exc.message = f"{exc.message} (calls 0-{start - 1} were queued; none after)"
                     exc.args = (exc.message,)
                 raise
-            written += [
-                as_rq_job(job, status, self.connection) for job, status in zip(chunk, statuses, strict=True)
-            ]
         return written
 
     def enqueue_batch(
@@ -214,15 +211,21 @@ class TaskQueue:
         spec = self.registry.get(task)
         call_args, call_kwargs, options = split_call(spec, args, kwargs)
         job = build_job(spec, call_args, call_kwargs, options, self.settings, when=when)
-        (status,) = self._write([job], all_or_none=True)
-        return as_rq_job(job, status, self.connection)
+        (written,) = self._write([job], all_or_none=True)
+        return written
 
-    def _write(self, jobs: list[NewJob], *, all_or_none: bool) -> list[str]:
-        """Write ``jobs`` with one script call; their statuses, or the first refusal raised."""
+    def _write(self, jobs: list[NewJob], *, all_or_none: bool) -> list[AtomqJob]:
+        """Write ``jobs`` with one script call; the jobs written, or the first refusal raised."""
         script, args = enqueue_call(jobs, all_or_none=all_or_none, now=int(time.time()))
+        returned: list[AtomqJob] = []
+
+        def build_returned() -> None:  # while Redis runs the script
+            returned.extend(rq_job_for(job, self.connection) for job in jobs)
+
         with self._redis_errors():
-            reply = call_script(self.connection, script, args)
-        return statuses_or_raise(jobs, reply)
+            reply = call_script(self.connection, script, args, meanwhile=build_returned)
+        statuses = statuses_or_raise(jobs, reply)
+        return [settle(rq_job, status) for rq_job, status in zip(returned, statuses, strict=True)]
 
     # -- inspection and control -------------------------------------------------------------
 
