@@ -22,6 +22,7 @@ from atomq import Retry
 from atomq.core import keys
 from atomq.core.errors import DuplicateJobError, InvalidJobOptionError, JobNotFoundError, JobStateError
 from atomq.core.options import DerivedJobId, reserved_for
+from atomq.engine import script_calls
 from atomq.engine import task_queue as task_queue_module
 from atomq.engine.batches import item_job_id
 from atomq.engine.producer_scripts import CANCEL_SCRIPT, ENQUEUE_ONE_SCRIPT, ENQUEUE_SCRIPT
@@ -406,13 +407,18 @@ def test_threads_and_forked_children_enqueue_on_connections_of_their_own(tq, con
     with ThreadPoolExecutor(8) as pool:
         jobs = list(pool.map(lambda i: tq.enqueue("add", a=i, b=i), range(200)))
     assert len({job.id for job in jobs}) == 200
+    parents = set(map(id, script_calls._stack(tq.connection).idle))
     pid = os.fork()
     if pid == 0:  # the child must not share the parent's socket
+        code = 1
         try:
             tq.enqueue("add", a=1, b=1, job_id="from-child")
+            used = script_calls._stack(tq.connection).idle
+            code = 0 if len(used) == 1 and id(used[0]) not in parents else 2
         finally:
-            os._exit(0)
-    os.waitpid(pid, 0)
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child enqueued on a connection of its parent's"
     tq.enqueue("add", a=2, b=2, job_id="from-parent")
     assert connection.llen(keys.queue_key("default")) == 203
     assert connection.exists(keys.job_key("from-child"), keys.job_key("from-parent")) == 2

@@ -51,7 +51,6 @@ class _Connections:
 
     def __init__(self, client: redis.Redis) -> None:
         self.pool = client.connection_pool
-        self.pid = os.getpid()
         self.idle: deque[Any] = deque()
 
     def take(self) -> Any:
@@ -66,10 +65,14 @@ class _Connections:
 
 _STACKS: weakref.WeakKeyDictionary[redis.Redis, _Connections] = weakref.WeakKeyDictionary()
 
+# A forked child must not use its parent's connections (they share its sockets): it starts with
+# no stacks. Cleared at the fork rather than checked per call (os.getpid() is a system call).
+os.register_at_fork(after_in_child=_STACKS.clear)
+
 
 def _stack(client: redis.Redis) -> _Connections:
     stack = _STACKS.get(client)
-    if stack is None or stack.pid != os.getpid():
+    if stack is None:
         stack = _STACKS[client] = _Connections(client)
     return stack
 
