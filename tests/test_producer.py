@@ -458,17 +458,24 @@ def test_scripts_called_together_reach_redis_in_one_read(connection):
     assert reads == 1
 
 
-def test_work_given_to_a_script_call_runs_once_before_its_reply_is_read(connection, redis_url):
+def test_work_given_to_a_script_call_runs_once_while_the_call_is_in_flight(connection, redis_url):
     """``call_script(meanwhile=...)``: the sync queue builds the job it returns while Redis runs
     the script that writes it. Called once on every path: pooled, single connection, and a
-    script Redis has forgotten (loaded and called again)."""
+    script Redis has forgotten (loaded and called again); on the pooled path, while the call
+    still holds its connection (sent, reply not yet read)."""
     script = Script("return redis.call('INCR', KEYS[1])")
+    call_script(connection, script, [], keys=["counted"])  # the pooled connection exists
+    idle = script_calls._stack(connection).idle
     single = redis.Redis.from_url(redis_url, single_connection_client=True)
     try:
         for client in (connection, single, connection):
             seen: list[int] = []
-            reply = call_script(client, script, [], keys=["counted"], meanwhile=lambda: seen.append(1))
-            assert seen == [1]
+            reply = call_script(
+                client, script, [], keys=["counted"], meanwhile=lambda: seen.append(len(idle))
+            )
+            assert len(seen) == 1
+            if client is connection:
+                assert seen == [len(idle) - 1], "not while the call held its connection"
             assert reply == int(connection.get("counted"))
             connection.script_flush()  # the next call finds it unknown
     finally:
